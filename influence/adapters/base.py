@@ -1,0 +1,137 @@
+"""The framework-agnostic model adapter.
+
+A model adapter exposes one flat parameter vector ``w`` (length ``n_params``, dtype ``dtype``) and the
+training objective on a dataset of ``n`` examples ``z_i = (x_i, y_i)``::
+
+    R(w) = (1/n) Σ_i ℓ(z_i, w) + (l2/2)·‖w‖²
+
+``loss`` and ``grad`` are R and ∇R (the L2 term included); ``per_example_losses`` and
+``per_example_grads`` are ℓ(z_i, w) and ∇ℓ(z_i, w) WITHOUT the L2 term, as influence functions need.
+Subclasses implement five primitives on one validated batch (sums over the batch, no L2 term); the
+base class owns the batch loop, weights batches by size and accumulates in float64.
+"""
+import contextlib
+
+import numpy as np
+
+from ..data import as_dataset, check_batch_size
+
+__all__ = ["Model", "DEFAULT_BATCH_SIZE"]
+
+#: Rows per forward/backward pass when the caller gives no ``batch_size``.
+DEFAULT_BATCH_SIZE = 2048
+
+
+class Model(object):
+    """Abstract adapter. Subclasses set ``self.l2`` and implement:
+
+    - ``n_params`` and ``dtype`` (properties), ``get_params()`` (a flat copy) and ``set_params(w)``
+      (exact: ``set_params(get_params())`` leaves every weight bit-identical);
+    - ``_validate(dataset)``: model-specific checks (feature shape, label type and range), raising
+      ``ValueError`` with a one-line message;
+    - ``_loss_sum(batch)``, ``_grad_sum(batch)``, ``_per_example_losses(batch)`` on a validated batch.
+    ``_per_example_grads(batch)`` defaults to one gradient per example.
+    """
+
+    l2 = 0.0
+    batch_size = DEFAULT_BATCH_SIZE
+
+    # ------------------------------------------------------------------ abstract primitives
+    @property
+    def n_params(self):
+        raise NotImplementedError
+
+    @property
+    def dtype(self):
+        raise NotImplementedError
+
+    def get_params(self):
+        raise NotImplementedError
+
+    def set_params(self, w):
+        raise NotImplementedError
+
+    def _validate(self, dataset):
+        raise NotImplementedError
+
+    def _loss_sum(self, batch):
+        raise NotImplementedError
+
+    def _grad_sum(self, batch):
+        raise NotImplementedError
+
+    def _per_example_losses(self, batch):
+        raise NotImplementedError
+
+    def _per_example_grads(self, batch):
+        return np.stack([self._grad_sum(batch.subset(slice(i, i + 1))) for i in range(len(batch))])
+
+    # ------------------------------------------------------------------ shared machinery
+    def validate(self, data, name="data"):
+        """Return ``data`` as a Dataset checked for this model (cheap when already checked)."""
+        if getattr(data, "_valid_for", None) is self:
+            return data
+        dataset = as_dataset(data, name)
+        self._validate(dataset)
+        checked = dataset.subset(slice(None))
+        checked._valid_for = self
+        return checked
+
+    def _batches(self, data, batch_size):
+        size = self.batch_size if batch_size is None else check_batch_size(batch_size)
+        return self.validate(data).batches(size)
+
+    def _check_vector(self, w, name="w"):
+        w = np.asarray(w)
+        if w.shape != (self.n_params,):
+            raise ValueError("%s has shape %s but the model has %d parameters; pass a flat vector of "
+                             "length %d (see get_params())" % (name, w.shape, self.n_params, self.n_params))
+        if not np.issubdtype(w.dtype, np.number):
+            raise ValueError("%s has dtype %s; pass a numeric vector" % (name, w.dtype))
+        if not np.all(np.isfinite(w)):
+            raise ValueError("%s contains NaN or Inf; pass finite values" % name)
+        return w
+
+    @contextlib.contextmanager
+    def preserving_params(self):
+        """Save an exact copy of the weights and restore it on exit, whatever happens inside
+        (exceptions and KeyboardInterrupt included). Yields the saved copy."""
+        saved = self.get_params()
+        try:
+            yield saved
+        finally:
+            self.set_params(saved)
+
+    def loss(self, data, batch_size=None):
+        """R(w): mean per-example loss plus (l2/2)·‖w‖², as a Python float."""
+        total, n = 0.0, 0
+        for batch in self._batches(data, batch_size):
+            total += float(self._loss_sum(batch))
+            n += len(batch)
+        w = self.get_params().astype(np.float64)
+        return total / n + 0.5 * self.l2 * float(w @ w)
+
+    def grad(self, data, batch_size=None):
+        """∇R(w) in float64: the size-weighted mean of batch gradients plus l2·w."""
+        total, n = np.zeros(self.n_params), 0
+        for batch in self._batches(data, batch_size):
+            total += self._grad_sum(batch)
+            n += len(batch)
+        return total / n + self.l2 * self.get_params().astype(np.float64)
+
+    def grad_sum(self, data, batch_size=None):
+        """Σ_i ∇ℓ(z_i, w) in float64, without the L2 term (the sum CNTK's ``grad`` returns)."""
+        total = np.zeros(self.n_params)
+        for batch in self._batches(data, batch_size):
+            total += self._grad_sum(batch)
+        return total
+
+    def per_example_losses(self, data, batch_size=None):
+        """ℓ(z_i, w) for every example (no L2 term), float64 array of shape (n,)."""
+        return np.concatenate([np.asarray(self._per_example_losses(b), dtype=np.float64)
+                               for b in self._batches(data, batch_size)])
+
+    def per_example_grads(self, data, batch_size=None):
+        """∇ℓ(z_i, w) for every example (no L2 term), float64 array of shape (n, n_params)."""
+        return np.concatenate([np.asarray(self._per_example_grads(b), dtype=np.float64)
+                               for b in self._batches(data, batch_size)])

@@ -1,0 +1,161 @@
+"""Datasets: features ``x`` (n × ...) with targets ``y`` (n,) or (n × ...), validated and batched.
+
+Every bad input raises :class:`ValueError` with one line that names the value and the fix.
+Data may be NumPy arrays or read-only memory maps (``np.load(path, mmap_mode="r")``); batches are
+views, so iterating never copies more than one batch.
+"""
+import os
+
+import numpy as np
+
+__all__ = ["Dataset", "as_dataset", "load_npz", "load_digits"]
+
+#: Rows checked at once for NaN/Inf, so validation of a memory-mapped file stays bounded in memory.
+_CHECK_ROWS = 65536
+
+
+def _check_numeric(a, what):
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise ValueError("%s has dtype %s; pass a numeric array (e.g. np.asarray(..., dtype=np.float32))"
+                         % (what, a.dtype))
+
+
+def _check_finite(a, what):
+    if not np.issubdtype(a.dtype, np.inexact):
+        return
+    for start in range(0, a.shape[0], _CHECK_ROWS):
+        block = np.asarray(a[start:start + _CHECK_ROWS])
+        ok = np.isfinite(block)
+        if not ok.all():
+            row = start + int(np.argwhere(~ok)[0][0])
+            raise ValueError("%s contains NaN or Inf (first at row %d); remove or impute those rows"
+                             % (what, row))
+
+
+class Dataset(object):
+    """A validated pair ``(x, y)`` of equal length ``n >= 1``.
+
+    ``x`` must be numeric and finite; ``y`` (optional) numeric and finite. Model-specific checks
+    (feature shape, label range) belong to the model adapter's ``validate``.
+    """
+
+    def __init__(self, x, y=None, name="data", _checked=False):
+        self.name = name
+        if _checked:
+            self.x, self.y = x, y
+            return
+        if isinstance(x, (list, tuple)):
+            x = np.asarray(x)
+        if not isinstance(x, np.ndarray):
+            raise ValueError("%s features are a %s; pass a NumPy array of shape (n, features)"
+                             % (name, type(x).__name__))
+        if x.ndim == 0:
+            raise ValueError("%s features are a scalar; pass an array of shape (n, features)" % name)
+        _check_numeric(x, "%s features" % name)
+        if x.shape[0] == 0:
+            raise ValueError("%s is empty (0 examples); pass at least one example" % name)
+        _check_finite(x, "%s features" % name)
+        if y is not None:
+            if isinstance(y, (list, tuple)):
+                y = np.asarray(y)
+            if not isinstance(y, np.ndarray):
+                raise ValueError("%s labels are a %s; pass a NumPy array of length %d"
+                                 % (name, type(y).__name__, x.shape[0]))
+            if y.ndim == 0 or y.shape[0] != x.shape[0]:
+                raise ValueError("%s has %d feature rows but labels of shape %s; pass one label per row"
+                                 % (name, x.shape[0], y.shape))
+            _check_numeric(y, "%s labels" % name)
+            _check_finite(y, "%s labels" % name)
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return self.x.shape[0]
+
+    def __repr__(self):
+        return "Dataset(%s: x %s %s, y %s)" % (
+            self.name, self.x.shape, self.x.dtype,
+            None if self.y is None else "%s %s" % (self.y.shape, self.y.dtype))
+
+    def subset(self, index):
+        """Rows ``index`` (a slice, or an integer array) as a new Dataset."""
+        y = None if self.y is None else self.y[index]
+        return Dataset(self.x[index], y, self.name, _checked=True)
+
+    def batches(self, batch_size=None):
+        """Yield consecutive Datasets of at most ``batch_size`` rows (all rows when None)."""
+        n = len(self)
+        size = n if batch_size is None else check_batch_size(batch_size)
+        for start in range(0, n, size):
+            yield self.subset(slice(start, min(start + size, n)))
+
+
+def check_batch_size(batch_size, name="batch_size"):
+    """Validate a positive integer batch or chunk size and return it as ``int``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError("%s=%r is not a positive integer; pass e.g. %s=1000" % (name, batch_size, name))
+    return int(batch_size)
+
+
+def as_dataset(data, name="data"):
+    """Accept a :class:`Dataset`, a tuple ``(x, y)``, a tuple ``(x,)``, a dict with keys ``x``/``y``,
+    or a bare feature array, and return a validated :class:`Dataset`."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, dict) and "x" in data:
+        return Dataset(data["x"], data.get("y"), name)
+    if isinstance(data, tuple) and len(data) in (1, 2):
+        return Dataset(data[0], data[1] if len(data) == 2 else None, name)
+    if isinstance(data, np.ndarray):
+        return Dataset(data, None, name)
+    raise ValueError("%s is a %s; pass a tuple (x, y) of NumPy arrays or an influence.data.Dataset"
+                     % (name, type(data).__name__))
+
+
+def load_npz(path, name=None, mmap=True):
+    """Read ``x`` and ``y`` from an ``.npz`` file (``allow_pickle=False``).
+
+    Arrays are memory-mapped when the archive stores them uncompressed (``np.savez``) and ``mmap``
+    is true; compressed archives are read into memory.
+    """
+    name = name or os.path.basename(str(path))
+    if not os.path.isfile(path):
+        raise ValueError("%s: no such file; check the path" % path)
+    try:
+        archive = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise ValueError("%s contains pickled objects, which are refused for safety; "
+                             "save plain numeric arrays with np.savez(path, x=..., y=...)" % path)
+        raise ValueError("%s is not a readable .npz file (%s); save it with np.savez(path, x=..., y=...)"
+                         % (path, e))
+    except (OSError, IOError) as e:
+        raise ValueError("%s is not a readable .npz file (%s); save it with np.savez(path, x=..., y=...)"
+                         % (path, e))
+    if not hasattr(archive, "files"):
+        raise ValueError("%s holds a single array, not an .npz archive; save it with "
+                         "np.savez(path, x=..., y=...)" % path)
+    try:
+        if "x" not in archive.files:
+            raise ValueError("%s has arrays %s but no 'x'; save features as x (and labels as y)"
+                             % (path, sorted(archive.files)))
+        try:
+            x = archive["x"]
+            y = archive["y"] if "y" in archive.files else None
+        except ValueError as e:
+            raise ValueError("%s contains pickled objects, which are refused for safety; "
+                             "save plain numeric arrays with np.savez(path, x=..., y=...) (%s)" % (path, e))
+    finally:
+        archive.close()
+    return Dataset(x, y, name)
+
+
+def load_digits():
+    """The 1,797 8×8 handwritten digits shipped with the package (see ``influence/datasets``).
+
+    Returns ``(x, y)``: ``x`` float64 pixel counts scaled to [0, 1], shape (1797, 64); ``y`` int64 labels.
+    """
+    path = os.path.join(os.path.dirname(__file__), "datasets", "digits.npz")
+    with np.load(path, allow_pickle=False) as f:
+        x = f["x"].astype(np.float64) / 16.0
+        y = f["y"].astype(np.int64)
+    return x, y
