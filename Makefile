@@ -1,0 +1,48 @@
+# Reproducible environments and common tasks.
+#   make venv        both environments (.venv: Python 3.6 + CNTK; .venv-modern: python3, no CNTK)
+#   make test        pytest in both environments (PYTEST_ARGS="-k foo" passes arguments through)
+#   make demo        examples/demo.py in .venv
+#   make bench       bench/run_all.py in .venv
+#   make clean       remove both environments
+# The setup scripts are idempotent: each keeps a stamp in its venv keyed on the
+# hash of setup.cfg/setup.py/pyproject.toml and the scripts, so a second run is
+# a no-op and a change to any of those files redoes the setup.
+
+SHELL := /bin/bash
+VENV36      := .venv
+VENV_MODERN := .venv-modern
+PYTEST_ARGS ?=
+
+.PHONY: venv venv36 venv-modern test test-modern test36 demo bench clean
+
+venv: venv36 venv-modern
+
+venv36:
+	@scripts/setup-venv36.sh $(VENV36)
+
+venv-modern:
+	@scripts/setup-venv-modern.sh $(VENV_MODERN)
+
+# Both pytest runs always happen; the target fails if either fails.
+test: venv
+	@rc=0; \
+	echo "==> pytest in $(VENV_MODERN) (no CNTK)"; \
+	$(VENV_MODERN)/bin/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	echo "==> pytest in $(VENV36) (Python 3.6 + CNTK)"; \
+	$(VENV36)/bin/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	exit $$rc
+
+test-modern: venv-modern
+	$(VENV_MODERN)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+test36: venv36
+	$(VENV36)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+demo: venv36
+	$(VENV36)/bin/python examples/demo.py
+
+bench: venv36
+	$(VENV36)/bin/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV36) $(VENV_MODERN)
