@@ -5,6 +5,8 @@ Data may be NumPy arrays or read-only memory maps (``np.load(path, mmap_mode="r"
 views, so iterating never copies more than one batch.
 """
 import os
+import struct
+import zipfile
 
 import numpy as np
 
@@ -111,42 +113,76 @@ def as_dataset(data, name="data"):
                      % (name, type(data).__name__))
 
 
-def load_npz(path, name=None, mmap=True):
-    """Read ``x`` and ``y`` from an ``.npz`` file (``allow_pickle=False``).
+def _mmap_member(path, info):
+    """Memory-map an uncompressed ``.npy`` member of a zip archive; None when it cannot be."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if local[:4] != b"PK\x03\x04":
+            return None
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            return None
+        if dtype.hasobject:
+            raise ValueError("pickled")
+        offset = f.tell()
+    if int(np.prod(shape)) == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                     order="F" if fortran else "C")
 
-    Arrays are memory-mapped when the archive stores them uncompressed (``np.savez``) and ``mmap``
-    is true; compressed archives are read into memory.
+
+def _bad_file(path, why):
+    return ValueError("%s is not a readable .npz file (%s); save it with np.savez(path, x=..., y=...)"
+                      % (path, why))
+
+
+def load_npz(path, name=None, mmap=True):
+    """Read arrays ``x`` and ``y`` from an ``.npz`` file, refusing pickled objects.
+
+    Members stored uncompressed (``np.savez``) are memory-mapped read-only when ``mmap`` is true, so
+    a large training set is streamed batch by batch instead of read whole; compressed members
+    (``np.savez_compressed``) are read into memory.
     """
     name = name or os.path.basename(str(path))
     if not os.path.isfile(path):
         raise ValueError("%s: no such file; check the path" % path)
+    pickled = ValueError("%s contains pickled objects, which are refused for safety; save plain "
+                         "numeric arrays with np.savez(path, x=..., y=...)" % path)
     try:
-        archive = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
-    except ValueError as e:
-        if "pickle" in str(e):
-            raise ValueError("%s contains pickled objects, which are refused for safety; "
-                             "save plain numeric arrays with np.savez(path, x=..., y=...)" % path)
-        raise ValueError("%s is not a readable .npz file (%s); save it with np.savez(path, x=..., y=...)"
-                         % (path, e))
-    except (OSError, IOError) as e:
-        raise ValueError("%s is not a readable .npz file (%s); save it with np.savez(path, x=..., y=...)"
-                         % (path, e))
-    if not hasattr(archive, "files"):
-        raise ValueError("%s holds a single array, not an .npz archive; save it with "
-                         "np.savez(path, x=..., y=...)" % path)
-    try:
-        if "x" not in archive.files:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, IOError) as e:
+        raise _bad_file(path, e)
+    arrays = {}
+    with zf:
+        members = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
+        if "x" not in members:
             raise ValueError("%s has arrays %s but no 'x'; save features as x (and labels as y)"
-                             % (path, sorted(archive.files)))
-        try:
-            x = archive["x"]
-            y = archive["y"] if "y" in archive.files else None
-        except ValueError as e:
-            raise ValueError("%s contains pickled objects, which are refused for safety; "
-                             "save plain numeric arrays with np.savez(path, x=..., y=...) (%s)" % (path, e))
-    finally:
-        archive.close()
-    return Dataset(x, y, name)
+                             % (path, sorted(members)))
+        for key in ("x", "y"):
+            if key not in members:
+                continue
+            try:
+                a = _mmap_member(path, members[key]) if mmap else None
+                if a is None:
+                    with zf.open(members[key]) as f:
+                        a = np.lib.format.read_array(f, allow_pickle=False)
+            except ValueError as e:
+                if "pickle" in str(e):
+                    raise pickled
+                raise _bad_file(path, e)
+            except (OSError, IOError, zipfile.BadZipFile) as e:
+                raise _bad_file(path, e)
+            arrays[key] = a
+    return Dataset(arrays["x"], arrays.get("y"), name)
 
 
 def load_digits():
