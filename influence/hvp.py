@@ -59,22 +59,31 @@ def _preserved(params):
 def _difference(f, params, w0, v, r):
     """(f(w0 + r v) − f(w0 − r v)) / 2r; the caller restores the weights."""
     dtype = params.dtype
-    params.set_params((w0 + r * v).astype(dtype))
-    f_plus = np.array(f(), dtype=np.float64)
-    params.set_params((w0 - r * v).astype(dtype))
-    f_minus = np.array(f(), dtype=np.float64)
-    return (f_plus - f_minus) / (2.0 * r)
+    step = r * v
+    params.set_params((w0 + step).astype(dtype))
+    f_plus = np.asarray(f(), dtype=np.float64)
+    params.set_params((w0 - step).astype(dtype))
+    f_minus = np.asarray(f(), dtype=np.float64)
+    diff = f_plus - f_minus
+    diff *= 0.5 / r
+    return diff
 
 
-def central_difference(f, params, v, r):
-    """Central difference of ``f`` along ``v`` with absolute step ``r`` (2 evaluations of ``f``).
+def central_difference(f, params, v, r=None, rel_step=None):
+    """Central difference of ``f`` along ``v`` (2 evaluations of ``f``), with absolute step ``r`` or
+    relative step ``rel_step`` (r = rel_step·(1 + ‖w‖)/‖v‖).
 
     ``params`` has ``get_params()``, ``set_params(w)`` (exact) and ``dtype``; ``f()`` evaluates at the
     current weights and returns an array. Weights are restored exactly afterwards.
     """
+    if (r is None) == (rel_step is None):
+        raise ValueError("give exactly one of r (absolute step) and rel_step (relative step)")
     v = np.asarray(v, dtype=np.float64)
     with _preserved(params) as w0:
-        return _difference(f, params, w0.astype(np.float64), v, float(r))
+        w0 = w0.astype(np.float64)
+        if r is None:
+            r = rel_step * _step_scale(w0, v)
+        return _difference(f, params, w0, v, float(r))
 
 
 def _rel_err(a, b):
@@ -165,7 +174,9 @@ class HessianOperator(LinearOperator):
 
     def _mean_data_grad(self):
         self.n_grad += 1
-        return self.model.grad_sum(self.data, self.batch_size) / len(self.data)
+        g = self.model.grad_sum(self.data, self.batch_size)
+        g /= len(self.data)
+        return g
 
     def calibrate(self, v):
         """Choose ``rel_step`` by :func:`adaptive_difference` along ``v``; returns the data-term
@@ -179,11 +190,10 @@ class HessianOperator(LinearOperator):
     def _data_term(self, v):
         if self.rel_step is None:
             return self.calibrate(v)
-        r = self.rel_step * _step_scale(self.model.get_params(), v)
-        d1 = central_difference(self._mean_data_grad, self.model, v, r)
+        d1 = central_difference(self._mean_data_grad, self.model, v, rel_step=self.rel_step)
         if self.stencil == "central":
             return d1
-        d2 = central_difference(self._mean_data_grad, self.model, v, r * GRID_RATIO)
+        d2 = central_difference(self._mean_data_grad, self.model, v, rel_step=self.rel_step * GRID_RATIO)
         return (d2 - GRID_RATIO ** 2 * d1) / (1.0 - GRID_RATIO ** 2)
 
     def _matvec(self, v):
@@ -194,7 +204,9 @@ class HessianOperator(LinearOperator):
         self.n_hvp += 1
         if not v.any():
             return np.zeros_like(v)
-        return self._data_term(v) + (self.model.l2 + self.damping) * v
+        out = self._data_term(v)
+        out += (self.model.l2 + self.damping) * v
+        return out
 
     def _rmatvec(self, v):
         return self._matvec(v)

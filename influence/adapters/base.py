@@ -113,17 +113,20 @@ class Model(object):
 
     def grad(self, data, batch_size=None):
         """∇R(w) in float64: the size-weighted mean of batch gradients plus l2·w."""
-        total, n = np.zeros(self.n_params), 0
-        for batch in self._batches(data, batch_size):
-            total += self._grad_sum(batch)
-            n += len(batch)
-        return total / n + self.l2 * self.get_params().astype(np.float64)
+        total = self.grad_sum(data, batch_size)
+        total /= len(self.validate(data))
+        total += self.l2 * self.get_params().astype(np.float64)
+        return total
 
     def grad_sum(self, data, batch_size=None):
         """Σ_i ∇ℓ(z_i, w) in float64, without the L2 term (the sum CNTK's ``grad`` returns)."""
-        total = np.zeros(self.n_params)
+        total = None
         for batch in self._batches(data, batch_size):
-            total += self._grad_sum(batch)
+            g = np.asarray(self._grad_sum(batch), dtype=np.float64)
+            if total is None:
+                total = np.array(g)        # a copy we own
+            else:
+                total += g
         return total
 
     def per_example_losses(self, data, batch_size=None):

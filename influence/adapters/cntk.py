@@ -72,7 +72,8 @@ class ParameterVector(object):
                              "vector of length %d" % (w.shape, self.n_params, self.n_params))
         w = w.astype(self._dtype, copy=False)
         for p, shape, a, b in zip(self.parameters, self.shapes, self.offsets[:-1], self.offsets[1:]):
-            p.set_value(self._nd.from_dense(np.ascontiguousarray(w[a:b].reshape(shape))))
+            # borrow=True: no intermediate copy; set_value copies into the parameter synchronously
+            p.set_value(self._nd.from_dense(np.ascontiguousarray(w[a:b].reshape(shape)), borrow=True))
 
     def split(self, flat):
         """Flat vector -> list of arrays shaped like the parameters."""
