@@ -418,7 +418,8 @@ ACTIVATIONS = ("tanh", "relu", "sigmoid", "softplus")
 
 
 def build_network(n_features, n_outputs, hidden=(), activation="tanh", dtype=np.float32, seed=0):
-    """A CNTK multilayer perceptron: ``n_features`` inputs, Dense hidden layers of sizes ``hidden``
+    """A CNTK multilayer perceptron: an input of ``n_features`` (an int, or a shape tuple such as
+    (8, 8) — the first Dense layer consumes the whole tensor), Dense hidden layers of sizes ``hidden``
     with ``activation``, and a linear output layer of ``n_outputs`` (logits). ``hidden=()`` is
     softmax/logistic regression. Weights are Glorot-uniform with the given ``seed``."""
     C = import_cntk()
@@ -429,7 +430,8 @@ def build_network(n_features, n_outputs, hidden=(), activation="tanh", dtype=np.
         raise ValueError("activation=%r is not one of %s" % (activation, ", ".join(ACTIVATIONS)))
     act = getattr(C, activation)
     with C.default_options(dtype=dtype):
-        x = C.input_variable(int(n_features), dtype=dtype, name="features")
+        shape = tuple(int(s) for s in n_features) if isinstance(n_features, (tuple, list)) else int(n_features)
+        x = C.input_variable(shape, dtype=dtype, name="features")
         h = x
         for i, width in enumerate(hidden):
             h = C.layers.Dense(int(width), activation=act, init=C.glorot_uniform(seed=seed + i),
