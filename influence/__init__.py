@@ -2,7 +2,9 @@
 
 Core: :func:`hvp` and :class:`HessianOperator` (Hessian-vector products by central finite
 differences), model adapters (:class:`CNTKModel`, the NumPy reference models in
-:mod:`influence.models`). CNTK is imported only when a CNTK object is used, so the
+:mod:`influence.models`), inverse-HVP solvers (:func:`solve`), influence scores
+(:func:`s_test`, :func:`influence_scores`, :func:`self_influence`), fitting and leave-one-out
+checks (:func:`fit`, :func:`verify_loo`). CNTK is imported only when a CNTK object is used, so the
 NumPy path works without it.
 """
 from ._version import __version__
@@ -11,6 +13,17 @@ from .adapters.cntk import CNTKModel
 from .data import Dataset, load_npz, load_digits
 from .hvp import HessianOperator, hvp
 from . import models
+from .solvers import (solve, Solution, ConvergenceWarning, NonPositiveCurvatureError, DivergenceError,
+                      cg, lissa, direct, lanczos, lanczos_inverse, LowRankInverse)
+from .fitting import fit, FitResult, check_optimum, NotAtOptimumWarning
+from .scores import (s_test, STest, influence_scores, predicted_loss_change, self_influence,
+                     directional_derivatives)
+from .loo import verify_loo, LOOResult
 
-__all__ = ["__version__", "Model", "CNTKModel", "Dataset", "load_npz", "load_digits",
-           "HessianOperator", "hvp", "models"]
+__all__ = ["__version__", "Model", "CNTKModel", "Dataset", "load_npz", "load_digits", "models",
+           "HessianOperator", "hvp",
+           "solve", "Solution", "ConvergenceWarning", "NonPositiveCurvatureError", "DivergenceError",
+           "cg", "lissa", "direct", "lanczos", "lanczos_inverse", "LowRankInverse",
+           "fit", "FitResult", "check_optimum", "NotAtOptimumWarning",
+           "s_test", "STest", "influence_scores", "predicted_loss_change", "self_influence",
+           "directional_derivatives", "verify_loo", "LOOResult"]

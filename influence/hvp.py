@@ -33,6 +33,8 @@ GRID_START = 1.0
 GRID_POINTS = {np.dtype(np.float32): 9, np.dtype(np.float64): 13}
 #: Grid points evaluated past the best estimate before the search stops (the estimate has turned).
 PATIENCE = 2
+#: Seed of the pseudo-random direction on which HessianOperator calibrates its step.
+CALIBRATION_SEED = 0
 
 Step = collections.namedtuple("Step", "t r error n_evals")
 Step.__doc__ = """A finite-difference step: relative size ``t``, absolute ``r = t·(1+‖w‖)/‖v‖``, the
@@ -138,8 +140,9 @@ class HessianOperator(LinearOperator):
 
     ``H = ∇²R(w) = (1/n) Σ_i ∇²ℓ(z_i, w) + l2·I``. The data term is a central difference of the
     batched mean gradient (2 passes over the data per product, batches weighted by their size); the
-    L2 and damping terms are added exactly. The relative step ``rel_step`` is calibrated on the first
-    product by :func:`adaptive_difference` (a one-time cost of ~10–24 gradients) unless given.
+    L2 and damping terms are added exactly. The relative step ``rel_step`` is calibrated before the
+    first product by :func:`adaptive_difference` on a fixed pseudo-random direction (a one-time cost
+    of ~10–26 gradients) unless given.
     ``stencil="richardson"`` spends 4 gradients a product for an O(r⁴) truncation error.
 
     The operator is symmetric; its dtype is float64 whatever the model's dtype (products of a float32
@@ -178,18 +181,22 @@ class HessianOperator(LinearOperator):
         g /= len(self.data)
         return g
 
-    def calibrate(self, v):
-        """Choose ``rel_step`` by :func:`adaptive_difference` along ``v``; returns the data-term
-        product at the chosen step."""
+    def calibrate(self, v=None):
+        """Choose ``rel_step`` by :func:`adaptive_difference` along ``v``, by default a fixed
+        pseudo-random direction (seed :data:`CALIBRATION_SEED`): the first vector a solver multiplies
+        can be special (a unit vector of an input that is always 0 has a zero data term, on which no
+        step can be judged). Returns the chosen relative step."""
+        if v is None:
+            v = np.random.RandomState(CALIBRATION_SEED).standard_normal(self.shape[0])
         v = np.asarray(v, dtype=np.float64)
-        value, step, (central, central_value) = adaptive_difference(self._mean_data_grad, self.model, v)
+        _, step, (central, _) = adaptive_difference(self._mean_data_grad, self.model, v)
         self.calibration = {"richardson": step, "central": central}
         self.rel_step = step.t if self.stencil == "richardson" else central.t
-        return value if self.stencil == "richardson" else central_value
+        return self.rel_step
 
     def _data_term(self, v):
         if self.rel_step is None:
-            return self.calibrate(v)
+            self.calibrate()
         d1 = central_difference(self._mean_data_grad, self.model, v, rel_step=self.rel_step)
         if self.stencil == "central":
             return d1

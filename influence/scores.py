@@ -1,0 +1,287 @@
+"""Influence scores (Koh & Liang 2017) and self-influence, with signs and 1/n factors spelled out.
+
+Definitions (see docs/concepts-influence.md)::
+
+    R(w)   = (1/n) Σ_i ℓ(z_i, w) + (λ/2)‖w‖²,      w* = argmin R,      H = ∇²R(w*)
+    g_i    = ∇ℓ(z_i, w*),   g_test = ∇ℓ(z_test, w*)          (losses WITHOUT the L2 term)
+    s_test = H⁻¹ g_test
+    I_up,loss(z_i, z_test) = −g_testᵀ H⁻¹ g_i = −s_testᵀ g_i         (what influence_scores returns)
+    Δ_i ≈ ℓ(z_test, w*_{−i}) − ℓ(z_test, w*) ≈ −I_up,loss / n          (predicted_loss_change)
+    s_i  = g_iᵀ H⁻¹ g_i                                                (self_influence)
+
+Δ_i > 0: removing z_i would RAISE the test loss, so z_i helped the test prediction (helpful);
+Δ_i < 0: removing z_i would lower the test loss, so z_i hurt it (harmful).
+
+``scoring="forward"`` computes every g_iᵀ s by central differences of per-example losses along s,
+(ℓ_i(w* + r s) − ℓ_i(w* − r s)) / 2r, with batched forward passes: 2 passes over the training data
+per test point (4 with the Richardson stencil) instead of n per-example backward passes.
+"""
+import collections
+import time
+
+import numpy as np
+
+from .data import check_batch_size
+from .fitting import OPTIMUM_RTOL, warn_if_not_optimal
+from .hvp import GRID_RATIO, HessianOperator, adaptive_difference
+
+__all__ = ["s_test", "STest", "influence_scores", "predicted_loss_change", "self_influence",
+           "directional_derivatives", "forward_steps", "forward_differences", "ForwardStep",
+           "FORWARD_STENCIL"]
+
+#: Rows (evenly spaced through the data) on which the forward-difference step is chosen per direction.
+PILOT_ROWS = 512
+#: Default stencil per dtype: "richardson" = (16·D(r/4) − D(r))/15 (4 passes, O(r⁴) truncation),
+#: "central" = D(r) (2 passes, O(r²)).
+FORWARD_STENCIL = {np.dtype(np.float32): "richardson", np.dtype(np.float64): "richardson"}
+#: Training rows per per-example-gradient chunk in ``scoring="gradient"`` (memory: chunk × d floats).
+GRADIENT_CHUNK = 256
+
+STest = collections.namedtuple("STest", "vectors solutions damping")
+STest.__doc__ = """Result of :func:`s_test`. ``vectors``: float64 array (n_test, d), row j = (H + damping·I)⁻¹
+g_test_j (one row per test point, also for a single test point); ``solutions``: the solver's
+``Solution`` for each row (x, converged, n_iter, n_hvp, residual, seconds); ``damping``: the damping used."""
+
+
+def _validate(model, data, name):
+    return model.validate(data, getattr(data, "name", name))
+
+
+def _dtype_default(table, model):
+    return table.get(np.dtype(model.dtype), table[np.dtype(np.float64)])
+
+
+ForwardStep = collections.namedtuple("ForwardStep", "r stencil error")
+ForwardStep.__doc__ = """Step of the forward differences along one direction: absolute step ``r``, the
+``stencil`` ("central" or "richardson"), and the estimated relative error (NaN when ``r`` was given)."""
+
+
+def _check_directions(model, directions):
+    directions = np.atleast_2d(np.asarray(directions, dtype=np.float64))
+    if directions.ndim != 2 or directions.shape[1] != model.n_params:
+        raise ValueError("directions have shape %s but the model has %d parameters; pass (m, %d)"
+                         % (directions.shape, model.n_params, model.n_params))
+    if not np.all(np.isfinite(directions)):
+        raise ValueError("directions contain NaN or Inf; check the solver's output (try damping > 0)")
+    return directions
+
+
+def forward_steps(model, data, directions, rel_step=None, stencil=None, batch_size=None):
+    """Choose the forward-difference step for each direction (one :class:`ForwardStep` each).
+
+    By default the step is chosen per direction by :func:`influence.hvp.adaptive_difference` applied
+    to the per-example losses of :data:`PILOT_ROWS` rows spread through ``data`` (a few dozen cheap
+    forward passes): it returns the step whose Richardson (or central) estimate has the smallest
+    estimated error. With ``rel_step`` given, r = rel_step·(1 + ‖w‖)/‖s‖. Weights are restored.
+    """
+    data = _validate(model, data, "data")
+    directions = _check_directions(model, directions)
+    stencil = _dtype_default(FORWARD_STENCIL, model) if stencil is None else stencil
+    if stencil not in ("central", "richardson"):
+        raise ValueError("stencil=%r is not one of 'central', 'richardson'" % (stencil,))
+    if rel_step is not None and not (0 < rel_step < np.inf):
+        raise ValueError("rel_step=%r must be a positive number (e.g. 1e-2), or None to choose it per "
+                         "direction" % (rel_step,))
+    n = len(data)
+    pilot = data.subset(np.unique(np.linspace(0, n - 1, min(n, PILOT_ROWS)).astype(np.int64)))
+    w0 = model.get_params().astype(np.float64)
+    scale = 1.0 + np.sqrt(w0 @ w0)
+    steps = []
+    for s in directions:
+        norm = np.sqrt(s @ s)
+        if norm == 0:
+            steps.append(ForwardStep(0.0, stencil, 0.0))
+        elif rel_step is not None:
+            steps.append(ForwardStep(rel_step * scale / norm, stencil, float("nan")))
+        else:
+            _, rich, (central, _) = adaptive_difference(
+                lambda: model.per_example_losses(pilot, batch_size), model, s)
+            best = rich if stencil == "richardson" else central
+            steps.append(ForwardStep(best.r, stencil, best.error))
+    return steps
+
+
+def forward_differences(model, rows, directions, steps, batch_size=None):
+    """D[j, i] = ∇ℓ(z_i, w)·directions[j] on ``rows`` with the given :class:`ForwardStep` per direction.
+
+    Central: (ℓ_i(w + r s) − ℓ_i(w − r s)) / 2r, two batched passes over ``rows``; Richardson:
+    (16·D(r/4) − D(r))/15, four passes. The result for a row depends only on the row, the step and
+    the batching within ``rows``, so scoring a dataset chunk by chunk with the same steps is
+    reproducible to the bit. Weights are restored bit-identically (also on exceptions).
+    """
+    rows = _validate(model, rows, "data")
+    directions = _check_directions(model, directions)
+    dtype = model.dtype
+    out = np.zeros((directions.shape[0], len(rows)))
+    with model.preserving_params() as saved:
+        w0 = saved.astype(np.float64)
+
+        def diff(s, r):
+            model.set_params((w0 + r * s).astype(dtype))
+            plus = model.per_example_losses(rows, batch_size)
+            model.set_params((w0 - r * s).astype(dtype))
+            minus = model.per_example_losses(rows, batch_size)
+            return (plus - minus) / (2.0 * r)
+
+        for j, (s, step) in enumerate(zip(directions, steps)):
+            if step.r == 0:
+                continue
+            d1 = diff(s, step.r)
+            if step.stencil == "central":
+                out[j] = d1
+            else:
+                q2 = GRID_RATIO ** 2
+                out[j] = (diff(s, step.r * GRID_RATIO) - q2 * d1) / (1.0 - q2)
+    return out
+
+
+def directional_derivatives(model, data, directions, rel_step=None, stencil=None, batch_size=None):
+    """D[j, i] = ∇ℓ(z_i, w)·directions[j] for every example of ``data`` (loss WITHOUT the L2 term),
+    by central differences of batched forward passes; float64 array (m, n).
+
+    :func:`forward_steps` chooses the step per direction (on a pilot subset), then
+    :func:`forward_differences` evaluates every row: 2 passes over the data per direction with
+    ``stencil="central"``, 4 with ``"richardson"`` (the default, :data:`FORWARD_STENCIL`). A zero
+    direction gives a zero row without any pass. Weights are restored bit-identically afterwards,
+    also on exceptions and KeyboardInterrupt.
+    """
+    data = _validate(model, data, "data")
+    if batch_size is not None:
+        batch_size = check_batch_size(batch_size)
+    steps = forward_steps(model, data, directions, rel_step, stencil, batch_size)
+    return forward_differences(model, data, directions, steps, batch_size)
+
+
+def _solve(H, b, solver, damping, options):
+    from .solvers import solve
+    return solve(H, b, method=solver, damping=damping, **options)
+
+
+def s_test(model, train, test, solver="cg", damping=0.0, batch_size=None, hessian=None,
+           check_optimum=True, **solver_options):
+    """s_test = (H + damping·I)⁻¹ g_test for each test point, H = ∇²R(w) on ``train``.
+
+    ``test``: (x, y) with one row per test point (one row for a single point) or a Dataset.
+    g_test = ∇ℓ(z_test, w) is the gradient of that point's loss WITHOUT the L2 term; several test
+    points give several vectors (not the inverse-HVP of their mean). ``solver`` is a method of
+    :func:`influence.solvers.solve` ("cg", "lissa", "direct", "lanczos"), with ``solver_options``
+    passed on. ``hessian``: a ready :class:`~influence.hvp.HessianOperator` on ``train`` (reuses its
+    calibrated step across calls); by default one is built with ``batch_size``.
+    Returns :class:`STest` (``vectors`` of shape (n_test, d) and the solver's ``Solution`` per row).
+    Warns with :class:`~influence.fitting.NotAtOptimumWarning` when ``w`` is not a minimum of R.
+    Weights are unchanged (bit-identical) afterwards.
+    """
+    train = _validate(model, train, "training data")
+    test = _validate(model, test, "test data")
+    if not (np.isfinite(damping) and damping >= 0):
+        raise ValueError("damping=%r must be a finite number >= 0" % (damping,))
+    with model.preserving_params():
+        if check_optimum:
+            warn_if_not_optimal(model, train, OPTIMUM_RTOL, batch_size)
+        H = HessianOperator(model, train, batch_size=batch_size) if hessian is None else hessian
+        g_test = model.per_example_grads(test, batch_size)
+        solutions = [_solve(H, g, solver, float(damping), solver_options) for g in g_test]
+    vectors = np.array([np.asarray(sol.x, dtype=np.float64).reshape(-1) for sol in solutions])
+    return STest(vectors, solutions, float(damping))
+
+
+def influence_scores(model, train, test, solver="cg", scoring="forward", damping=0.0, batch_size=None,
+                     s=None, hessian=None, rel_step=None, stencil=None,
+                     check_optimum=True, **solver_options):
+    """I_up,loss(z_i, z_test) = −g_testᵀ (H + damping·I)⁻¹ g_i for every training point z_i.
+
+    This is the derivative of the test loss when z_i is up-weighted by ε in R (Koh & Liang 2017).
+    Removing z_i is ε = −1/n, so the predicted change of the test loss is
+    ``predicted_loss_change(scores, n_train) = −scores / n_train`` (positive: z_i helped the test
+    prediction). Shape (n_train,) for ONE test point (a test set of one row), (n_test, n_train) for
+    several.
+
+    ``scoring="forward"`` (default): g_iᵀ s_test for all i by central differences of batched forward
+    passes along s_test (see :func:`directional_derivatives`: 4 passes over ``train`` per test point
+    with the default Richardson stencil). ``scoring="gradient"``: per-example gradients (chunks of
+    :data:`GRADIENT_CHUNK` rows) dotted with s_test — the reference path, one backward pass per
+    example on CNTK. ``s``: a precomputed :class:`STest` for these test points (skips the solve).
+    Other arguments as in :func:`s_test`. Weights are unchanged (bit-identical) afterwards.
+    """
+    if scoring not in ("forward", "gradient"):
+        raise ValueError("scoring=%r is not one of 'forward', 'gradient'" % (scoring,))
+    train = _validate(model, train, "training data")
+    test = _validate(model, test, "test data")
+    if s is None:
+        s = s_test(model, train, test, solver, damping, batch_size, hessian, check_optimum,
+                   **solver_options)
+    elif check_optimum:
+        warn_if_not_optimal(model, train, OPTIMUM_RTOL, batch_size)
+    vectors = np.atleast_2d(s.vectors if isinstance(s, STest) else np.asarray(s, dtype=np.float64))
+    if vectors.shape != (len(test), model.n_params):
+        raise ValueError("s has shape %s but %d test points and %d parameters need (%d, %d)"
+                         % (vectors.shape, len(test), model.n_params, len(test), model.n_params))
+    if scoring == "forward":
+        dots = directional_derivatives(model, train, vectors, rel_step, stencil, batch_size)
+    else:
+        dots = np.empty((vectors.shape[0], len(train)))
+        size = GRADIENT_CHUNK if batch_size is None else check_batch_size(batch_size)
+        with model.preserving_params():
+            for start in range(0, len(train), size):
+                stop = min(start + size, len(train))
+                G = model.per_example_grads(train.subset(slice(start, stop)), batch_size)
+                dots[:, start:stop] = (G @ vectors.T).T
+    scores = -dots
+    return scores[0] if len(test) == 1 else scores
+
+
+def predicted_loss_change(scores, n_train):
+    """Δ_i ≈ ℓ(z_test, w*_{−i}) − ℓ(z_test, w*) = −I_up,loss / n_train: the predicted change of the
+    test loss when training point i is removed and the model retrained (positive: z_i helped the
+    test prediction, removing it raises the loss; negative: z_i hurt it)."""
+    return -np.asarray(scores, dtype=np.float64) / float(n_train)
+
+
+def self_influence(model, train, method="exact", k=None, damping=0.0, batch_size=None, hessian=None,
+                   rel_step=None, stencil=None, check_optimum=True, **lanczos_options):
+    """Self-influence s_i = g_iᵀ (H + damping·I)⁻¹ g_i of every training point (shape (n,)).
+
+    High s_i: the point is fitted against the rest of the data (a likely mislabeled example).
+
+    ``method="exact"`` (small d): a dense H from d Hessian-vector products and the per-example
+    gradients g_i; s_i from one dense solve. ``method="lanczos"`` (large d): the rank-``k``
+    approximation H ≈ U diag(θ) Uᵀ from :func:`influence.solvers.lanczos_inverse`, so
+    s_i ≈ Σ_k (u_kᵀ g_i)² / (θ_k + damping), every u_kᵀ g_i by forward differences along u_k
+    (:func:`directional_derivatives`: no per-example gradient, 2 or 4 batched passes per u_k;
+    Schioppa et al. 2022 with finite differences instead of forward-mode autodiff).
+    Weights are unchanged (bit-identical) afterwards.
+    """
+    if method not in ("exact", "lanczos"):
+        raise ValueError("method=%r is not one of 'exact', 'lanczos'" % (method,))
+    train = _validate(model, train, "training data")
+    if not (np.isfinite(damping) and damping >= 0):
+        raise ValueError("damping=%r must be a finite number >= 0" % (damping,))
+    with model.preserving_params():
+        if check_optimum:
+            warn_if_not_optimal(model, train, OPTIMUM_RTOL, batch_size)
+        H = HessianOperator(model, train, batch_size=batch_size) if hessian is None else hessian
+        if method == "exact":
+            import scipy.linalg
+            from .solvers import dense_matrix
+            A, _ = dense_matrix(H, float(damping))
+            try:
+                factor = scipy.linalg.cho_factor(A, lower=True)
+            except np.linalg.LinAlgError:
+                smallest = float(scipy.linalg.eigvalsh(A)[0])
+                raise ValueError("self_influence: H + damping·I is not positive definite (smallest "
+                                 "eigenvalue %.4g); pass damping > %.3g" % (smallest, -smallest))
+            out = np.empty(len(train))
+            size = GRADIENT_CHUNK if batch_size is None else check_batch_size(batch_size)
+            for start in range(0, len(train), size):
+                stop = min(start + size, len(train))
+                G = model.per_example_grads(train.subset(slice(start, stop)), batch_size)
+                out[start:stop] = np.sum(G * scipy.linalg.cho_solve(factor, G.T).T, axis=1)
+            return out
+        from .solvers import lanczos_inverse
+        if k is None:
+            raise ValueError("method='lanczos' needs the rank k (e.g. k=50)")
+        low = lanczos_inverse(H, int(k), damping=float(damping), **lanczos_options)
+        U = np.asarray(low.eigenvectors, dtype=np.float64)
+        theta = np.asarray(low.eigenvalues, dtype=np.float64) + float(getattr(low, "damping", damping))
+    P = directional_derivatives(model, train, U.T, rel_step, stencil, batch_size)
+    return np.sum(P ** 2 / theta[:, None], axis=0)
