@@ -1,0 +1,23 @@
+"""The examples run end to end at reduced size (CNTK)."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+
+
+def test_digits_influence_small(cntk, capsys):
+    import digits_influence
+    out = digits_influence.main(["--small"])
+    assert out["softmax"]["pearson"] >= 0.99
+    assert out["mlp"]["pearson"] >= 0.9
+    text = capsys.readouterr().out
+    assert "most helpful" in text and "Pearson" in text and "fit" in text
+
+
+def test_mislabeled_digits_small(cntk, capsys):
+    import mislabeled_digits
+    out = mislabeled_digits.main(["--small"])
+    assert out["self-influence"][0.1] > 2 * out["random"][0.1]
+    assert "self-influence" in capsys.readouterr().out
