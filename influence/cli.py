@@ -296,6 +296,264 @@ def cmd_hvp(args):
     return EXIT_OK
 
 
+def _load_split(path, flag, model):
+    data = _load_data(path, flag)
+    try:
+        return model.validate(data, "%s %s" % (flag, path))
+    except ValueError as e:
+        raise UsageError(str(e))
+
+
+def _check_indices(indices, n, flag, what):
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise UsageError("%s %d is out of range: %s has %d points (0..%d)" % (flag, bad[0], what, n, n - 1))
+    return np.asarray(indices, dtype=np.int64)
+
+
+def _solver_options(args):
+    opts = {}
+    if args.solver in ("cg", "lissa") and args.rtol is not None:
+        opts["rtol"] = args.rtol
+    if args.solver in ("cg", "lissa") and args.maxiter is not None:
+        opts["maxiter" if args.solver == "cg" else "depth"] = args.maxiter
+    if args.solver in ("cg", "lissa"):
+        opts["progress"] = not args.quiet
+    if args.solver == "lissa":
+        opts["random_state"] = args.seed
+    if args.solver == "lanczos":
+        opts["k"] = args.k
+        opts["random_state"] = args.seed
+    return opts
+
+
+class _Warnings(object):
+    """Collect warnings during a command and print each once, in one line, on stderr."""
+
+    def __enter__(self):
+        import warnings
+        self._cm = warnings.catch_warnings(record=True)
+        self.caught = self._cm.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc):
+        self._cm.__exit__(*exc)
+        seen = set()
+        for w in self.caught:
+            text = "%s: %s" % (w.category.__name__, _first_line(w.message))
+            if text not in seen and not issubclass(w.category, (DeprecationWarning, ImportWarning)):
+                seen.add(text)
+                print("influence: warning: %s" % text, file=sys.stderr)
+
+
+def _labels(data):
+    return data.y if data.y is not None and data.y.ndim == 1 else None
+
+
+def _label_text(labels, i):
+    return "-" if labels is None else str(labels[i].item() if hasattr(labels[i], "item") else labels[i])
+
+
+def _checkpoint(args, fingerprint):
+    from .jobs import Checkpoint
+    if not args.out:
+        if args.resume:
+            raise UsageError("--resume needs --out (the partial results live in OUT.partial/)")
+        return None
+    return Checkpoint(args.out + ".partial", fingerprint, resume=args.resume)
+
+
+def _fingerprint(args, command, extra):
+    from .jobs import file_fingerprint
+    fp = {"command": command, "version": __version__, "model": file_fingerprint(args.model),
+          "train": file_fingerprint(args.train), "loss": args.loss, "l2": args.l2, "output": args.output,
+          "batch_size": args.batch_size, "chunk_size": args.chunk_size, "seed": args.seed}
+    fp.update(extra)
+    return fp
+
+
+def cmd_score(args):
+    from .jobs import file_fingerprint
+    from .scores import influence_scores, s_test, predicted_loss_change
+    from ._files import check_writable, write_table, write_json
+    if args.out:
+        check_writable(args.out)
+    timer = _Timer()
+    with timer("load model and data"):
+        model, _ = _load_model(args)
+        train = _load_split(args.train, "--train", model)
+        test = _load_split(args.test, "--test", model)
+    idx = _check_indices(args.test_index if args.test_index else range(len(test)), len(test),
+                         "--test-index", "the test set")
+    test_sel = test.subset(idx)
+    n = len(train)
+    fingerprint = _fingerprint(args, "score", {
+        "test": file_fingerprint(args.test),
+        "test_index": idx.tolist(), "solver": args.solver, "damping": args.damping, "rtol": args.rtol,
+        "maxiter": args.maxiter, "k": args.k, "scoring": args.scoring})
+    checkpoint = _checkpoint(args, fingerprint)
+    solutions = None
+    with _Warnings():
+        vectors = checkpoint.load_array("s_test") if checkpoint is not None else None
+        with timer("test gradients + inverse HVP (%s)" % args.solver):
+            if vectors is None:
+                st = s_test(model, train, test_sel, solver=args.solver, damping=args.damping,
+                            batch_size=args.batch_size, check_optimum=not args.no_optimum_check,
+                            **_solver_options(args))
+                vectors, solutions = st.vectors, st.solutions
+                if checkpoint is not None:
+                    checkpoint.save_array("s_test", vectors)
+        with timer("scoring (%s, %d training points)" % (args.scoring, n)):
+            scores = influence_scores(model, train, test_sel, scoring=args.scoring, s=vectors,
+                                      batch_size=args.batch_size, check_optimum=False,
+                                      chunk_size=args.chunk_size, checkpoint=checkpoint,
+                                      progress=not args.quiet)
+    scores = np.atleast_2d(scores)
+    delta = predicted_loss_change(scores, n)
+    train_labels = _labels(train)
+    with timer("write"):
+        if args.out:
+            if args.out.lower().endswith(".json"):
+                write_json(args.out, {"test_index": idx, "n_train": n, "train_label": train_labels,
+                                      "influence": scores, "predicted_loss_change": delta,
+                                      "definition": "influence = I_up,loss = -g_test^T H^-1 g_i; "
+                                      "predicted_loss_change = -influence / n_train"})
+            else:
+                rows = [(int(t), i, _label_text(train_labels, i), scores[j, i], delta[j, i])
+                        for j, t in enumerate(idx) for i in range(n)]
+                write_table(args.out, ["test_index", "train_index", "train_label", "influence",
+                                       "predicted_loss_change"], rows)
+            if checkpoint is not None:
+                checkpoint.remove()
+    summary = {"n_train": n, "test_index": idx.tolist(), "solver": args.solver, "damping": args.damping,
+               "scoring": args.scoring, "seconds": timer.as_dict(), "out": args.out,
+               "solutions": None if solutions is None else [
+                   {"converged": bool(sl.converged), "n_iter": int(sl.n_iter), "n_hvp": int(sl.n_hvp),
+                    "residual": float(sl.residual), "seconds": float(sl.seconds)} for sl in solutions],
+               "top": []}
+    predicted = None
+    if model.output is not None and model.n_classes:
+        predicted = np.argmax(model.predict(test_sel.x, args.batch_size), axis=1)
+    test_losses = model.per_example_losses(test_sel, args.batch_size)
+    for j, t in enumerate(idx):
+        order = np.argsort(-delta[j], kind="mergesort")
+        helpful = [int(i) for i in order[:args.top] if delta[j, i] > 0]
+        harmful = [int(i) for i in order[::-1][:args.top] if delta[j, i] < 0]
+        summary["top"].append({"test_index": int(t), "test_loss": float(test_losses[j]),
+                               "helpful": [[i, _label_text(train_labels, i), float(delta[j, i])] for i in helpful],
+                               "harmful": [[i, _label_text(train_labels, i), float(delta[j, i])] for i in harmful]})
+        if args.json:
+            continue
+        head = "test point %d: label %s" % (t, _label_text(_labels(test_sel), j))
+        if predicted is not None:
+            head += ", predicted %d" % predicted[j]
+        print("%s, test loss %.4g" % (head, test_losses[j]))
+        for title, chosen in (("most helpful (removing them would raise the test loss)", helpful),
+                              ("most harmful (removing them would lower the test loss)", harmful)):
+            print("  %s:" % title)
+            print("    %5s %8s %7s %24s" % ("rank", "index", "label", "test-loss change if removed"))
+            for r, i in enumerate(chosen):
+                print("    %5d %8d %7s %+24.4e" % (r + 1, i, _label_text(train_labels, i), delta[j, i]))
+            if not chosen:
+                print("    (none)")
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return EXIT_OK
+    print("timing:")
+    print("\n".join(timer.lines()))
+    if solutions is not None:
+        for t, sl in zip(idx, solutions):
+            print("  inverse HVP for test point %d: %s, %d iterations, %d HVPs, relative residual %.2e"
+                  % (t, "converged" if sl.converged else "NOT converged", sl.n_iter, sl.n_hvp, sl.residual))
+    else:
+        print("  inverse HVP: reused from the checkpoint (--resume)")
+    if args.out:
+        print("saved %s (%d rows)" % (args.out, n * len(idx)))
+    return EXIT_OK
+
+
+def cmd_self(args):
+    from .scores import self_influence
+    from ._files import check_writable, write_table
+    if args.out:
+        check_writable(args.out)
+    timer = _Timer()
+    with timer("load model and data"):
+        model, _ = _load_model(args)
+        train = _load_split(args.train, "--train", model)
+    n = len(train)
+    checkpoint = _checkpoint(args, _fingerprint(args, "self", {"method": args.method, "k": args.k,
+                                                                "damping": args.damping}))
+    options = {"k": args.k, "random_state": args.seed} if args.method == "lanczos" else {}
+    with _Warnings():
+        with timer("self-influence (%s)" % args.method):
+            values = self_influence(model, train, method=args.method, damping=args.damping,
+                                    batch_size=args.batch_size, check_optimum=not args.no_optimum_check,
+                                    chunk_size=args.chunk_size, checkpoint=checkpoint,
+                                    progress=not args.quiet, **options)
+        with timer("training losses"):
+            losses = model.per_example_losses(train, args.batch_size)
+    order = np.argsort(-values, kind="mergesort")
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(1, n + 1)
+    labels = _labels(train)
+    with timer("write"):
+        if args.out:
+            write_table(args.out, ["train_index", "label", "self_influence", "rank", "training_loss"],
+                        [(i, _label_text(labels, i), values[i], int(rank[i]), losses[i]) for i in range(n)])
+            if checkpoint is not None:
+                checkpoint.remove()
+    top = [[int(i), _label_text(labels, i), float(values[i]), float(losses[i])] for i in order[:args.top]]
+    if args.json:
+        print(json.dumps({"n_train": n, "method": args.method, "top": top, "seconds": timer.as_dict(),
+                          "out": args.out}, indent=2, sort_keys=True))
+        return EXIT_OK
+    print("most likely mislabeled training points (highest self-influence g_iᵀ H⁻¹ g_i):")
+    print("  %5s %8s %7s %16s %14s" % ("rank", "index", "label", "self-influence", "training loss"))
+    for r, (i, lab, v, l) in enumerate(top):
+        print("  %5d %8d %7s %16.4e %14.4g" % (r + 1, i, lab, v, l))
+    print("timing:")
+    print("\n".join(timer.lines()))
+    if args.out:
+        print("saved %s (%d rows)" % (args.out, n))
+    return EXIT_OK
+
+
+def cmd_verify(args):
+    from .loo import verify_loo
+    timer = _Timer()
+    with timer("load model and data"):
+        model, _ = _load_model(args)
+        train = _load_split(args.train, "--train", model)
+        test = _load_split(args.test, "--test", model)
+    idx = _check_indices(args.test_index, len(test), "--test-index", "the test set")
+    if args.k < 1:
+        raise UsageError("--k %d: pass at least 1 training point to retrain without" % args.k)
+    with _Warnings():
+        with timer("influence + %d leave-one-out retrainings" % min(args.k, len(train))):
+            res = verify_loo(model, train, test.subset(idx), k=args.k, damping=args.damping,
+                             random_state=args.seed, solver=args.solver, batch_size=args.batch_size)
+    err = np.abs(res.predicted - res.actual)
+    worst = np.argsort(-err, kind="mergesort")[:args.top]
+    rows = [[int(res.indices[i]), float(res.predicted[i]), float(res.actual[i])] for i in worst]
+    if args.json:
+        print(json.dumps({"pearson": res.pearson, "spearman": res.spearman, "k": len(res.indices),
+                          "indices": res.indices, "predicted": res.predicted, "actual": res.actual,
+                          "seconds": timer.as_dict()}, indent=2, sort_keys=True,
+                         default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+        return EXIT_OK
+    print("leave-one-out check on %d training points (test points %s):" % (len(res.indices), idx.tolist()))
+    print("  Pearson %.4f, Spearman %.4f between predicted and actual test-loss change" % (res.pearson, res.spearman))
+    print("  worst disagreements:")
+    print("    %8s %16s %16s" % ("index", "predicted", "actual"))
+    for i, p, a in rows:
+        print("    %8d %+16.4e %+16.4e" % (i, p, a))
+    print("timing:")
+    print("\n".join(timer.lines()))
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------------------- parser
 def build_parser():
     common = _common_flags()
@@ -338,6 +596,62 @@ def build_parser():
     p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
     p.add_argument("--out", metavar="hv.npy", help="save H·v here (.npy)")
     p.set_defaults(func=cmd_hvp)
+
+    def score_flags(p, solver=True):
+        _model_flags(p)
+        p.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y)")
+        p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian: (H + λI)⁻¹ (default 0)")
+        p.add_argument("--chunk-size", type=int, default=10000, metavar="C",
+                       help="training rows per chunk: the unit of progress and of --resume (default 10000)")
+        p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.partial/ "
+                       "without recomputing finished chunks")
+        p.add_argument("--no-optimum-check", action="store_true",
+                       help="skip the check that the model is at an optimum of the training objective")
+        if solver:
+            p.add_argument("--solver", choices=["cg", "lissa", "direct", "lanczos"], default="cg",
+                           help="inverse-HVP solver (default cg)")
+            p.add_argument("--rtol", type=float, help="relative tolerance of cg / lissa")
+            p.add_argument("--maxiter", type=int, help="iterations of cg (depth of lissa)")
+
+    p = sub.add_parser("score", parents=[common], help="influence of every training point on test points",
+                       description="Influence of every training point on the loss at test points: "
+                       "I_up,loss = -g_testᵀ H⁻¹ g_i and the predicted test-loss change if the point were "
+                       "removed, -I_up,loss/n (positive: it helped). Prints the most helpful and harmful "
+                       "training points and a timing breakdown; --out holds every score.")
+    score_flags(p)
+    p.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y)")
+    p.add_argument("--test-index", type=int, nargs="+", metavar="I", help="test points to explain (default: all)")
+    p.add_argument("--scoring", choices=["forward", "gradient"], default="forward",
+                   help="forward: finite differences of batched forward passes (fast, default); gradient: "
+                   "per-example gradients (reference)")
+    p.add_argument("--k", type=int, default=50, help="rank of the lanczos solver (default 50)")
+    p.add_argument("--top", type=int, default=10, help="rows of each ranked table (default 10)")
+    p.add_argument("--out", metavar="scores.csv|scores.json", help="write every score here")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("self", parents=[common], help="rank training points by self-influence (likely mislabeled)",
+                       description="Self-influence s_i = g_iᵀ H⁻¹ g_i of every training point; the highest "
+                       "are the most likely mislabeled.")
+    score_flags(p, solver=False)
+    p.add_argument("--method", choices=["exact", "lanczos"], default="exact",
+                   help="exact: dense Hessian (small models); lanczos: rank-k approximation (default exact)")
+    p.add_argument("--k", type=int, default=50, help="rank for --method lanczos (default 50)")
+    p.add_argument("--top", type=int, default=20, help="rows of the ranked table (default 20)")
+    p.add_argument("--out", metavar="ranking.csv", help="write every training point's self-influence here")
+    p.set_defaults(func=cmd_self)
+
+    p = sub.add_parser("verify", parents=[common], help="leave-one-out check of the influence predictions",
+                       description="Retrain without k training points (the most influential and random "
+                       "ones), measure the actual change of the test loss and compare with the prediction.")
+    _model_flags(p)
+    p.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y)")
+    p.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y)")
+    p.add_argument("--test-index", type=int, nargs="+", required=True, metavar="I", help="test point(s)")
+    p.add_argument("--k", type=int, default=30, help="training points to retrain without (default 30)")
+    p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
+    p.add_argument("--solver", choices=["cg", "lissa", "direct", "lanczos"], default="cg", help="default cg")
+    p.add_argument("--top", type=int, default=5, help="worst disagreements to print (default 5)")
+    p.set_defaults(func=cmd_verify)
     return parser
 
 

@@ -34,7 +34,7 @@ PILOT_ROWS = 512
 #: Default stencil per dtype: "richardson" = (16·D(r/4) − D(r))/15 (4 passes, O(r⁴) truncation),
 #: "central" = D(r) (2 passes, O(r²)).
 FORWARD_STENCIL = {np.dtype(np.float32): "richardson", np.dtype(np.float64): "richardson"}
-#: Training rows per per-example-gradient chunk in ``scoring="gradient"`` (memory: chunk × d floats).
+#: Training rows per block of per-example gradients (memory: block × d floats).
 GRADIENT_CHUNK = 256
 
 STest = collections.namedtuple("STest", "vectors solutions damping")
@@ -185,9 +185,47 @@ def s_test(model, train, test, solver="cg", damping=0.0, batch_size=None, hessia
     return STest(vectors, solutions, float(damping))
 
 
+def _steps_checkpointed(model, train, directions, rel_step, stencil, batch_size, checkpoint):
+    """forward_steps, saved to / reused from ``checkpoint`` so a resumed run uses the same steps."""
+    codes = ("central", "richardson")
+    saved = checkpoint.load_array("forward_steps") if checkpoint is not None else None
+    if saved is not None and saved.shape == (len(directions), 3):
+        return [ForwardStep(float(r), codes[int(c)], float(e)) for r, c, e in saved]
+    steps = forward_steps(model, train, directions, rel_step, stencil, batch_size)
+    if checkpoint is not None:
+        checkpoint.save_array("forward_steps", [[st.r, codes.index(st.stencil), st.error] for st in steps])
+    return steps
+
+
+def _gradient_blocks(model, train, a, b, batch_size):
+    """Per-example gradients of rows a..b in blocks of GRADIENT_CHUNK rows (memory: block × d)."""
+    with model.preserving_params():
+        for start in range(a, b, GRADIENT_CHUNK):
+            yield model.per_example_grads(train.subset(slice(start, min(start + GRADIENT_CHUNK, b))),
+                                          batch_size)
+
+
+def _score_rows(model, train, vectors, scoring, rel_step, stencil, batch_size, chunk_size, checkpoint,
+                progress, executor):
+    """(m, n) array of g_iᵀ vectors[j] over all training rows, chunk by chunk."""
+    from .jobs import DEFAULT_CHUNK_SIZE, run_chunks
+    chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
+    if scoring == "forward":
+        steps = _steps_checkpointed(model, train, vectors, rel_step, stencil, batch_size, checkpoint)
+
+        def compute(a, b):
+            return forward_differences(model, train.subset(slice(a, b)), vectors, steps, batch_size)
+    else:
+        def compute(a, b):
+            return np.hstack([vectors @ G.T for G in _gradient_blocks(model, train, a, b, batch_size)])
+    dots, _ = run_chunks(compute, len(train), chunk_size, checkpoint, progress, "scoring", executor)
+    return dots
+
+
 def influence_scores(model, train, test, solver="cg", scoring="forward", damping=0.0, batch_size=None,
                      s=None, hessian=None, rel_step=None, stencil=None,
-                     check_optimum=True, **solver_options):
+                     check_optimum=True, chunk_size=None, checkpoint=None, progress=False, executor=None,
+                     **solver_options):
     """I_up,loss(z_i, z_test) = −g_testᵀ (H + damping·I)⁻¹ g_i for every training point z_i.
 
     This is the derivative of the test loss when z_i is up-weighted by ε in R (Koh & Liang 2017).
@@ -201,6 +239,10 @@ def influence_scores(model, train, test, solver="cg", scoring="forward", damping
     with the default Richardson stencil). ``scoring="gradient"``: per-example gradients (chunks of
     :data:`GRADIENT_CHUNK` rows) dotted with s_test — the reference path, one backward pass per
     example on CNTK. ``s``: a precomputed :class:`STest` for these test points (skips the solve).
+    The training rows are processed in chunks of ``chunk_size`` (default
+    :data:`influence.jobs.DEFAULT_CHUNK_SIZE`); ``checkpoint`` (an :class:`influence.jobs.Checkpoint`)
+    saves each finished chunk and reuses saved ones, ``progress`` shows a tqdm bar on stderr,
+    ``executor`` computes chunks elsewhere (see :func:`influence.jobs.run_chunks`).
     Other arguments as in :func:`s_test`. Weights are unchanged (bit-identical) afterwards.
     """
     if scoring not in ("forward", "gradient"):
@@ -216,16 +258,8 @@ def influence_scores(model, train, test, solver="cg", scoring="forward", damping
     if vectors.shape != (len(test), model.n_params):
         raise ValueError("s has shape %s but %d test points and %d parameters need (%d, %d)"
                          % (vectors.shape, len(test), model.n_params, len(test), model.n_params))
-    if scoring == "forward":
-        dots = directional_derivatives(model, train, vectors, rel_step, stencil, batch_size)
-    else:
-        dots = np.empty((vectors.shape[0], len(train)))
-        size = GRADIENT_CHUNK if batch_size is None else check_batch_size(batch_size)
-        with model.preserving_params():
-            for start in range(0, len(train), size):
-                stop = min(start + size, len(train))
-                G = model.per_example_grads(train.subset(slice(start, stop)), batch_size)
-                dots[:, start:stop] = (G @ vectors.T).T
+    dots = _score_rows(model, train, vectors, scoring, rel_step, stencil, batch_size, chunk_size,
+                       checkpoint, progress, executor)
     scores = -dots
     return scores[0] if len(test) == 1 else scores
 
@@ -238,7 +272,8 @@ def predicted_loss_change(scores, n_train):
 
 
 def self_influence(model, train, method="exact", k=None, damping=0.0, batch_size=None, hessian=None,
-                   rel_step=None, stencil=None, check_optimum=True, **lanczos_options):
+                   rel_step=None, stencil=None, check_optimum=True, chunk_size=None, checkpoint=None,
+                   progress=False, **lanczos_options):
     """Self-influence s_i = g_iᵀ (H + damping·I)⁻¹ g_i of every training point (shape (n,)).
 
     High s_i: the point is fitted against the rest of the data (a likely mislabeled example).
@@ -249,7 +284,8 @@ def self_influence(model, train, method="exact", k=None, damping=0.0, batch_size
     s_i ≈ Σ_k (u_kᵀ g_i)² / (θ_k + damping), every u_kᵀ g_i by forward differences along u_k
     (:func:`directional_derivatives`: no per-example gradient, 2 or 4 batched passes per u_k;
     Schioppa et al. 2022 with finite differences instead of forward-mode autodiff).
-    Weights are unchanged (bit-identical) afterwards.
+    ``chunk_size``, ``checkpoint``, ``progress`` as in :func:`influence_scores` (the dense Hessian or
+    the Lanczos eigenpairs are checkpointed too). Weights are unchanged (bit-identical) afterwards.
     """
     if method not in ("exact", "lanczos"):
         raise ValueError("method=%r is not one of 'exact', 'lanczos'" % (method,))
@@ -260,28 +296,43 @@ def self_influence(model, train, method="exact", k=None, damping=0.0, batch_size
         if check_optimum:
             warn_if_not_optimal(model, train, OPTIMUM_RTOL, batch_size)
         H = HessianOperator(model, train, batch_size=batch_size) if hessian is None else hessian
+        from .jobs import DEFAULT_CHUNK_SIZE, run_chunks
+        chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
         if method == "exact":
             import scipy.linalg
             from .solvers import dense_matrix
-            A, _ = dense_matrix(H, float(damping))
+            A = checkpoint.load_array("damped_hessian") if checkpoint is not None else None
+            if A is None:
+                A, _ = dense_matrix(H, float(damping))
+                if checkpoint is not None:
+                    checkpoint.save_array("damped_hessian", A)
             try:
                 factor = scipy.linalg.cho_factor(A, lower=True)
             except np.linalg.LinAlgError:
                 smallest = float(scipy.linalg.eigvalsh(A)[0])
                 raise ValueError("self_influence: H + damping·I is not positive definite (smallest "
                                  "eigenvalue %.4g); pass damping > %.3g" % (smallest, -smallest))
-            out = np.empty(len(train))
-            size = GRADIENT_CHUNK if batch_size is None else check_batch_size(batch_size)
-            for start in range(0, len(train), size):
-                stop = min(start + size, len(train))
-                G = model.per_example_grads(train.subset(slice(start, stop)), batch_size)
-                out[start:stop] = np.sum(G * scipy.linalg.cho_solve(factor, G.T).T, axis=1)
+
+            def compute(a, b):
+                return np.concatenate([np.sum(G * scipy.linalg.cho_solve(factor, G.T).T, axis=1)
+                                       for G in _gradient_blocks(model, train, a, b, batch_size)])
+            out, _ = run_chunks(compute, len(train), chunk_size, checkpoint, progress, "self-influence")
             return out
         from .solvers import lanczos_inverse
         if k is None:
             raise ValueError("method='lanczos' needs the rank k (e.g. k=50)")
-        low = lanczos_inverse(H, int(k), damping=float(damping), **lanczos_options)
-        U = np.asarray(low.eigenvectors, dtype=np.float64)
-        theta = np.asarray(low.eigenvalues, dtype=np.float64) + float(getattr(low, "damping", damping))
-    P = directional_derivatives(model, train, U.T, rel_step, stencil, batch_size)
-    return np.sum(P ** 2 / theta[:, None], axis=0)
+        saved = checkpoint.load_array("lanczos") if checkpoint is not None else None
+        if saved is None:
+            low = lanczos_inverse(H, int(k), damping=float(damping), **lanczos_options)
+            theta = np.asarray(low.eigenvalues, dtype=np.float64) + float(getattr(low, "damping", damping))
+            saved = np.vstack([theta[None, :], np.asarray(low.eigenvectors, dtype=np.float64)])
+            if checkpoint is not None:
+                checkpoint.save_array("lanczos", saved)
+        theta, U = saved[0], saved[1:]
+    steps = _steps_checkpointed(model, train, U.T, rel_step, stencil, batch_size, checkpoint)
+
+    def compute_lanczos(a, b):
+        P = forward_differences(model, train.subset(slice(a, b)), U.T, steps, batch_size)
+        return np.sum(P ** 2 / theta[:, None], axis=0)
+    out, _ = run_chunks(compute_lanczos, len(train), chunk_size, checkpoint, progress, "self-influence")
+    return out

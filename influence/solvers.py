@@ -97,8 +97,14 @@ __all__ = ["solve", "Solution", "ConvergenceWarning", "NonPositiveCurvatureError
 #: Largest dimension :func:`direct` (and the dense fallback of lanczos) accepts: d products and a
 #: d×d float64 matrix (2000 → 32 MB).
 DIRECT_MAX_DIM = 2000
-#: Default relative tolerance of :func:`cg`.
+#: Default relative tolerance of :func:`cg`, by the dtype of the model behind a HessianOperator:
+#: float32 finite-difference products carry ~1e-5..1e-4 relative error, so CG's residual cannot
+#: fall much below 1e-4 there (measured on digits softmax regression: it stalls near 2e-5).
 CG_RTOL = 1e-6
+CG_RTOL_FLOAT32 = 1e-4
+#: CG stops (not converged, keeping its best iterate) when its residual has not improved for this
+#: many iterations: with inexact (finite-difference) products it can stall or drift upward.
+CG_STAGNATION = 50
 #: Lanczos steps spent estimating the negative eigenvalue after CG meets non-positive curvature.
 CURVATURE_STEPS = 10
 #: LiSSA defaults (see docs/solvers.md for the accuracy they reach on the test problems).
@@ -299,12 +305,26 @@ def _not_pd_message(what, smallest, bound_word, damping, total_damping):
 
 
 # ---------------------------------------------------------------------------------------- cg
-def cg(H, b, damping=0.0, rtol=CG_RTOL, atol=0.0, maxiter=None, x0=None, progress=False,
-       curvature_steps=CURVATURE_STEPS, callback=None):
+def _default_cg_rtol(H):
+    model = getattr(H, "model", None)
+    if model is not None and np.dtype(model.dtype) == np.float32:
+        return CG_RTOL_FLOAT32
+    return CG_RTOL
+
+
+class _Stagnated(Exception):
+    pass
+
+
+def cg(H, b, damping=0.0, rtol=None, atol=0.0, maxiter=None, x0=None, progress=False,
+       curvature_steps=CURVATURE_STEPS, callback=None, stagnation=CG_STAGNATION):
     """Solve ``(H + damping·I) x = b`` by conjugate gradients (see the module docstring).
 
-    ``rtol``/``atol``: stop when ``‖r‖ <= max(rtol·‖b‖, atol)``. ``maxiter``: iterations (default
-    SciPy's 10·d). ``x0``: initial guess (never modified). ``progress``: tqdm bar on stderr with the
+    ``rtol``/``atol``: stop when ``‖r‖ <= max(rtol·‖b‖, atol)``; ``rtol`` defaults to
+    :data:`CG_RTOL` (1e-6), or :data:`CG_RTOL_FLOAT32` (1e-4) for a float32 model, whose
+    finite-difference products are not accurate enough for less. ``stagnation``: stop, not
+    converged, when the residual has not improved for that many iterations, and return the best
+    iterate seen. ``maxiter``: iterations (default SciPy's 10·d). ``x0``: initial guess (never modified). ``progress``: tqdm bar on stderr with the
     residual (CG's recursive residual; off by default). ``curvature_steps``: Lanczos steps spent
     estimating the negative eigenvalue when a direction has ``pᵀ(H+λI)p <= 0``. ``callback(x)``
     (optional) receives a copy of the iterate after each iteration.
@@ -313,8 +333,9 @@ def cg(H, b, damping=0.0, rtol=CG_RTOL, atol=0.0, maxiter=None, x0=None, progres
     H, d = _check_operator(H)
     b = _check_rhs(b, d)
     damping = _check_nonneg(damping, "damping", "0.01")
-    rtol = _check_nonneg(rtol, "rtol", "1e-6")
+    rtol = _check_nonneg(_default_cg_rtol(H) if rtol is None else rtol, "rtol", "1e-6")
     atol = _check_nonneg(atol, "atol", "0.0")
+    stagnation = _check_int(stagnation, "stagnation", 50)
     maxiter = _check_int(maxiter, "maxiter", 100, allow_none=True)
     curvature_steps = _check_int(curvature_steps, "curvature_steps", 10)
     if callback is not None and not callable(callback):
@@ -328,7 +349,7 @@ def cg(H, b, damping=0.0, rtol=CG_RTOL, atol=0.0, maxiter=None, x0=None, progres
     bnorm = _norm(b)
     x0_nonzero = x0 is not None and bool(x0.any())
     state = {"r": None if x0_nonzero else b.copy(), "last": None, "n_dir": 0,
-             "x_prev": x0.copy() if x0_nonzero else np.zeros(d)}
+             "x_prev": x0.copy() if x0_nonzero else np.zeros(d), "best": (np.inf, None, 0)}
     bar = _Progress(progress, maxiter if maxiter is not None else 10 * d, "cg")
 
     def matvec(v):
@@ -362,15 +383,26 @@ def cg(H, b, damping=0.0, rtol=CG_RTOL, atol=0.0, maxiter=None, x0=None, progres
             alpha = float((xk - state["x_prev"]) @ p) / float(p @ p)
             state["r"] = state["r"] - alpha * q
             state["last"] = None
-            bar.update(_norm(state["r"]) / bnorm)
+            res = _norm(state["r"]) / bnorm
+            bar.update(res)
             if callback is not None:
                 callback(xk.copy())
+            best_res, _, best_at = state["best"]
+            if res < best_res:
+                state["best"] = (res, xk.copy(), state["n_dir"])
+            elif state["n_dir"] - best_at >= stagnation:
+                state["x_prev"] = xk.copy()
+                raise _Stagnated()
         state["x_prev"] = xk.copy()
 
     op = spla.LinearOperator((d, d), matvec=matvec, rmatvec=matvec, dtype=np.float64)
+    stalled = False
     try:
         x, info = _compat.cg(op, b, x0=None if x0 is None else x0.copy(), rtol=rtol, atol=atol,
                              maxiter=maxiter, callback=on_iteration)
+    except _Stagnated:
+        stalled, info = True, 1
+        x = state["best"][1]
     finally:
         bar.close()
     x = np.asarray(x, dtype=np.float64).reshape(-1)
@@ -380,6 +412,10 @@ def cg(H, b, damping=0.0, rtol=CG_RTOL, atol=0.0, maxiter=None, x0=None, progres
     if not converged:
         why = ("after %d iterations (maxiter=%s)" % (state["n_dir"], maxiter if maxiter is not None else 10 * d)
                if info > 0 else "on a breakdown (scipy info=%d)" % info)
+        if stalled:
+            why = ("after %d iterations: no progress in the last %d (the finite-difference products "
+                   "limit the accuracy; returning the best iterate, from iteration %d)"
+                   % (state["n_dir"], stagnation, state["best"][2]))
         _warn("cg stopped %s with relative residual %.3g > rtol=%.3g; raise maxiter, increase damping, "
               "or loosen rtol" % (why, residual, target))
     return Solution(x, converged, state["n_dir"], products.count, residual, time.time() - t0)
