@@ -93,3 +93,67 @@ def test_python_dash_m_and_script_hide_cntk_noise(trained, workdir):
                           stderr=subprocess.PIPE, env=env, cwd=ROOT)
     assert proc.returncode == 0 and b"influence" in proc.stdout
     assert proc.stderr.strip() == b""
+
+
+def test_score_command_matches_the_api(trained, workdir, capsys):
+    import influence
+    out_csv = str(workdir / "scores.csv")
+    code, out, err = run(["score", "--model", trained, "--train", str(workdir / "train.npz"),
+                          "--test", str(workdir / "test.npz"), "--test-index", "2", "7",
+                          "--out", out_csv, "--quiet", "--chunk-size", "128"], capsys)
+    assert code == 0, err
+    assert "most helpful" in out and "most harmful" in out and "inverse HVP" in out
+    table = np.genfromtxt(out_csv, delimiter=",", names=True)
+    assert table.shape == (2 * 300,)
+    model = influence.CNTKModel.load(trained, l2=1e-2)
+    train = influence.load_npz(str(workdir / "train.npz"))
+    test = influence.load_npz(str(workdir / "test.npz")).subset(np.array([2, 7]))
+    expected = influence.influence_scores(model, train, test, chunk_size=128, check_optimum=False)
+    got = table["influence"].reshape(2, 300)
+    assert np.array_equal(table["train_index"].reshape(2, 300)[0], np.arange(300))
+    # same computation (the solver's float32 stagnation point and the forward step are deterministic)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9 * np.abs(expected).max())
+    np.testing.assert_allclose(table["predicted_loss_change"], -table["influence"] / 300, rtol=1e-12)
+    assert not os.path.exists(out_csv + ".partial")
+
+    out_json = str(workdir / "scores.json")
+    code, out, err = run(["score", "--model", trained, "--train", str(workdir / "train.npz"),
+                          "--test", str(workdir / "test.npz"), "--test-index", "2", "--solver", "direct",
+                          "--out", out_json, "--json", "--quiet"], capsys)
+    assert code == 0, err
+    summary, saved = json.loads(out), json.load(open(out_json))
+    assert summary["solver"] == "direct" and summary["solutions"][0]["converged"]
+    assert len(saved["influence"][0]) == 300 and saved["test_index"] == [2]
+
+
+def test_self_and_verify_commands(trained, workdir, capsys):
+    import influence
+    out_csv = str(workdir / "ranking.csv")
+    code, out, err = run(["self", "--model", trained, "--train", str(workdir / "train.npz"),
+                          "--out", out_csv, "--top", "5", "--quiet"], capsys)
+    assert code == 0, err
+    assert "most likely mislabeled" in out
+    table = np.genfromtxt(out_csv, delimiter=",", names=True)
+    model = influence.CNTKModel.load(trained, l2=1e-2)
+    expected = influence.self_influence(model, influence.load_npz(str(workdir / "train.npz")),
+                                        check_optimum=False)
+    np.testing.assert_allclose(table["self_influence"], expected, rtol=1e-10)
+    assert sorted(table["rank"].astype(int).tolist()) == list(range(1, 301))
+    assert table["rank"][np.argmax(expected)] == 1
+
+    code, out, err = run(["verify", "--model", trained, "--train", str(workdir / "train.npz"),
+                          "--test", str(workdir / "test.npz"), "--test-index", "4", "--k", "6", "--json",
+                          "--quiet"], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["k"] == 6 and res["pearson"] > 0.9
+
+
+def test_score_usage_errors(trained, workdir, capsys):
+    base = ["score", "--model", trained, "--train", str(workdir / "train.npz"),
+            "--test", str(workdir / "test.npz")]
+    for extra, needle in [(["--test-index", "99"], "out of range"),
+                          (["--solver", "newton"], "invalid choice"),
+                          (["--resume"], "--resume needs --out")]:
+        code, _, err = run(base + extra, capsys)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
