@@ -414,8 +414,10 @@ def cg(H, b, damping=0.0, rtol=None, atol=0.0, maxiter=None, x0=None, progress=F
                if info > 0 else "on a breakdown (scipy info=%d)" % info)
         if stalled:
             why = ("after %d iterations: no progress in the last %d (the finite-difference products "
-                   "limit the accuracy; returning the best iterate, from iteration %d)"
-                   % (state["n_dir"], stagnation, state["best"][2]))
+                   "limit the accuracy%s; returning the best iterate, from iteration %d)"
+                   % (state["n_dir"], stagnation,
+                      ", a float64 model solves tighter" if _default_cg_rtol(H) == CG_RTOL_FLOAT32 else "",
+                      state["best"][2]))
         _warn("cg stopped %s with relative residual %.3g > rtol=%.3g; raise maxiter, increase damping, "
               "or loosen rtol" % (why, residual, target))
     return Solution(x, converged, state["n_dir"], products.count, residual, time.time() - t0)
