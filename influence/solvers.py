@@ -30,7 +30,9 @@ Methods
     Conjugate gradients (:func:`scipy.sparse.linalg.cg`). Stops when ``‖r‖ <= max(rtol·‖b‖, atol)``.
     Every vector CG multiplies is watched: a direction with ``pᵀ A p <= 0`` proves ``A`` is not
     positive definite and raises :class:`NonPositiveCurvatureError` with an estimate of the
-    negative eigenvalue (a few Lanczos steps started from that direction).
+    negative eigenvalue (a few Lanczos steps started from that direction). Finite-difference
+    products are inexact, so CG's residual can stall above ``rtol`` (float32 models especially):
+    after ``stagnation`` iterations without progress it stops, returns its best iterate and warns.
 ``lissa``
     The stochastic Neumann series of Agarwal et al. (2017), as used by Koh & Liang (2017)::
 
