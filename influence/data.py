@@ -4,8 +4,11 @@ Every bad input raises :class:`ValueError` with one line that names the value an
 Data may be NumPy arrays or read-only memory maps (``np.load(path, mmap_mode="r")``); batches are
 views, so iterating never copies more than one batch.
 """
+import ctypes
+import mmap
 import os
 import struct
+import sys
 import zipfile
 
 import numpy as np
@@ -14,19 +17,125 @@ __all__ = ["Dataset", "as_dataset", "load_npz", "load_digits"]
 
 #: Rows checked at once for NaN/Inf, so validation of a memory-mapped file stays bounded in memory.
 _CHECK_ROWS = 65536
+#: ... or fewer, so that one block of a wide array stays below about this many bytes.
+_CHECK_BYTES = 4 << 20
+#: Rows per piece of an integer-array gather from a memory-mapped array (see _take).
+_GATHER_ROWS = 16
 
 
 def _check_numeric(a, what):
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
-        raise ValueError("%s has dtype %s; pass a numeric array (e.g. np.asarray(..., dtype=np.float32))"
-                         % (what, a.dtype))
+    """The dtype rule: features and labels must be real numbers, integer (signed or unsigned) or
+    floating point; they are converted to the model's dtype batch by batch. bool, complex, object,
+    string, datetime and structured arrays are refused."""
+    kind = a.dtype.kind
+    if kind not in "iuf":
+        example = "np.float32" if "features" in what else "np.int64"
+        raise ValueError("%s have dtype %s; pass real numbers (integer or floating point, e.g. "
+                         "np.asarray(..., dtype=%s)): bool, complex, object and string arrays are refused"
+                         % (what, a.dtype, example))
+
+
+def _madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        f = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    f.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    f.restype = ctypes.c_int
+    return f
+
+
+_MADVISE = _madvise()
+_MADV_DONTNEED = 4
+
+
+#: Pages the kernel maps around a page fault (fault-around, read-around of the readahead window) can
+#: lie before a range already released, so each release reaches back this far (measured: 64 KiB is not
+#: enough on Linux 5.x/6.x with the default readahead; 1 MiB leaves nothing behind).
+_FAULT_AROUND = 1 << 20
+
+
+def _mapped_root(a):
+    """The array directly on a read-only file mapping that ``a`` is a view of (np.load(mmap_mode="r"),
+    load_npz), or None."""
+    base, root = a, None
+    while base is not None:
+        if isinstance(base, np.memmap) and getattr(base, "mode", None) not in (None, "r", "readonly"):
+            return None
+        if isinstance(base, mmap.mmap):
+            return root
+        root = base
+        base = getattr(base, "base", None)
+    return None
+
+
+def _is_mapped(a):
+    return _mapped_root(a) is not None
+
+
+def release_rows(a, start, stop):
+    """Drop the resident pages of rows ``start:stop`` of a READ-ONLY memory-mapped array ``a`` from
+    this process (madvise MADV_DONTNEED: they are read again from the file if touched), so that a
+    pass over a large memory-mapped training set does not keep the whole file resident. A no-op for
+    ordinary arrays, writable maps and where madvise is unavailable (not Linux)."""
+    if _MADVISE is None or a is None or not isinstance(a, np.ndarray) or a.ndim == 0 or stop <= start:
+        return
+    root = _mapped_root(a)
+    if root is None:
+        return
+    view = a[start:stop]
+    if not view.flags.c_contiguous or view.nbytes == 0:
+        return
+    ptr = view.__array_interface__["data"][0]
+    first = root.__array_interface__["data"][0]
+    first -= first % mmap.PAGESIZE                     # inside the mapping (it starts page-aligned)
+    begin = max(first, ptr - _FAULT_AROUND)
+    begin -= begin % mmap.PAGESIZE
+    _MADVISE(begin, ptr + view.nbytes - begin, _MADV_DONTNEED)
+
+
+def row_blocks(a, rows=None):
+    """Yield ``(start, block)`` over the rows of ``a`` in blocks (of at most ``_CHECK_ROWS`` rows and
+    about ``_CHECK_BYTES``); pages of a memory-mapped ``a`` are released after each block (bounded
+    resident memory for a pass over a large file)."""
+    if rows is None:
+        row_bytes = max(1, a.itemsize * int(np.prod(a.shape[1:])))
+        rows = max(1, min(_CHECK_ROWS, _CHECK_BYTES // row_bytes))
+    for start in range(0, a.shape[0], rows):
+        stop = min(start + rows, a.shape[0])
+        yield start, np.asarray(a[start:stop])
+        release_rows(a, start, stop)
+
+
+def _take(a, index):
+    """``a[index]``; an integer-array gather from a memory-mapped ``a`` goes piece by piece and
+    releases the file pages it touched (the kernel maps up to 64 KiB around every page fault, so even
+    a few hundred scattered rows can touch the whole file), so only the copied result stays resident."""
+    if isinstance(index, slice) or not isinstance(a, np.ndarray) or not _is_mapped(a):
+        return a[index]
+    index = np.asarray(index)
+    if index.dtype == np.bool_ or index.ndim != 1 or index.size == 0:
+        return a[index]
+    out = np.empty((index.size,) + a.shape[1:], dtype=a.dtype)
+    n = a.shape[0]
+    rows = np.where(index < 0, index + n, index)
+    order = np.argsort(rows, kind="mergesort")     # gather in file order: each page released once
+    ordered = rows[order]
+    if ordered.size and (ordered[0] < 0 or ordered[-1] >= n):
+        return a[index]                            # let NumPy raise its IndexError
+    for i in range(0, index.size, _GATHER_ROWS):
+        piece = ordered[i:i + _GATHER_ROWS]
+        out[order[i:i + _GATHER_ROWS]] = a[piece]
+        release_rows(a, int(piece[0]), int(piece[-1]) + 1)
+    return out
 
 
 def _check_finite(a, what):
     if not np.issubdtype(a.dtype, np.inexact):
         return
-    for start in range(0, a.shape[0], _CHECK_ROWS):
-        block = np.asarray(a[start:start + _CHECK_ROWS])
+    for start, block in row_blocks(a):
         ok = np.isfinite(block)
         if not ok.all():
             row = start + int(np.argwhere(~ok)[0][0])
@@ -39,7 +148,13 @@ class Dataset(object):
 
     ``x`` must be numeric and finite; ``y`` (optional) numeric and finite. Model-specific checks
     (feature shape, label range) belong to the model adapter's ``validate``.
+
+    ``source``: the absolute path of the ``.npz`` file the rows come from (set by :func:`load_npz`,
+    kept by ``subset(slice(None))``, dropped by any other subset), so that workers of a cluster can
+    read the same rows themselves (:mod:`influence.cluster`); None for in-memory data.
     """
+
+    source = None
 
     def __init__(self, x, y=None, name="data", _checked=False):
         self.name = name
@@ -80,15 +195,22 @@ class Dataset(object):
 
     def subset(self, index):
         """Rows ``index`` (a slice, or an integer array) as a new Dataset."""
-        y = None if self.y is None else self.y[index]
-        return Dataset(self.x[index], y, self.name, _checked=True)
+        y = None if self.y is None else _take(self.y, index)
+        out = Dataset(_take(self.x, index), y, self.name, _checked=True)
+        if isinstance(index, slice) and index == slice(None):
+            out.source = self.source
+        return out
 
     def batches(self, batch_size=None):
-        """Yield consecutive Datasets of at most ``batch_size`` rows (all rows when None)."""
+        """Yield consecutive Datasets of at most ``batch_size`` rows (all rows when None). Pages of
+        memory-mapped data are released after each batch (see :func:`release_rows`)."""
         n = len(self)
         size = n if batch_size is None else check_batch_size(batch_size)
         for start in range(0, n, size):
-            yield self.subset(slice(start, min(start + size, n)))
+            stop = min(start + size, n)
+            yield self.subset(slice(start, stop))
+            release_rows(self.x, start, stop)
+            release_rows(self.y, start, stop)
 
 
 def check_batch_size(batch_size, name="batch_size"):
@@ -182,7 +304,9 @@ def load_npz(path, name=None, mmap=True):
             except (OSError, IOError, zipfile.BadZipFile) as e:
                 raise _bad_file(path, e)
             arrays[key] = a
-    return Dataset(arrays["x"], arrays.get("y"), name)
+    data = Dataset(arrays["x"], arrays.get("y"), name)
+    data.source = os.path.abspath(str(path))
+    return data
 
 
 def load_digits():

@@ -121,7 +121,14 @@ def check_optimum(model, train, rtol=OPTIMUM_RTOL, batch_size=None, random_state
     rng = np.random.RandomState(random_state)
     order = rng.permutation(n)
     blocks = [b for b in np.array_split(order, min(OPTIMUM_BLOCKS, n)) if b.size]
-    sums = [model.grad_sum(data.subset(np.sort(b)), batch_size) for b in blocks]
+    piece = model.batch_size if batch_size is None else int(batch_size)
+
+    def block_sum(rows):
+        # gathered a piece at a time, so a memory-mapped training set is never copied whole
+        rows = np.sort(rows)
+        return np.sum([model.grad_sum(data.subset(rows[a:a + piece]), batch_size)
+                       for a in range(0, rows.size, piece)], axis=0)
+    sums = [block_sum(b) for b in blocks]
     total = np.sum(sums, axis=0)
     mean = total / n
     grad = mean + model.l2 * model.get_params().astype(np.float64)

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sys
+import time
 
 import numpy as np
 
@@ -24,6 +25,18 @@ __all__ = ["Checkpoint", "run_chunks", "chunk_bounds", "file_fingerprint", "DEFA
 
 #: Training rows per chunk: the unit of progress, checkpointing and distribution.
 DEFAULT_CHUNK_SIZE = 10000
+
+#: TEST-ONLY hook: seconds to sleep after each chunk computed here (not with an ``executor``), read
+#: from this environment variable, so that tests can interrupt a run between chunks. Never set it in
+#: production; unset (the default) means no delay.
+TEST_DELAY_VARIABLE = "INFLUENCE_TEST_CHUNK_DELAY"
+
+
+def _test_delay():
+    try:
+        return max(0.0, float(os.environ.get(TEST_DELAY_VARIABLE, "") or 0.0))
+    except ValueError:
+        return 0.0
 
 
 def chunk_bounds(n, chunk_size):
@@ -58,6 +71,8 @@ class Checkpoint(object):
     def __init__(self, folder, fingerprint, resume=False):
         self.folder = os.path.abspath(folder)
         self.fingerprint = fingerprint
+        #: {"chunks", "computed", "resumed"} summed over the run_chunks calls using this checkpoint.
+        self.stats = {"chunks": 0, "computed": 0, "resumed": 0}
         self.key = _digest(fingerprint)
         manifest = os.path.join(self.folder, self.MANIFEST)
         if resume and os.path.isfile(manifest):
@@ -123,14 +138,22 @@ def run_chunks(compute, n, chunk_size=DEFAULT_CHUNK_SIZE, checkpoint=None, progr
     default computes them here, in order.
     """
     bounds = chunk_bounds(n, chunk_size)
-    results = {}
+    done = set()
+    out = [None]        # the (..., n) result, allocated at the first chunk and filled in place
+
+    def store(a, b, values):
+        if out[0] is None:
+            out[0] = np.empty(values.shape[:-1] + (n,), dtype=values.dtype)
+        out[0][..., a:b] = values
+        done.add((a, b))
+
     if checkpoint is not None:
         for a, b in bounds:
             got = checkpoint.load_chunk(a, b)
-            if got is not None:
-                results[(a, b)] = got
-    resumed = len(results)
-    missing = [ab for ab in bounds if ab not in results]
+            if got is not None and got.shape[-1] == b - a and (out[0] is None or got.shape[:-1] == out[0].shape[:-1]):
+                store(a, b, got)
+    resumed = len(done)
+    missing = [ab for ab in bounds if ab not in done]
     bar = _bar(progress, len(bounds), desc)
     if bar is not None:
         bar.update(resumed)
@@ -141,18 +164,25 @@ def run_chunks(compute, n, chunk_size=DEFAULT_CHUNK_SIZE, checkpoint=None, progr
             raise RuntimeError("chunk %d:%d returned %d rows" % (a, b, values.shape[-1]))
         if checkpoint is not None:
             checkpoint.save_chunk(a, b, values)
-        results[(a, b)] = values
+        store(a, b, values)
         if bar is not None:
             bar.update(1)
 
+    delay = _test_delay()
     try:
         if executor is None:
             for a, b in missing:
                 on_done(a, b, compute(a, b))
+                if delay:
+                    time.sleep(delay)
         else:
             executor(missing, on_done)
     finally:
         if bar is not None:
             bar.close()
-    values = np.concatenate([results[ab] for ab in bounds], axis=-1)
-    return values, {"chunks": len(bounds), "computed": len(missing), "resumed": resumed}
+    values = out[0] if out[0] is not None else np.zeros((0,))
+    info = {"chunks": len(bounds), "computed": len(missing), "resumed": resumed}
+    if checkpoint is not None and isinstance(getattr(checkpoint, "stats", None), dict):
+        for key, value in info.items():
+            checkpoint.stats[key] = checkpoint.stats.get(key, 0) + value
+    return values, info

@@ -46,3 +46,41 @@ def test_hvp_is_linear_symmetric_and_leaves_weights(pr, a):
     H = m.hessian(data)
     assert np.linalg.norm(hv - H @ v) <= tol * np.linalg.norm(H @ v)
     assert np.array_equal(m.get_params(), before)
+
+
+solver_problems = st.fixed_dictionaries({
+    "d": st.integers(1, 12), "seed": st.integers(0, 2 ** 16), "cond": st.sampled_from([1.0, 10.0, 1e3]),
+    "damping": st.sampled_from([0.0, 1e-3, 0.5]), "dtype": st.sampled_from([np.float64, np.float32]),
+})
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pr=solver_problems, method=st.sampled_from(["cg", "direct", "lanczos", "lissa"]))
+def test_solvers_meet_residual_bounds_and_leave_x0_and_b(pr, method):
+    """On an SPD matrix of the given condition number: cg/direct/full-rank lanczos/deterministic lissa
+    reach their residual; the reported residual is the true one; b and x0 are never modified."""
+    from scipy.sparse.linalg import aslinearoperator
+    from influence import solvers
+    rng = np.random.RandomState(pr["seed"])
+    d = pr["d"]
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    A = (q * np.geomspace(1.0, 1.0 / pr["cond"], d)) @ q.T
+    A = (A + A.T) / 2
+    b = rng.standard_normal(d).astype(pr["dtype"])
+    b_before = b.copy()
+    x0 = rng.standard_normal(d)
+    x0_before = x0.copy()
+    lam = pr["damping"]
+    options = {"cg": {"rtol": 1e-10, "x0": x0}, "direct": {}, "lanczos": {"k": d},
+               "lissa": {"batch_size": None, "depth": 200000, "rtol": 1e-13}}[method]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sol = solvers.solve(aslinearoperator(A), b, method=method, damping=lam, **options)
+    M = A + lam * np.eye(d)
+    true = np.linalg.norm(M @ sol.x - b) / np.linalg.norm(b)
+    assert abs(true - sol.residual) <= 1e-8 + 1e-6 * true
+    bound = {"cg": 1e-9, "direct": 1e-9, "lanczos": 1e-8, "lissa": 1e-6}[method]
+    assert sol.residual <= bound * max(1.0, np.linalg.cond(M) / 1e3)
+    assert np.array_equal(b, b_before) and b.dtype == b_before.dtype
+    assert np.array_equal(x0, x0_before)

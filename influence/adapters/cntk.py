@@ -88,8 +88,9 @@ class ParameterVector(object):
 
 def _check_feed_array(name, a, var, dtype):
     a = np.asarray(a)
-    if a.dtype == object or not np.issubdtype(a.dtype, np.number):
-        raise ValueError("input %r got data of dtype %s; pass a numeric array" % (name, a.dtype))
+    if a.dtype.kind not in "iuf":
+        raise ValueError("input %r got data of dtype %s; pass real numbers (integer or floating point): "
+                         "bool, complex, object and string arrays are refused" % (name, a.dtype))
     shape = tuple(var.shape)
     if a.ndim < 1 or tuple(a.shape[1:]) != shape:
         raise ValueError("input %r expects shape (n,) + %s but got %s; reshape the data"
@@ -166,6 +167,17 @@ class FunctionGradient(ParameterVector):
         if isinstance(like, dict):
             return {p: a.copy() for p, a in zip(self.parameters, self.split(flat))}
         return flat
+
+
+def _first_bad(y, is_bad):
+    """The first offending labels (an empty array when none), checked block by block so that a
+    memory-mapped label array is never held whole (see influence.data.row_blocks)."""
+    from ..data import row_blocks
+    for _, block in row_blocks(y):
+        bad = block[is_bad(block)]
+        if bad.size:
+            return bad
+    return np.zeros(0, dtype=y.dtype)
 
 
 class _Quiet(object):
@@ -358,12 +370,15 @@ class CNTKModel(Model):
             if y.ndim != 1:
                 raise ValueError("%s labels have shape %s; pass one integer label per example, shape (n,)"
                                  % (dataset.name, y.shape))
-            bad = y[(y < 0) | (y >= self.n_classes)]
+            bad = _first_bad(y, lambda b: (b < 0) | (b >= self.n_classes))
             if bad.size:
                 raise ValueError("%s has label %d outside 0..%d; the model has %d classes"
                                  % (dataset.name, bad[0], self.n_classes - 1, self.n_classes))
         elif self.loss_name == "binary_cross_entropy":
-            bad = y[(y != 0) & (y != 1)]
+            if not np.issubdtype(y.dtype, np.integer):
+                raise ValueError("%s labels have dtype %s; binary_cross_entropy needs integer labels 0 or 1 "
+                                 "(y.astype(int))" % (dataset.name, y.dtype))
+            bad = _first_bad(y, lambda b: (b != 0) & (b != 1))
             if bad.size:
                 raise ValueError("%s has label %r; binary_cross_entropy needs labels 0 or 1"
                                  % (dataset.name, bad.ravel()[0]))
