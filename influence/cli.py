@@ -94,9 +94,30 @@ class _Timer(object):
 
 
 def _existing_file(path, flag):
+    if os.path.isdir(path):
+        raise UsageError("%s %s is a folder; pass the path of a file" % (flag, path))
     if not os.path.isfile(path):
         raise UsageError("%s %s: no such file; check the path" % (flag, path))
+    try:
+        open(path, "rb").close()
+    except (OSError, IOError) as e:
+        raise UsageError("%s %s cannot be read (%s); check its permissions"
+                         % (flag, path, getattr(e, "strerror", None) or e))
     return path
+
+
+def _check_numbers(args):
+    """Refuse bad numeric flags before any work (and before OUT.partial/ is created)."""
+    for flag, attr in (("--batch-size", "batch_size"), ("--chunk-size", "chunk_size")):
+        value = getattr(args, attr, None)
+        if value is not None and value < 1:
+            raise UsageError("%s %d is not a positive integer; pass e.g. %s 1000" % (flag, value, flag))
+    damping = getattr(args, "damping", None)
+    if damping is not None and not (np.isfinite(damping) and damping >= 0):
+        raise UsageError("--damping %r must be a finite number >= 0 (e.g. 0.01)" % damping)
+    l2 = getattr(args, "l2", None)
+    if l2 is not None and not (np.isfinite(l2) and l2 >= 0):
+        raise UsageError("--l2 %r is negative or not finite; pass a value >= 0" % l2)
 
 
 def _load_data(path, flag="--data"):
@@ -124,14 +145,19 @@ def _load_model(args):
     """The CNTKModel for ``--model``, with loss and l2 from the flags or from the metadata that
     ``influence train`` wrote beside the model."""
     from .adapters.cntk import CNTKModel
+    _check_numbers(args)
     _existing_file(args.model, "--model")
     meta = _read_meta(args.model)
     loss = args.loss or meta.get("loss") or "cross_entropy"
     l2 = args.l2 if args.l2 is not None else float(meta.get("l2", 0.0))
     if l2 < 0:
         raise UsageError("--l2 %r is negative; pass a value >= 0" % l2)
-    model = CNTKModel.load(args.model, loss=None if loss == "none" else loss, output=args.output,
-                           l2=l2, batch_size=args.batch_size)
+    try:
+        model = CNTKModel.load(args.model, loss=None if loss == "none" else loss, output=args.output,
+                               l2=l2, batch_size=args.batch_size)
+    except ValueError as e:
+        text = _first_line(e)
+        raise UsageError(text if args.model in text else "--model %s: %s" % (args.model, text))
     return model, meta
 
 
@@ -266,6 +292,12 @@ def cmd_hvp(args):
         except ValueError as e:
             raise UsageError("--data %s" % e)
     _existing_file(args.vector, "--vector")
+    with open(args.vector, "rb") as f:
+        magic = f.read(6)
+    if magic[:2] == b"PK":
+        raise UsageError("--vector %s is an .npz archive; save the vector with np.save(path, v)" % args.vector)
+    if magic != b"\x93NUMPY":
+        raise UsageError("--vector %s is not a .npy file; save the vector with np.save(path, v)" % args.vector)
     try:
         v = np.load(args.vector, allow_pickle=False)
     except (ValueError, OSError) as e:
@@ -298,6 +330,7 @@ def cmd_hvp(args):
 
 def _load_split(path, flag, model):
     data = _load_data(path, flag)
+    data.name = "%s %s" % (flag, path)
     try:
         return model.validate(data, "%s %s" % (flag, path))
     except ValueError as e:
@@ -379,6 +412,9 @@ def cmd_score(args):
     from ._files import check_writable, write_table, write_json
     if args.out:
         check_writable(args.out)
+    if args.cluster:
+        from .cluster import parse_spec
+        parse_spec(args.cluster)          # a bad spec fails before any work
     timer = _Timer()
     with timer("load model and data"):
         model, _ = _load_model(args)
@@ -404,11 +440,20 @@ def cmd_score(args):
                 vectors, solutions = st.vectors, st.solutions
                 if checkpoint is not None:
                     checkpoint.save_array("s_test", vectors)
-        with timer("scoring (%s, %d training points)" % (args.scoring, n)):
-            scores = influence_scores(model, train, test_sel, scoring=args.scoring, s=vectors,
-                                      batch_size=args.batch_size, check_optimum=False,
-                                      chunk_size=args.chunk_size, checkpoint=checkpoint,
-                                      progress=not args.quiet)
+        client = None
+        if args.cluster:
+            from .cluster import connect
+            with timer("start/connect cluster (%s)" % args.cluster):
+                client = connect(args.cluster)
+        try:
+            with timer("scoring (%s, %d training points)" % (args.scoring, n)):
+                scores = influence_scores(model, train, test_sel, scoring=args.scoring, s=vectors,
+                                          batch_size=args.batch_size, check_optimum=False,
+                                          chunk_size=args.chunk_size, checkpoint=checkpoint,
+                                          progress=not args.quiet, client=client)
+        finally:
+            if client is not None:
+                client.close()
     scores = np.atleast_2d(scores)
     delta = predicted_loss_change(scores, n)
     train_labels = _labels(train)
@@ -420,14 +465,15 @@ def cmd_score(args):
                                       "definition": "influence = I_up,loss = -g_test^T H^-1 g_i; "
                                       "predicted_loss_change = -influence / n_train"})
             else:
-                rows = [(int(t), i, _label_text(train_labels, i), scores[j, i], delta[j, i])
-                        for j, t in enumerate(idx) for i in range(n)]
+                rows = ((int(t), i, _label_text(train_labels, i), scores[j, i], delta[j, i])
+                        for j, t in enumerate(idx) for i in range(n))     # streamed, not a list
                 write_table(args.out, ["test_index", "train_index", "train_label", "influence",
                                        "predicted_loss_change"], rows)
             if checkpoint is not None:
                 checkpoint.remove()
     summary = {"n_train": n, "test_index": idx.tolist(), "solver": args.solver, "damping": args.damping,
                "scoring": args.scoring, "seconds": timer.as_dict(), "out": args.out,
+               "chunks": None if checkpoint is None else dict(checkpoint.stats),
                "solutions": None if solutions is None else [
                    {"converged": bool(sl.converged), "n_iter": int(sl.n_iter), "n_hvp": int(sl.n_hvp),
                     "residual": float(sl.residual), "seconds": float(sl.seconds)} for sl in solutions],
@@ -501,13 +547,14 @@ def cmd_self(args):
     with timer("write"):
         if args.out:
             write_table(args.out, ["train_index", "label", "self_influence", "rank", "training_loss"],
-                        [(i, _label_text(labels, i), values[i], int(rank[i]), losses[i]) for i in range(n)])
+                        ((i, _label_text(labels, i), values[i], int(rank[i]), losses[i]) for i in range(n)))
             if checkpoint is not None:
                 checkpoint.remove()
     top = [[int(i), _label_text(labels, i), float(values[i]), float(losses[i])] for i in order[:args.top]]
     if args.json:
         print(json.dumps({"n_train": n, "method": args.method, "top": top, "seconds": timer.as_dict(),
-                          "out": args.out}, indent=2, sort_keys=True))
+                          "out": args.out, "chunks": None if checkpoint is None else dict(checkpoint.stats)},
+                         indent=2, sort_keys=True))
         return EXIT_OK
     print("most likely mislabeled training points (highest self-influence g_iᵀ H⁻¹ g_i):")
     print("  %5s %8s %7s %16s %14s" % ("rank", "index", "label", "self-influence", "training loss"))
@@ -627,6 +674,9 @@ def build_parser():
     p.add_argument("--k", type=int, default=50, help="rank of the lanczos solver (default 50)")
     p.add_argument("--top", type=int, default=10, help="rows of each ranked table (default 10)")
     p.add_argument("--out", metavar="scores.csv|scores.json", help="write every score here")
+    p.add_argument("--cluster", metavar="SPEC", help="score the training points on a Dask cluster: local:N "
+                   "(N worker processes on this machine) or tcp://HOST:PORT (a running dask-scheduler; "
+                   "--train must be readable at the same path by every worker); see docs/cluster.md")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("self", parents=[common], help="rank training points by self-influence (likely mislabeled)",

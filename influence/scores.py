@@ -206,10 +206,12 @@ def _gradient_blocks(model, train, a, b, batch_size):
 
 
 def _score_rows(model, train, vectors, scoring, rel_step, stencil, batch_size, chunk_size, checkpoint,
-                progress, executor):
-    """(m, n) array of g_iᵀ vectors[j] over all training rows, chunk by chunk."""
+                progress, executor, client=None):
+    """(m, n) array of g_iᵀ vectors[j] over all training rows, chunk by chunk (on ``client``'s Dask
+    workers when given, see :mod:`influence.cluster`)."""
     from .jobs import DEFAULT_CHUNK_SIZE, run_chunks
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
+    steps = None
     if scoring == "forward":
         steps = _steps_checkpointed(model, train, vectors, rel_step, stencil, batch_size, checkpoint)
 
@@ -218,6 +220,9 @@ def _score_rows(model, train, vectors, scoring, rel_step, stencil, batch_size, c
     else:
         def compute(a, b):
             return np.hstack([vectors @ G.T for G in _gradient_blocks(model, train, a, b, batch_size)])
+    if client is not None:
+        from .cluster import scoring_executor
+        executor = scoring_executor(client, model, train, vectors, steps, scoring, batch_size)
     dots, _ = run_chunks(compute, len(train), chunk_size, checkpoint, progress, "scoring", executor)
     return dots
 
@@ -225,7 +230,7 @@ def _score_rows(model, train, vectors, scoring, rel_step, stencil, batch_size, c
 def influence_scores(model, train, test, solver="cg", scoring="forward", damping=0.0, batch_size=None,
                      s=None, hessian=None, rel_step=None, stencil=None,
                      check_optimum=True, chunk_size=None, checkpoint=None, progress=False, executor=None,
-                     **solver_options):
+                     client=None, **solver_options):
     """I_up,loss(z_i, z_test) = −g_testᵀ (H + damping·I)⁻¹ g_i for every training point z_i.
 
     This is the derivative of the test loss when z_i is up-weighted by ε in R (Koh & Liang 2017).
@@ -242,13 +247,21 @@ def influence_scores(model, train, test, solver="cg", scoring="forward", damping
     The training rows are processed in chunks of ``chunk_size`` (default
     :data:`influence.jobs.DEFAULT_CHUNK_SIZE`); ``checkpoint`` (an :class:`influence.jobs.Checkpoint`)
     saves each finished chunk and reuses saved ones, ``progress`` shows a tqdm bar on stderr,
-    ``executor`` computes chunks elsewhere (see :func:`influence.jobs.run_chunks`).
+    ``executor`` computes chunks elsewhere (see :func:`influence.jobs.run_chunks`); ``client``, a
+    ``distributed.Client`` (e.g. ``influence.cluster.connect("local:2")``), scores the chunks on its
+    Dask workers (s_test and the steps are computed here; ``train`` must come from
+    :func:`influence.load_npz`, a path every worker can read; same numbers to the bit as without it).
     Other arguments as in :func:`s_test`. Weights are unchanged (bit-identical) afterwards.
     """
     if scoring not in ("forward", "gradient"):
         raise ValueError("scoring=%r is not one of 'forward', 'gradient'" % (scoring,))
     train = _validate(model, train, "training data")
     test = _validate(model, test, "test data")
+    if client is not None:
+        if executor is not None:
+            raise ValueError("pass either client= or executor=, not both")
+        from .cluster import check_inputs
+        check_inputs(client, model, train)
     if s is None:
         s = s_test(model, train, test, solver, damping, batch_size, hessian, check_optimum,
                    **solver_options)
@@ -259,8 +272,8 @@ def influence_scores(model, train, test, solver="cg", scoring="forward", damping
         raise ValueError("s has shape %s but %d test points and %d parameters need (%d, %d)"
                          % (vectors.shape, len(test), model.n_params, len(test), model.n_params))
     dots = _score_rows(model, train, vectors, scoring, rel_step, stencil, batch_size, chunk_size,
-                       checkpoint, progress, executor)
-    scores = -dots
+                       checkpoint, progress, executor, client)
+    scores = np.negative(dots, out=dots)       # in place: no second (n_test, n) array
     return scores[0] if len(test) == 1 else scores
 
 
@@ -289,6 +302,8 @@ def self_influence(model, train, method="exact", k=None, damping=0.0, batch_size
     """
     if method not in ("exact", "lanczos"):
         raise ValueError("method=%r is not one of 'exact', 'lanczos'" % (method,))
+    if chunk_size is not None:
+        check_batch_size(chunk_size, "chunk_size")
     train = _validate(model, train, "training data")
     if not (np.isfinite(damping) and damping >= 0):
         raise ValueError("damping=%r must be a finite number >= 0" % (damping,))

@@ -31,8 +31,8 @@ fi
 VPY="$VENV/bin/python"
 rm -f "$VENV"/.setup-stamp-*
 
-log "numpy, scipy, tqdm, pytest, hypothesis"
-pipq "$VPY" install numpy scipy tqdm pytest hypothesis
+log "numpy, scipy, tqdm, pytest, hypothesis, dask[distributed]"
+pipq "$VPY" install numpy scipy tqdm pytest hypothesis 'dask[distributed]'
 log "pip install -e .  (cntk-influence)"
 pipq "$VPY" install -e .
 
