@@ -157,3 +157,16 @@ def test_score_usage_errors(trained, workdir, capsys):
                           (["--resume"], "--resume needs --out")]:
         code, _, err = run(base + extra, capsys)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_score_on_a_local_cluster_is_identical(trained, workdir, capsys):
+    pytest.importorskip("distributed")
+    base = ["score", "--model", trained, "--train", str(workdir / "train.npz"), "--test",
+            str(workdir / "test.npz"), "--test-index", "1", "--chunk-size", "100", "--quiet"]
+    single, clustered = str(workdir / "single.csv"), str(workdir / "clustered.csv")
+    assert run(base + ["--out", single], capsys)[0] == 0
+    code, out, err = run(base + ["--out", clustered, "--cluster", "local:2"], capsys)
+    assert code == 0, err
+    assert open(single, "rb").read() == open(clustered, "rb").read()
+    code, _, err = run(base + ["--cluster", "local:zero"], capsys)
+    assert code == 2 and "local:N" in err
