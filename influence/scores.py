@@ -157,6 +157,18 @@ def _solve(H, b, solver, damping, options):
     return solve(H, b, method=solver, damping=damping, **options)
 
 
+def _check_damping(damping):
+    if not (np.isfinite(damping) and damping >= 0):
+        raise ValueError("damping=%r must be a finite number >= 0" % (damping,))
+
+
+def _training_hessian(model, train, batch_size, hessian, check_optimum):
+    """The HessianOperator of R on ``train`` (``hessian`` when given), after the optimum check."""
+    if check_optimum:
+        warn_if_not_optimal(model, train, OPTIMUM_RTOL, batch_size, stacklevel=4)
+    return HessianOperator(model, train, batch_size=batch_size) if hessian is None else hessian
+
+
 def s_test(model, train, test, solver="cg", damping=0.0, batch_size=None, hessian=None,
            check_optimum=True, **solver_options):
     """s_test = (H + damping·I)⁻¹ g_test for each test point, H = ∇²R(w) on ``train``.
@@ -173,12 +185,9 @@ def s_test(model, train, test, solver="cg", damping=0.0, batch_size=None, hessia
     """
     train = _validate(model, train, "training data")
     test = _validate(model, test, "test data")
-    if not (np.isfinite(damping) and damping >= 0):
-        raise ValueError("damping=%r must be a finite number >= 0" % (damping,))
+    _check_damping(damping)
     with model.preserving_params():
-        if check_optimum:
-            warn_if_not_optimal(model, train, OPTIMUM_RTOL, batch_size)
-        H = HessianOperator(model, train, batch_size=batch_size) if hessian is None else hessian
+        H = _training_hessian(model, train, batch_size, hessian, check_optimum)
         g_test = model.per_example_grads(test, batch_size)
         solutions = [_solve(H, g, solver, float(damping), solver_options) for g in g_test]
     vectors = np.array([np.asarray(sol.x, dtype=np.float64).reshape(-1) for sol in solutions])
@@ -305,12 +314,9 @@ def self_influence(model, train, method="exact", k=None, damping=0.0, batch_size
     if chunk_size is not None:
         check_batch_size(chunk_size, "chunk_size")
     train = _validate(model, train, "training data")
-    if not (np.isfinite(damping) and damping >= 0):
-        raise ValueError("damping=%r must be a finite number >= 0" % (damping,))
+    _check_damping(damping)
     with model.preserving_params():
-        if check_optimum:
-            warn_if_not_optimal(model, train, OPTIMUM_RTOL, batch_size)
-        H = HessianOperator(model, train, batch_size=batch_size) if hessian is None else hessian
+        H = _training_hessian(model, train, batch_size, hessian, check_optimum)
         from .jobs import DEFAULT_CHUNK_SIZE, run_chunks
         chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
         if method == "exact":
