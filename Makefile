@@ -1,8 +1,8 @@
 # Reproducible environments and common tasks.
 #   make venv        both environments (.venv: Python 3.6 + CNTK; .venv-modern: python3, no CNTK)
 #   make test        pytest in both environments (PYTEST_ARGS="-k foo" passes arguments through)
-#   make demo        examples/demo.py in .venv
-#   make bench       bench/run_all.py in .venv
+#   make demo        examples/demo.py in .venv (DEMO_ARGS=--small for a short run)
+#   make bench       bench/run_all.py in .venv: writes docs/performance.md (BENCH_ARGS=--quick)
 #   make clean       remove both environments
 # The setup scripts are idempotent: each keeps a stamp in its venv keyed on the
 # hash of setup.cfg/setup.py/pyproject.toml and the scripts, so a second run is
@@ -12,6 +12,8 @@ SHELL := /bin/bash
 VENV36      := .venv
 VENV_MODERN := .venv-modern
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: venv venv36 venv-modern test test-modern test36 demo bench clean
 
@@ -38,11 +40,15 @@ test-modern: venv-modern
 test36: venv36
 	$(VENV36)/bin/python -m pytest -q $(PYTEST_ARGS)
 
+# The demo draws a PNG with matplotlib, installed into .venv on first use (pip picks 3.3.x on 3.6).
 demo: venv36
-	$(VENV36)/bin/python examples/demo.py
+	@$(VENV36)/bin/python -c "import matplotlib" 2>/dev/null || \
+	  $(VENV36)/bin/python -m pip install -q "matplotlib<3.4"
+	$(VENV36)/bin/python examples/demo.py $(DEMO_ARGS)
 
+# Every bench/bench_*.py; writes docs/performance.md (BENCH_ARGS=--quick for a fast check).
 bench: venv36
-	$(VENV36)/bin/python bench/run_all.py
+	$(VENV36)/bin/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV36) $(VENV_MODERN)

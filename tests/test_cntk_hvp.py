@@ -178,3 +178,19 @@ def test_save_load_roundtrip_and_loss_function_form(cntk, tmp_path):
     with pytest.raises(ValueError, match="not a CNTK model"):
         (tmp_path / "junk.cntk").write_text("junk")
         influence.CNTKModel.load(str(tmp_path / "junk.cntk"))
+
+
+def test_loss_function_inputs_named_by_name_or_variable(cntk, tmp_path):
+    # the label input first among the arguments, unusual names: naming must still work either way
+    digit = cntk.input_variable(K, name="digit")
+    pixels = cntk.input_variable(P, name="pixels")
+    z = cntk.layers.Dense(K)(pixels)
+    loss = cntk.cross_entropy_with_softmax(z, digit)
+    path = str(tmp_path / "loss.cntk")
+    loss.save(path)
+    by_name = influence.CNTKModel.load(path, loss=None, features="pixels", labels="digit")
+    assert by_name.features.name == "pixels" and by_name.labels.name == "digit"
+    by_var = influence.CNTKModel(loss, loss=None, features=pixels)
+    assert by_var.features.uid == pixels.uid and by_var.labels.uid == digit.uid
+    with pytest.raises(ValueError, match="not an input"):
+        influence.CNTKModel(loss, loss=None, features="nope")

@@ -260,7 +260,9 @@ class CNTKModel(Model):
 
         def pick(spec, role):
             for a in args:
-                if a is spec or a == spec or a.name == spec:
+                # a name, or a Variable (compared by uid: CNTK returns new wrapper objects and its
+                # Variable.__eq__ with other types raises)
+                if (a.name == spec) if isinstance(spec, str) else (a.uid == getattr(spec, "uid", None)):
                     return a
             raise ValueError("%s=%r is not an input of the loss Function (inputs: %s)"
                              % (role, spec, [a.name for a in args]))

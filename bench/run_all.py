@@ -1,0 +1,387 @@
+"""Run every benchmark in ``bench/`` and write ``docs/performance.md`` from the numbers of this run.
+
+A benchmark is a module ``bench/bench_*.py`` with a function ``main`` that returns a dict; they run in
+file-name order. ``main`` gets an argument list when it takes one (``--quick`` is added for a module
+that declares that flag); a failing benchmark is reported in the page and the run goes on (exit 1
+at the end). The page is written atomically; the raw results go to ``bench/output/results.json``.
+
+    python bench/run_all.py                  # every benchmark, full size (~10-15 min on 2 cores)
+    python bench/run_all.py --quick          # reduced sizes where a benchmark supports it
+    python bench/run_all.py --only hvp step  # a subset (bench_hvp.py, bench_step.py)
+"""
+from __future__ import print_function
+
+import argparse
+import datetime
+import glob
+import importlib.util
+import inspect
+import io
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+# ---------------------------------------------------------------------------------------- discovery
+def discover(bench_dir, only=None):
+    """``[(name, path)]`` of ``bench_*.py`` files in ``bench_dir``, sorted by name; ``name`` is the
+    part after ``bench_`` (``bench_hvp.py`` -> ``hvp``)."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(bench_dir, "bench_*.py"))):
+        name = os.path.basename(path)[len("bench_"):-len(".py")]
+        if only and name not in only:
+            continue
+        found.append((name, path))
+    return found
+
+
+def load_module(name, path):
+    spec = importlib.util.spec_from_file_location("bench_" + name, path)
+    module = importlib.util.module_from_spec(spec)
+    folder = os.path.dirname(path)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec.loader.exec_module(module)
+    return module
+
+
+def supports_quick(module):
+    """A benchmark supports --quick when its source declares the flag."""
+    try:
+        return "--quick" in inspect.getsource(module)
+    except (OSError, TypeError):
+        return False
+
+
+def takes_argv(func):
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+               for p in params.values())
+
+
+def run_one(name, path, quick):
+    """Run one benchmark; returns ``{"name", "path", "seconds", "quick", "result"|"error"}``."""
+    entry = {"name": name, "path": os.path.relpath(path, ROOT) if path.startswith(ROOT) else path,
+             "quick": False}
+    t0 = time.time()
+    try:
+        module = load_module(name, path)
+        main = getattr(module, "main", None)
+        if not callable(main):
+            entry["skipped"] = "no main() function"
+            return entry
+        if takes_argv(main):
+            argv = []
+            if quick and supports_quick(module):
+                argv.append("--quick")
+                entry["quick"] = True
+            result = main(argv)
+        else:
+            result = main()
+        entry["result"] = result if isinstance(result, dict) else {"value": result}
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # SystemExit from argparse included
+        traceback.print_exc()
+        entry["error"] = "%s: %s" % (type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
+    finally:
+        entry["seconds"] = time.time() - t0
+    return entry
+
+
+# ---------------------------------------------------------------------------------------- machine
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except (OSError, IOError):
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info():
+    info = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+            "cores": os.cpu_count(), "cpu": cpu_model(),
+            "os": "%s %s" % (platform.system(), platform.release()),
+            "python": platform.python_version()}
+    for mod in ("numpy", "scipy"):
+        try:
+            info[mod] = importlib.import_module(mod).__version__
+        except ImportError:
+            info[mod] = "not installed"
+    try:
+        sys.path.insert(0, ROOT)
+        import influence
+        info["influence"] = influence.__version__
+    except ImportError:
+        info["influence"] = "not importable"
+    try:
+        from influence.adapters.cntk import import_cntk
+        info["cntk"] = import_cntk().__version__
+    except Exception as e:  # ImportError, or a broken OpenMPI setup
+        info["cntk"] = "not available (%s)" % str(e).splitlines()[0] if str(e) else "not available"
+    return info
+
+
+# ---------------------------------------------------------------------------------------- rendering
+def _g(x, fmt="%.3g"):
+    if x is None:
+        return ""
+    try:
+        if x != x:  # NaN
+            return "nan"
+        return fmt % x
+    except TypeError:
+        return str(x)
+
+
+def _table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return out
+
+
+def render_hvp(res):
+    lines = ["HVP time ÷ one full-batch gradient time, 784-100-10 tanh MLP, 1000 examples (CNTK; median "
+             "of the repeats). A central difference needs two gradients, so 2.0 is the floor. "
+             "*naive*: the notebook's `Parameter.value = ...` shifts with restore by adding back. The "
+             "one-time step calibration of a `HessianOperator` is reported separately.", ""]
+    rows = [[r["dtype"], "{:,}".format(r["n_params"]), _g(1e3 * r["grad_s"], "%.2f"), _g(1e3 * r["hvp_s"], "%.2f"),
+             "**%s**" % _g(r["ratio"], "%.2f"), _g(r["naive_ratio"], "%.2f"), r["calibration_grads"],
+             _g(r["calibration_ratio"], "%.1f"), _g(r["rel_step"], "%.2g")] for r in res["hvp"]]
+    return lines + _table(["dtype", "parameters", "gradient ms", "HVP ms", "HVP ÷ gradient", "naive ÷ gradient",
+                           "calibration gradients", "calibration ÷ gradient", "relative step"], rows)
+
+
+def render_step(res):
+    lines = ["Relative error of H·v against the closed form vs the relative step t (r = t·(1+‖w‖)/‖v‖), "
+             "CNTK softmax regression on 500 digits (L2 = 1e-3): the plain central difference and its "
+             "Richardson extrapolant; last row: what the adaptive choice picks.", ""]
+    by = res["step"]
+    header = ["t"]
+    for r in by:
+        header += ["%s central" % r["dtype"], "%s Richardson" % r["dtype"]]
+    rows = []
+    for i in range(len(by[0]["grid"])):
+        row = [_g(by[0]["grid"][i][0], "%.2e")]
+        for r in by:
+            row += [_g(r["grid"][i][1], "%.1e"), _g(r["grid"][i][2], "%.1e")]
+        rows.append(row)
+    lines += _table(header, rows)
+    lines.append("")
+    for r in by:
+        t, e, n = r["adaptive_richardson"]
+        tc, ec = r["adaptive_central"]
+        lines.append("- %s adaptive: Richardson at t = %.2e, error **%.1e** (%d gradients to choose); "
+                     "central at t = %.2e, error %.1e" % (r["dtype"], t, e, n, tc, ec))
+    return lines
+
+
+def render_solvers(res):
+    lines = ["Relative error of x = (H + λI)⁻¹b against a reference vs Hessian-vector products spent "
+             "(b: mean loss gradient of 10 held-out examples, as in s_test).", ""]
+    for key in sorted(res):
+        part = res[key]
+        info = part.get("info", {})
+        if "skipped" in info:
+            lines += ["**%s**: skipped (%s)" % (key, info["skipped"]), ""]
+            continue
+        lines.append("**%s**" % info.get("problem", key))
+        lines.append("")
+        extra = ["%s: %s" % (k, _g(v, "%.3g") if isinstance(v, float) else v)
+                 for k, v in sorted(info.items()) if k != "problem"]
+        if extra:
+            lines += ["(" + "; ".join(extra) + ")", ""]
+        rows = [[r["method"], r["setting"], r["n_hvp"], _g(r["seconds"], "%.2f"), _g(r["error"], "%.1e"),
+                 _g(r["residual"], "%.1e")] for r in part.get("rows", [])]
+        lines += _table(["method", "setting", "HVPs", "seconds", "relative error", "residual"], rows)
+        lines.append("")
+    return lines[:-1]
+
+
+def render_scores(res):
+    lines = ["Forward-difference scoring (4 batched forward passes per test point along s_test) vs "
+             "per-example-gradient scoring, 784-100-10 tanh CNTK MLP on synthetic data, same s_test "
+             "for both, one test point. Relative error = ‖I_fwd − I_grad‖/‖I_grad‖.", ""]
+    rows = [[r["dtype"], r["n"], "{:,}".format(r["d"]), _g(r["grad_norm"], "%.1e"), _g(r["forward_s"], "%.2f"),
+             _g(r["gradient_s"], "%.2f"), "**%s×**" % _g(r["speedup"], "%.1f"), _g(r["rel_err"], "%.1e"),
+             _g(r["max_err"], "%.1e"), _g(r["spearman"], "%.6f")] for r in res.get("scoring", [])]
+    lines += _table(["dtype", "n", "parameters", "‖∇R‖", "forward s", "gradient s", "speedup",
+                     "relative error", "max error", "Spearman"], rows)
+    loo = res.get("digits_loo")
+    if loo:
+        lines += ["", "Leave-one-out check on the digits (`examples/digits_influence.py`: predicted vs actual "
+                  "test-loss change after retraining without each of k training points):", ""]
+        lines += _table(["model", "test digit", "Pearson", "Spearman", "‖∇R‖ at the fit"],
+                        [[m, r.get("test_index", ""), _g(r["pearson"], "%.4f"), _g(r["spearman"], "%.4f"),
+                          _g(r.get("grad_norm"), "%.1e")] for m, r in sorted(loo.items())])
+    mis = res.get("mislabeled")
+    if mis:
+        fracs = sorted(next(iter(mis.values())).keys(), key=float)
+        lines += ["", "Mislabeled digits (`examples/mislabeled_digits.py`: 10 % of the labels flipped; "
+                  "fraction of the flipped ones found in the top x % of each ranking):", ""]
+        lines += _table(["ranking"] + ["top %d %%" % round(100 * float(f)) for f in fracs],
+                        [[name] + [_g(row[f], "%.3f") for f in fracs] for name, row in mis.items()])
+    return lines
+
+
+RENDERERS = {"hvp": render_hvp, "step": render_step, "solvers": render_solvers, "scores": render_scores}
+TITLES = {"hvp": "HVP cost (bench_hvp.py)", "step": "Finite-difference step (bench_step.py)",
+          "solvers": "Inverse-HVP solvers (bench_solvers.py)",
+          "scores": "Scoring: forward vs gradient, and accuracy on the digits (bench_scores.py)"}
+
+
+def _json_default(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def render_generic(res):
+    text = json.dumps(res, indent=2, sort_keys=True, default=_json_default)
+    return ["```json"] + text.splitlines() + ["```"]
+
+
+def summary_lines(entries):
+    """The headline ratios of this run, one bullet each, for the benches that produced them."""
+    by = {e["name"]: e.get("result") for e in entries if e.get("result")}
+    out = []
+    try:
+        for r in by["hvp"]["hvp"]:
+            out.append("HVP ÷ gradient (%s, %s parameters): **%.2f** (naive: %.2f)"
+                       % (r["dtype"], "{:,}".format(r["n_params"]), r["ratio"], r["naive_ratio"]))
+    except (KeyError, TypeError):
+        pass
+    try:
+        for r in by["scores"]["scoring"]:
+            out.append("forward vs gradient scoring (%s, n = %d): **%.1f×** faster, relative error %.1e"
+                       % (r["dtype"], r["n"], r["speedup"], r["rel_err"]))
+    except (KeyError, TypeError):
+        pass
+    try:
+        for r in by["step"]["step"]:
+            out.append("adaptive HVP step (%s): relative error %.1e" % (r["dtype"], r["adaptive_richardson"][1]))
+    except (KeyError, TypeError):
+        pass
+    try:
+        for key, part in sorted(by["solvers"].items()):
+            rows = part.get("rows", [])
+            cg = [r for r in rows if r["method"] == "cg" and r["setting"].startswith("rtol")]
+            li = [r for r in rows if r["method"] == "lissa" and r["error"] == r["error"]]
+            if cg and li:
+                out.append("%s: cg %.1e error in %d HVPs; lissa %.1e in %d HVPs"
+                           % (part["info"].get("problem", key), cg[-1]["error"], cg[-1]["n_hvp"],
+                              li[-1]["error"], li[-1]["n_hvp"]))
+    except (KeyError, TypeError):
+        pass
+    try:
+        for m, r in sorted(by["scores"]["digits_loo"].items()):
+            out.append("leave-one-out on the digits (%s): Pearson %.3f" % (m, r["pearson"]))
+    except (KeyError, TypeError, AttributeError):
+        pass
+    return out
+
+
+def render(entries, info, quick):
+    lines = ["# Performance", "",
+             "<!-- GENERATED by `make bench` (bench/run_all.py) - do not edit by hand; rerun it instead. -->", "",
+             "Measured on %s: %s cores, %s; %s; Python %s, numpy %s, scipy %s, CNTK %s, influence %s."
+             % (info["date"], info["cores"], info["cpu"], info["os"], info["python"], info["numpy"],
+                info["scipy"], info["cntk"], info["influence"]), ""]
+    if quick:
+        lines += ["**Quick run** (`--quick`): reduced sizes where a benchmark supports it; rerun `make bench` "
+                  "for the full numbers.", ""]
+    lines += ["Timings depend on the machine and its load; ratios (HVP ÷ gradient, speedups) and errors "
+              "carry over better than seconds. Each section comes from one `bench/bench_*.py` "
+              "(`python bench/bench_NAME.py` runs it alone).", ""]
+    summary = summary_lines(entries)
+    if summary:
+        lines += ["## Summary", ""] + ["- " + s for s in summary] + [""]
+    lines += ["| benchmark | seconds | status |", "|---|---|---|"]
+    for e in entries:
+        status = "ok" + (" (quick)" if e.get("quick") else "")
+        if "error" in e:
+            status = "FAILED: " + e["error"].replace("|", "\\|")
+        elif "skipped" in e:
+            status = "skipped: " + e["skipped"]
+        lines.append("| `%s` | %.0f | %s |" % (e["path"], e["seconds"], status))
+    lines.append("")
+    for e in entries:
+        if "result" not in e:
+            continue
+        lines += ["## %s" % TITLES.get(e["name"], "%s (%s)" % (e["name"], os.path.basename(e["path"]))), ""]
+        renderer = RENDERERS.get(e["name"], render_generic)
+        try:
+            lines += renderer(e["result"])
+        except Exception:  # a benchmark changed its output: show the raw numbers instead
+            lines += render_generic(e["result"])
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_atomic(path, text):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+    tmp = "%s.tmp-%d" % (path, os.getpid())
+    try:
+        with io.open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="pass --quick to the benchmarks that support it")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these (NAME of bench_NAME.py)")
+    p.add_argument("--bench-dir", default=HERE, help="folder of the bench_*.py modules (default: bench/)")
+    p.add_argument("--out", default=os.path.join(ROOT, "docs", "performance.md"),
+                   help="the page to write (default docs/performance.md)")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="raw results (default: bench/output/results.json beside the default page only)")
+    args = p.parse_args(argv)
+    benches = discover(args.bench_dir, args.only)
+    if not benches:
+        print("run_all: no bench_*.py%s in %s" % (" matching --only" if args.only else "", args.bench_dir),
+              file=sys.stderr)
+        return 2
+    entries = []
+    t_all = time.time()
+    for name, path in benches:
+        print("\n==> %s%s" % (os.path.basename(path), " --quick" if args.quick else ""), flush=True)
+        entry = run_one(name, path, args.quick)
+        print("<== %s: %s in %.0f s" % (os.path.basename(path),
+                                       "FAILED" if "error" in entry else entry.get("skipped", "ok"),
+                                       entry["seconds"]), flush=True)
+        entries.append(entry)
+    info = machine_info()
+    text = render(entries, info, args.quick)
+    write_atomic(args.out, text)
+    json_path = args.json
+    if json_path is None and os.path.abspath(args.out) == os.path.join(ROOT, "docs", "performance.md"):
+        json_path = os.path.join(HERE, "output", "results.json")
+    if json_path:
+        write_atomic(json_path, json.dumps({"machine": info, "quick": args.quick, "benchmarks": entries},
+                                           indent=2, sort_keys=True, default=_json_default) + "\n")
+    failed = [e["name"] for e in entries if "error" in e]
+    print("\nwrote %s (%d benchmarks, %.0f s)%s" % (args.out, len(entries), time.time() - t_all,
+                                                    "; FAILED: " + ", ".join(failed) if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
