@@ -75,6 +75,10 @@ def parse_spec(spec):
                      % (spec,))
 
 
+#: Environment of LocalCluster worker processes: native kernels (OpenMP, MKL) on one thread each.
+WORKER_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def connect(spec, timeout=30):
     """A ``distributed.Client`` for ``spec``: ``"local:N"`` starts a LocalCluster of N worker
     processes with one thread each (no dashboard, no memory limit: the memory-mapped training data
@@ -85,8 +89,11 @@ def connect(spec, timeout=30):
     distributed = import_distributed()
     if kind == "local":
         scratch = os.path.join(tempfile.gettempdir(), "influence-dask")   # not ./dask-worker-space
+        # one thread per worker process, also inside CNTK's OpenMP/MKL kernels: N workers use N cores
+        # instead of each spreading over all of them and contending
         return distributed.Client(n_workers=value, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, memory_limit=0, local_directory=scratch)
+                                  dashboard_address=None, memory_limit=0, local_directory=scratch,
+                                  env=dict(WORKER_THREAD_ENV))
     try:
         return distributed.Client(value, timeout=timeout)
     except (OSError, IOError) as e:   # includes TimeoutError
