@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.sparse.linalg as spla
 from scipy.sparse.linalg import aslinearoperator
 
 from conftest import make_classification
@@ -339,3 +340,36 @@ def test_compat_shim_spelling():
     assert _compat.CG_USES_RTOL == ("rtol" in params)
     x, info = _compat.cg(aslinearoperator(np.diag([1.0, 2.0])), np.array([1.0, 1.0]), rtol=1e-12)
     assert info == 0 and np.allclose(x, [1.0, 0.5])
+
+
+class _NoisyOperator(spla.LinearOperator):
+    """A symmetric positive definite matrix whose products carry relative noise, like float32
+    finite differences: CG's residual stalls near the noise level."""
+
+    def __init__(self, A, noise, seed=0):
+        self.A, self.noise, self.rng = A, noise, np.random.RandomState(seed)
+        super(_NoisyOperator, self).__init__(dtype=np.float64, shape=A.shape)
+
+    def _matvec(self, v):
+        av = self.A @ np.ravel(v)
+        return av + self.noise * np.linalg.norm(av) * self.rng.standard_normal(av.shape)
+
+
+def test_cg_stagnation_stops_with_the_best_iterate():
+    rng = np.random.RandomState(0)
+    q, _ = np.linalg.qr(rng.standard_normal((60, 60)))
+    A = (q * np.geomspace(1.0, 1e-4, 60)) @ q.T
+    b = rng.standard_normal(60)
+    # off by default for an operator without a float32 model: runs to maxiter
+    with pytest.warns(ConvergenceWarning, match="after 300 iterations"):
+        full = solvers.cg(_NoisyOperator(A, 1e-5), b, rtol=1e-12, maxiter=300)
+    assert full.n_iter == 300 and not full.converged
+    seen = []
+    with pytest.warns(ConvergenceWarning, match="no progress in the last 20"):
+        early = solvers.cg(_NoisyOperator(A, 1e-5), b, rtol=1e-12, maxiter=300, stagnation=20,
+                           callback=seen.append)
+    assert not early.converged and early.n_iter == len(seen) < 300
+    # it returns the iterate 20 iterations before the stop (its best recursive residual), not the last
+    assert np.array_equal(early.x, seen[-21]) and not np.array_equal(early.x, seen[-1])
+    with pytest.raises(ValueError, match="stagnation=0"):
+        solvers.cg(_NoisyOperator(A, 1e-5), b, stagnation=0)
