@@ -62,11 +62,12 @@ def _difference(f, params, w0, v, r):
     """(f(w0 + r v) − f(w0 − r v)) / 2r; the caller restores the weights."""
     dtype = params.dtype
     step = r * v
-    params.set_params((w0 + step).astype(dtype))
+    shifted = w0 + step                         # in float64, then rounded once to the model's dtype
+    params.set_params(shifted.astype(dtype, copy=False))
     f_plus = np.asarray(f(), dtype=np.float64)
-    params.set_params((w0 - step).astype(dtype))
-    f_minus = np.asarray(f(), dtype=np.float64)
-    diff = f_plus - f_minus
+    np.subtract(w0, step, out=shifted)
+    params.set_params(shifted.astype(dtype, copy=False))
+    diff = f_plus - np.asarray(f(), dtype=np.float64)
     diff *= 0.5 / r
     return diff
 

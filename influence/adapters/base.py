@@ -29,7 +29,8 @@ class Model(object):
       (exact: ``set_params(get_params())`` leaves every weight bit-identical);
     - ``_validate(dataset)``: model-specific checks (feature shape, label type and range), raising
       ``ValueError`` with a one-line message;
-    - ``_loss_sum(batch)``, ``_grad_sum(batch)``, ``_per_example_losses(batch)`` on a validated batch.
+    - ``_loss_sum(batch)``, ``_grad_sum(batch)``, ``_per_example_losses(batch)`` on a validated batch
+      (``_grad_sum`` returns a NEW array, which the base class accumulates into in place).
     ``_per_example_grads(batch)`` defaults to one gradient per example.
     """
 
@@ -124,7 +125,7 @@ class Model(object):
         for batch in self._batches(data, batch_size):
             g = np.asarray(self._grad_sum(batch), dtype=np.float64)
             if total is None:
-                total = np.array(g)        # a copy we own
+                total = g                  # _grad_sum returns a new array: ours to accumulate into
             else:
                 total += g
         return total

@@ -63,7 +63,10 @@ class ParameterVector(object):
         return int(self.offsets[-1])
 
     def get_params(self):
-        return np.concatenate([np.asarray(p.value, dtype=self._dtype).ravel() for p in self.parameters])
+        out = np.empty(self.n_params, dtype=self._dtype)
+        for p, a, b in zip(self.parameters, self.offsets[:-1], self.offsets[1:]):
+            out[a:b] = p.value.ravel()
+        return out
 
     def set_params(self, w):
         w = np.asarray(w)
@@ -83,7 +86,10 @@ class ParameterVector(object):
         """``Function.grad``'s result (dict keyed by Parameter, or a bare array) -> flat float64."""
         if not isinstance(grads, dict):
             grads = {self.parameters[0]: grads}
-        return np.concatenate([np.asarray(grads[p], dtype=np.float64).ravel() for p in self.parameters])
+        out = np.empty(self.n_params)               # one allocation; slices cast on assignment
+        for p, a, b in zip(self.parameters, self.offsets[:-1], self.offsets[1:]):
+            out[a:b] = np.asarray(grads[p]).ravel()
+        return out
 
 
 def _check_feed_array(name, a, var, dtype):
