@@ -75,10 +75,6 @@ def parse_spec(spec):
                      % (spec,))
 
 
-#: Environment of LocalCluster worker processes: native kernels (OpenMP, MKL) on one thread each.
-WORKER_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
 def connect(spec, timeout=30):
     """A ``distributed.Client`` for ``spec``: ``"local:N"`` starts a LocalCluster of N worker
     processes with one thread each (no dashboard, no memory limit: the memory-mapped training data
@@ -89,11 +85,11 @@ def connect(spec, timeout=30):
     distributed = import_distributed()
     if kind == "local":
         scratch = os.path.join(tempfile.gettempdir(), "influence-dask")   # not ./dask-worker-space
-        # one thread per worker process, also inside CNTK's OpenMP/MKL kernels: N workers use N cores
-        # instead of each spreading over all of them and contending
+        # workers inherit this process's environment, OMP_NUM_THREADS included: CNTK's kernels can
+        # differ in the last bits between native thread counts, so a cluster run is bit-identical to
+        # a single-process run in the same environment (docs/cluster.md: export OMP_NUM_THREADS=1)
         return distributed.Client(n_workers=value, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, memory_limit=0, local_directory=scratch,
-                                  env=dict(WORKER_THREAD_ENV))
+                                  dashboard_address=None, memory_limit=0, local_directory=scratch)
     try:
         return distributed.Client(value, timeout=timeout)
     except (OSError, IOError) as e:   # includes TimeoutError
