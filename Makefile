@@ -40,10 +40,8 @@ test-modern: venv-modern
 test36: venv36
 	$(VENV36)/bin/python -m pytest -q $(PYTEST_ARGS)
 
-# The demo draws a PNG with matplotlib, installed into .venv on first use (pip picks 3.3.x on 3.6).
+# The demo draws a PNG with matplotlib, which the .venv setup installs.
 demo: venv36
-	@$(VENV36)/bin/python -c "import matplotlib" 2>/dev/null || \
-	  $(VENV36)/bin/python -m pip install -q "matplotlib<3.4"
 	$(VENV36)/bin/python examples/demo.py $(DEMO_ARGS)
 
 # Every bench/bench_*.py; writes docs/performance.md (BENCH_ARGS=--quick for a fast check).
