@@ -27,3 +27,14 @@ pipq() {
         | { grep -v -E "^(WARNING: Location|  Url) '[^']*' is ignored" || true; }
     return "${PIPESTATUS[0]}"
 }
+
+# Exit the calling setup script early when venv $1 was already built by interpreter $2 from the
+# current inputs; otherwise set STAMP to the file to touch once the setup has succeeded.
+exit_if_up_to_date() {
+    local venv="$1" py="$2"
+    STAMP="$venv/.setup-stamp-$(inputs_hash "$("$py" -c 'import sys; print(sys.version)') $py")"
+    if [ -f "$STAMP" ] && [ -x "$venv/bin/python" ]; then
+        echo "$venv is up to date"
+        exit 0
+    fi
+}

@@ -14,12 +14,7 @@ PY="$(command -v "$PY")"
 # Resolve pyenv shims etc. to the real interpreter.
 PY="$("$PY" -c 'import sys; print(sys.executable)')"
 
-STAMP_HASH="$(inputs_hash "$("$PY" -c 'import sys; print(sys.version)') $PY")"
-STAMP="$VENV/.setup-stamp-$STAMP_HASH"
-if [ -f "$STAMP" ] && [ -x "$VENV/bin/python" ]; then
-    echo "$VENV is up to date"
-    exit 0
-fi
+exit_if_up_to_date "$VENV" "$PY"
 
 if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
     rm -rf "$VENV"

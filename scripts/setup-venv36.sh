@@ -41,12 +41,7 @@ PY36="$(find_python36)"
 "$PY36" -c 'import sys; assert sys.version_info[:2] == (3, 6), sys.version' \
     || die "$PY36 is not Python 3.6"
 
-STAMP_HASH="$(inputs_hash "$("$PY36" -c 'import sys; print(sys.version)') $PY36")"
-STAMP="$VENV/.setup-stamp-$STAMP_HASH"
-if [ -f "$STAMP" ] && [ -x "$VENV/bin/python" ]; then
-    echo "$VENV is up to date"
-    exit 0
-fi
+exit_if_up_to_date "$VENV" "$PY36"
 
 # ---------------------------------------------------------------- venv
 if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import sys; assert sys.version_info[:2] == (3, 6)' 2>/dev/null; then
