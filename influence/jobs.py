@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from ._files import atomic_path, write_json
+from ._files import write_json, write_npy
 from .data import check_batch_size
 
 __all__ = ["Checkpoint", "run_chunks", "chunk_bounds", "file_fingerprint", "DEFAULT_CHUNK_SIZE"]
@@ -102,14 +102,10 @@ class Checkpoint(object):
             return None
 
     def save_chunk(self, start, stop, values):
-        with atomic_path(self._chunk_path(start, stop)) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, np.asarray(values), allow_pickle=False)
+        write_npy(self._chunk_path(start, stop), values)
 
     def save_array(self, name, values):
-        with atomic_path(os.path.join(self.folder, name + ".npy")) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, np.asarray(values), allow_pickle=False)
+        write_npy(os.path.join(self.folder, name + ".npy"), values)
 
     def load_array(self, name):
         path = os.path.join(self.folder, name + ".npy")
