@@ -286,11 +286,7 @@ def cmd_hvp(args):
     with timer("load model"):
         model, _ = _load_model(args)
     with timer("load data"):
-        data = _load_data(args.data)
-        try:
-            data = model.validate(data, args.data)
-        except ValueError as e:
-            raise UsageError("--data %s" % e)
+        data = _load_split(args.data, "--data", model)
     _existing_file(args.vector, "--vector")
     with open(args.vector, "rb") as f:
         magic = f.read(6)
@@ -302,8 +298,6 @@ def cmd_hvp(args):
         v = np.load(args.vector, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise UsageError("--vector %s is not a readable .npy file without pickled objects (%s)" % (args.vector, e))
-    if not isinstance(v, np.ndarray):
-        raise UsageError("--vector %s is an .npz archive; save the vector with np.save(path, v)" % args.vector)
     if v.shape != (model.n_params,) or not np.issubdtype(v.dtype, np.number):
         raise UsageError("--vector %s has shape %s, dtype %s; the model has %d parameters: pass a flat "
                          "numeric vector of that length" % (args.vector, v.shape, v.dtype, model.n_params))
