@@ -285,13 +285,9 @@ def _worker_data(job, model):
 
 def _score_chunk(job, start, stop):
     """g_iᵀ vectors[j] for rows start..stop of the job's training data: (m, stop - start) float64."""
-    from .scores import ForwardStep, _gradient_blocks, forward_differences
+    from .scores import ForwardStep, chunk_scores
     model, lock = _worker_model(job)
     data = _worker_data(job, model)
+    steps = None if job.steps is None else [ForwardStep(*s) for s in job.steps]
     with lock:
-        if job.scoring == "forward":
-            steps = [ForwardStep(*s) for s in job.steps]
-            return forward_differences(model, data.subset(slice(start, stop)), job.vectors, steps,
-                                       job.batch_size)
-        return np.hstack([job.vectors @ G.T
-                          for G in _gradient_blocks(model, data, start, stop, job.batch_size)])
+        return chunk_scores(model, data, job.vectors, job.scoring, steps, start, stop, job.batch_size)

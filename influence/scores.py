@@ -214,6 +214,15 @@ def _gradient_blocks(model, train, a, b, batch_size):
                                           batch_size)
 
 
+def chunk_scores(model, train, vectors, scoring, steps, start, stop, batch_size=None):
+    """g_iᵀ vectors[j] for the training rows start..stop, float64 (m, stop − start): one chunk of a
+    scoring run, here or on a cluster worker. ``scoring="forward"``: forward differences with the
+    given ``steps``; ``"gradient"``: per-example gradients in blocks of GRADIENT_CHUNK rows."""
+    if scoring == "forward":
+        return forward_differences(model, train.subset(slice(start, stop)), vectors, steps, batch_size)
+    return np.hstack([vectors @ G.T for G in _gradient_blocks(model, train, start, stop, batch_size)])
+
+
 def _score_rows(model, train, vectors, scoring, rel_step, stencil, batch_size, chunk_size, checkpoint,
                 progress, executor, client=None):
     """(m, n) array of g_iᵀ vectors[j] over all training rows, chunk by chunk (on ``client``'s Dask
@@ -224,11 +233,8 @@ def _score_rows(model, train, vectors, scoring, rel_step, stencil, batch_size, c
     if scoring == "forward":
         steps = _steps_checkpointed(model, train, vectors, rel_step, stencil, batch_size, checkpoint)
 
-        def compute(a, b):
-            return forward_differences(model, train.subset(slice(a, b)), vectors, steps, batch_size)
-    else:
-        def compute(a, b):
-            return np.hstack([vectors @ G.T for G in _gradient_blocks(model, train, a, b, batch_size)])
+    def compute(a, b):
+        return chunk_scores(model, train, vectors, scoring, steps, a, b, batch_size)
     if client is not None:
         from .cluster import scoring_executor
         executor = scoring_executor(client, model, train, vectors, steps, scoring, batch_size)
