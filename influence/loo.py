@@ -46,24 +46,10 @@ def pearson(a, b):
     return float(a @ b / den) if den > 0 else float("nan")
 
 
-def _ranks(a):
-    a = np.asarray(a, dtype=np.float64)
-    order = np.argsort(a, kind="mergesort")
-    ranks = np.empty(a.size)
-    ranks[order] = np.arange(a.size, dtype=np.float64)
-    # average the ranks of ties
-    sorted_a = a[order]
-    start = 0
-    for i in range(1, a.size + 1):
-        if i == a.size or sorted_a[i] != sorted_a[start]:
-            ranks[order[start:i]] = 0.5 * (start + i - 1)
-            start = i
-    return ranks
-
-
 def spearman(a, b):
     """Spearman rank correlation: Pearson of the (tie-averaged) ranks."""
-    return pearson(_ranks(a), _ranks(b))
+    from scipy.stats import rankdata
+    return pearson(rankdata(np.ravel(a)), rankdata(np.ravel(b)))
 
 
 def verify_loo(model, train, test, indices=None, k=20, damping=0.0, random_state=0, solver="cg",
