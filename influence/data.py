@@ -213,6 +213,43 @@ class Dataset(object):
             release_rows(self.y, start, stop)
 
 
+def first_bad(y, is_bad):
+    """The first offending labels (an empty array when none), checked block by block so that a
+    memory-mapped label array is never held whole (see :func:`row_blocks`)."""
+    for _, block in row_blocks(y):
+        bad = block[is_bad(block)]
+        if bad.size:
+            return bad
+    return np.zeros(0, dtype=y.dtype)
+
+
+def check_class_labels(dataset, n_classes, who):
+    """Labels of ``dataset`` must be integers 0..n_classes-1, one per example; ``who`` names the loss
+    or model in the message."""
+    y = dataset.y
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError("%s labels have dtype %s; %s needs integer class labels 0..%d (y.astype(int))"
+                         % (dataset.name, y.dtype, who, n_classes - 1))
+    if y.ndim != 1:
+        raise ValueError("%s labels have shape %s; pass one integer label per example, shape (n,)"
+                         % (dataset.name, y.shape))
+    bad = first_bad(y, lambda b: (b < 0) | (b >= n_classes))
+    if bad.size:
+        raise ValueError("%s has label %d outside 0..%d; the model has %d classes"
+                         % (dataset.name, bad[0], n_classes - 1, n_classes))
+
+
+def check_binary_labels(dataset, who):
+    """Labels of ``dataset`` must be integers 0 or 1; ``who`` names the loss or model in the message."""
+    y = dataset.y
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError("%s labels have dtype %s; %s needs integer labels 0 or 1 (y.astype(int))"
+                         % (dataset.name, y.dtype, who))
+    bad = first_bad(y, lambda b: (b != 0) & (b != 1))
+    if bad.size:
+        raise ValueError("%s has label %r; %s needs labels 0 or 1" % (dataset.name, bad.ravel()[0], who))
+
+
 def check_batch_size(batch_size, name="batch_size"):
     """Validate a positive integer batch or chunk size and return it as ``int``."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:

@@ -17,6 +17,7 @@ Both add (l2/2)·‖w‖² (intercept included) to the mean loss, hence l2·I to
 import numpy as np
 
 from .adapters.base import Model
+from .data import check_binary_labels, check_class_labels
 
 __all__ = ["SoftmaxRegression", "LogisticRegression"]
 
@@ -78,9 +79,6 @@ class _LinearModel(Model):
                              "select the right columns" % (dataset.name, dataset.x.shape, self.n_features))
         if dataset.y is None:
             raise ValueError("%s has no labels; pass (x, y)" % dataset.name)
-        if not np.issubdtype(dataset.y.dtype, np.integer):
-            raise ValueError("%s labels have dtype %s; a classifier needs integer class labels "
-                             "(y.astype(int))" % (dataset.name, dataset.y.dtype))
         if dataset.y.ndim != 1:
             raise ValueError("%s labels have shape %s; pass one integer label per example, shape (n,)"
                              % (dataset.name, dataset.y.shape))
@@ -125,11 +123,7 @@ class SoftmaxRegression(_LinearModel):
 
     def _validate(self, dataset):
         self._check_features(dataset)
-        y = dataset.y
-        if y.size and (y.min() < 0 or y.max() >= self.n_classes):
-            bad = y[(y < 0) | (y >= self.n_classes)][0]
-            raise ValueError("%s has label %d outside 0..%d; labels must be class indices below n_classes=%d"
-                             % (dataset.name, bad, self.n_classes - 1, self.n_classes))
+        check_class_labels(dataset, self.n_classes, "softmax regression")
 
     def _probs(self, batch):
         s = self._scores(batch)
@@ -191,11 +185,7 @@ class LogisticRegression(_LinearModel):
 
     def _validate(self, dataset):
         self._check_features(dataset)
-        y = dataset.y
-        bad = y[(y != 0) & (y != 1)]
-        if bad.size:
-            raise ValueError("%s has label %d; logistic regression needs labels 0 or 1"
-                             % (dataset.name, bad[0]))
+        check_binary_labels(dataset, "logistic regression")
 
     def _margin(self, batch):
         return self._scores(batch)[:, 0]

@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 
+from ..data import check_binary_labels, check_class_labels
 from .base import Model
 
 __all__ = ["CNTKModel", "FunctionGradient", "ParameterVector", "import_cntk", "LOSSES"]
@@ -173,17 +174,6 @@ class FunctionGradient(ParameterVector):
         if isinstance(like, dict):
             return {p: a.copy() for p, a in zip(self.parameters, self.split(flat))}
         return flat
-
-
-def _first_bad(y, is_bad):
-    """The first offending labels (an empty array when none), checked block by block so that a
-    memory-mapped label array is never held whole (see influence.data.row_blocks)."""
-    from ..data import row_blocks
-    for _, block in row_blocks(y):
-        bad = block[is_bad(block)]
-        if bad.size:
-            return bad
-    return np.zeros(0, dtype=y.dtype)
 
 
 class _Quiet(object):
@@ -372,24 +362,9 @@ class CNTKModel(Model):
         if y is None:
             raise ValueError("%s has no labels but the loss needs them; pass (x, y)" % dataset.name)
         if self.loss_name == "cross_entropy":
-            if not np.issubdtype(y.dtype, np.integer):
-                raise ValueError("%s labels have dtype %s; cross_entropy needs integer class labels 0..%d "
-                                 "(y.astype(int))" % (dataset.name, y.dtype, self.n_classes - 1))
-            if y.ndim != 1:
-                raise ValueError("%s labels have shape %s; pass one integer label per example, shape (n,)"
-                                 % (dataset.name, y.shape))
-            bad = _first_bad(y, lambda b: (b < 0) | (b >= self.n_classes))
-            if bad.size:
-                raise ValueError("%s has label %d outside 0..%d; the model has %d classes"
-                                 % (dataset.name, bad[0], self.n_classes - 1, self.n_classes))
+            check_class_labels(dataset, self.n_classes, "cross_entropy")
         elif self.loss_name == "binary_cross_entropy":
-            if not np.issubdtype(y.dtype, np.integer):
-                raise ValueError("%s labels have dtype %s; binary_cross_entropy needs integer labels 0 or 1 "
-                                 "(y.astype(int))" % (dataset.name, y.dtype))
-            bad = _first_bad(y, lambda b: (b != 0) & (b != 1))
-            if bad.size:
-                raise ValueError("%s has label %r; binary_cross_entropy needs labels 0 or 1"
-                                 % (dataset.name, bad.ravel()[0]))
+            check_binary_labels(dataset, "binary_cross_entropy")
         else:
             shape = tuple(self.labels.shape)
             if tuple(y.shape[1:]) != shape and not (shape == (1,) and y.ndim == 1):
