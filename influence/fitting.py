@@ -52,9 +52,8 @@ def _objective(model, data, n_total):
     ``n_total`` is len(data) for an ordinary fit; leave-one-out retraining keeps the original n
     (the objective up-weighting by ε = −1/n describes)."""
     w = model.get_params().astype(np.float64)
-    loss = float(np.sum(model.per_example_losses(data))) / n_total + 0.5 * model.l2 * float(w @ w)
-    grad = model.grad_sum(data) / n_total + model.l2 * w
-    return loss, grad
+    loss_sum, grad_sum = model.loss_and_grad_sum(data)
+    return loss_sum / n_total + 0.5 * model.l2 * float(w @ w), grad_sum / n_total + model.l2 * w
 
 
 def _minimize(model, data, n_total, gtol, maxiter, maxcor, callback=None):

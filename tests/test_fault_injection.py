@@ -4,7 +4,7 @@ For every entry point that shifts parameters (HessianOperator products and calib
 cg / lissa / lanczos / direct, s_test, forward and gradient scoring, self-influence, check_optimum,
 fit and its caller verify_loo, and CNTK's influence.hvp) an exception — and separately a
 KeyboardInterrupt — is raised on the k-th call of each model primitive (``set_params`` when it
-shifts the weights, AFTER the shift has been applied; ``_grad_sum``, ``_per_example_losses`` and
+shifts the weights, AFTER the shift has been applied; ``_grad_sum``, ``_loss_and_grad_sum``, ``_per_example_losses`` and
 ``_per_example_grads`` before they compute), for k spread over 1..(number of calls the entry point
 makes). The exception must propagate and the weights must be bit-identical afterwards.
 
@@ -21,7 +21,7 @@ from influence.hvp import HessianOperator
 from influence.models import SoftmaxRegression
 from conftest import make_classification
 
-TARGETS = ("set_params", "_grad_sum", "_per_example_losses", "_per_example_grads")
+TARGETS = ("set_params", "_grad_sum", "_loss_and_grad_sum", "_per_example_losses", "_per_example_grads")
 
 
 class Injected(Exception):

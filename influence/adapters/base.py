@@ -64,6 +64,10 @@ class Model(object):
     def _per_example_losses(self, batch):
         raise NotImplementedError
 
+    def _loss_and_grad_sum(self, batch):
+        """(Σ ℓ, Σ ∇ℓ) over the batch; adapters that get both from one pass override it."""
+        return float(self._loss_sum(batch)), self._grad_sum(batch)
+
     def _per_example_grads(self, batch):
         return np.stack([self._grad_sum(batch.subset(slice(i, i + 1))) for i in range(len(batch))])
 
@@ -129,6 +133,20 @@ class Model(object):
             else:
                 total += g
         return total
+
+    def loss_and_grad_sum(self, data, batch_size=None):
+        """(Σ_i ℓ(z_i, w), Σ_i ∇ℓ(z_i, w)) without the L2 term, float and float64 array, in one pass
+        over the data where the adapter allows it (what full-batch L-BFGS needs at every step)."""
+        loss, total = 0.0, None
+        for batch in self._batches(data, batch_size):
+            l, g = self._loss_and_grad_sum(batch)
+            loss += float(l)
+            g = np.asarray(g, dtype=np.float64)
+            if total is None:
+                total = g                  # _grad_sum returns a new array: ours to accumulate into
+            else:
+                total += g
+        return loss, total
 
     def per_example_losses(self, data, batch_size=None):
         """ℓ(z_i, w) for every example (no L2 term), float64 array of shape (n,)."""

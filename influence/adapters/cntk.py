@@ -395,6 +395,12 @@ class CNTKModel(Model):
         g = self.loss_function.grad(self._feed(batch), wrt=self._params.parameters)
         return self._params.flatten_grads(g)
 
+    def _loss_and_grad_sum(self, batch):
+        # one forward and one backward pass: grad() also returns the per-example losses it computed
+        f = self.loss_function
+        g, losses = f.grad(self._feed(batch), wrt=self._params.parameters, outputs=[f.output])
+        return float(np.sum(np.asarray(losses, dtype=np.float64))), self._params.flatten_grads(g)
+
     def predict(self, x, batch_size=None):
         """Network outputs for features ``x`` (float64, shape (n,) + output shape)."""
         if self.output is None:
