@@ -12,7 +12,10 @@ No fixed ``t`` suits every function: a bilinear function (the notebook's toy, y 
 truncation error and wants ``t`` large; a curved one wants ``t`` small. :func:`adaptive_difference`
 therefore evaluates D on a geometric grid t_k = 4⁻ᵏ, forms the Richardson extrapolants
 R_k = (16·D_{k+1} − D_k)/15 (truncation O(r⁴)), estimates each one's error by ‖R_k − R_{k+1}‖ and
-keeps the best. The same evaluations give the best plain central step (error estimate
+keeps the best. For a model whose gradient jumps (``model.smooth`` false: ReLU, max pooling), a
+difference that straddles a kink picks up jump/r, so estimates at large steps are noise that can
+look stable by chance: the whole grid is then searched (no early stop), where the small steps that
+straddle no kink agree to rounding. The same evaluations give the best plain central step (error estimate
 ‖D_k − R_k‖), which :class:`HessianOperator` calibrates once and then reuses at 2 gradients a product.
 
 Weights are always restored from an exact saved copy in ``finally`` (bit-identical, also on
@@ -106,6 +109,7 @@ def adaptive_difference(f, params, v):
     v = np.asarray(v, dtype=np.float64)
     dtype = np.dtype(params.dtype)
     n_points = GRID_POINTS.get(dtype, GRID_POINTS[np.dtype(np.float64)])
+    patience = PATIENCE if getattr(params, "smooth", True) else n_points
     with _preserved(params) as w0:
         w0 = w0.astype(np.float64)
         scale = _step_scale(w0, v)
@@ -126,7 +130,7 @@ def adaptive_difference(f, params, v):
                 e = _rel_err(r_a, r_b)
                 if best_r is None or e < best_r[0]:
                     best_r = (e, k - 2, r_a)
-                if k - 2 - best_r[1] >= PATIENCE and k - 1 - best_c[1] >= PATIENCE:
+                if k - 2 - best_r[1] >= patience and k - 1 - best_c[1] >= patience:
                     break
         n_evals = 2 * len(ds)
     err, k, value = best_r

@@ -8,6 +8,7 @@ one-element ``wrt`` returns a bare array rather than a dict.
 """
 import os
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -15,7 +16,8 @@ import numpy as np
 from ..data import check_binary_labels, check_class_labels
 from .base import Model
 
-__all__ = ["CNTKModel", "FunctionGradient", "ParameterVector", "import_cntk", "LOSSES"]
+__all__ = ["CNTKModel", "FunctionGradient", "ParameterVector", "import_cntk", "LOSSES", "build_network",
+           "build_cnn", "load_onnx"]
 
 #: Loss names accepted by :class:`CNTKModel` for a network output (see its docstring).
 LOSSES = ("cross_entropy", "binary_cross_entropy", "squared_error")
@@ -93,6 +95,14 @@ class ParameterVector(object):
         return out
 
 
+def _owned(a, dtype):
+    """``a`` as a NEW C-contiguous array of ``dtype`` that owns its memory. CNTK may keep or resize the
+    buffer it is fed; a memory-mapped, read-only or non-contiguous slice of the caller's data (a view)
+    is never handed to it (issue 10 item 6: "Resize: Cannot resize the matrix because it is a view").
+    The copy is one batch, small next to CNTK's own work on it."""
+    return np.array(a, dtype=dtype, order="C", copy=True)
+
+
 def _check_feed_array(name, a, var, dtype):
     a = np.asarray(a)
     if a.dtype.kind not in "iuf":
@@ -106,11 +116,13 @@ def _check_feed_array(name, a, var, dtype):
         raise ValueError("input %r got 0 examples; pass at least one" % name)
     if not np.all(np.isfinite(a)):
         raise ValueError("input %r contains NaN or Inf; remove or impute those values" % name)
-    return np.ascontiguousarray(a, dtype=dtype)
+    return _owned(a, dtype)
 
 
 class FunctionGradient(ParameterVector):
-    """Gradient of ``Σ_batch y`` w.r.t. all of ``y.parameters`` at a fixed feed, as a flat vector.
+    """Gradient of ``Σ_batch y`` w.r.t. all of ``y.parameters`` at a fixed feed, as a flat vector, in
+    inference mode (Dropout off, BatchNormalization by its running statistics: see
+    :func:`influence.adapters.cntk_graph.inference_graph`).
 
     Calling the object evaluates the gradient at the current weights (the ``f`` of the
     finite-difference routines in :mod:`influence.hvp`).
@@ -118,7 +130,10 @@ class FunctionGradient(ParameterVector):
 
     def __init__(self, y, x):
         super(FunctionGradient, self).__init__(y.parameters)
+        from .cntk_graph import inference_graph, kinks
         self.y = y
+        self.y_inference = inference_graph(y)[0]
+        self.smooth = not kinks(self.y_inference)
         args = list(y.arguments)
         if isinstance(x, dict):
             by_name = {a.name: a for a in args}
@@ -141,7 +156,7 @@ class FunctionGradient(ParameterVector):
                      for var, val in feed.items()}
 
     def __call__(self):
-        return self.flatten_grads(self.y.grad(self.feed, wrt=self.parameters))
+        return self.flatten_grads(self.y_inference.grad(self.feed, wrt=self.parameters))
 
     def flatten_vector(self, v):
         """``v`` as {Parameter: array} (every parameter) or a flat vector -> flat float64."""
@@ -174,6 +189,84 @@ class FunctionGradient(ParameterVector):
         if isinstance(like, dict):
             return {p: a.copy() for p, a in zip(self.parameters, self.split(flat))}
         return flat
+
+
+def _select_parameters(parameters, exclude):
+    """``parameters`` without those ``exclude`` names (a name or a collection of names) or selects (a
+    predicate on the Parameter)."""
+    parameters = list(parameters)
+    if exclude is None:
+        return parameters
+    if callable(exclude):
+        kept = [p for p in parameters if not exclude(p)]
+        what = "the exclude predicate"
+    else:
+        names = {exclude} if isinstance(exclude, str) else set(exclude)
+        known = {p.name for p in parameters}
+        unknown = sorted(str(n) for n in names - known)
+        if unknown:
+            raise ValueError("exclude=%s names no parameter of the model (its parameter names: %s)"
+                             % (unknown, sorted(known)))
+        kept = [p for p in parameters if p.name not in names]
+        what = "exclude=%s" % sorted(names)
+    if not kept:
+        raise ValueError("%s leaves out all %d parameters of the model; keep at least one"
+                         % (what, len(parameters)))
+    return kept
+
+
+def _first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+#: CNTK's own model format: a protobuf Dictionary whose first entry is its "version".
+_CNTK_MAGIC = b"\n\x07version"
+
+
+def _is_onnx(path):
+    """``.onnx``, or a protobuf that starts like an ONNX ModelProto (field 1, ir_version) and not like
+    CNTK's format (trying CNTK's loader on an ONNX file can abort the process)."""
+    if str(path).lower().endswith(".onnx"):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(16)
+    return head[:1] == b"\x08" and _CNTK_MAGIC not in head
+
+
+def load_onnx(path):
+    """A Function for the ONNX file ``path`` that the adapter can differentiate.
+
+    CNTK 2.7 imports ONNX initializers as Constants and the batch as a fixed leading dimension of 1
+    (inputs without a batch axis). The weights become Parameters
+    (:func:`~influence.adapters.cntk_graph.constants_to_parameters`, BatchNormalization statistics
+    stay Constants) and each such input is replaced by an input with a batch axis reshaped to the
+    file's (1, ...) shape; the output's leading 1 is dropped. A graph that cannot run on a batch
+    (e.g. CNTK's ONNX convolutions, built on ToBatchAxis/UnpackBatchAxis) is refused."""
+    C = import_cntk()
+    from .cntk_graph import constants_to_parameters
+    try:
+        with _Quiet():
+            f = C.Function.load(str(path), format=C.ModelFormat.ONNX)
+    except Exception as e:
+        raise ValueError("%s: CNTK 2.7 cannot import this ONNX model (%s); export it with ops CNTK's ONNX "
+                         "importer supports, or save the network with Function.save" % (path, _first_line(e)))
+    subs = {}
+    for a in f.arguments:
+        if not a.dynamic_axes and len(a.shape) >= 2 and a.shape[0] == 1:
+            subs[a] = C.reshape(C.input_variable(a.shape[1:], dtype=a.dtype, name=a.name), a.shape)
+    if subs:
+        f = f.clone(C.CloneMethod.share, subs)
+        if len(f.output.shape) >= 2 and f.output.shape[0] == 1:
+            f = C.reshape(f, f.output.shape[1:])
+    f = constants_to_parameters(f)
+    try:
+        with _Quiet():
+            f.eval({a: np.zeros((1,) + tuple(a.shape), dtype=a.dtype) for a in f.arguments})
+    except Exception as e:
+        raise ValueError("%s: this ONNX model cannot be evaluated on a batch of examples by CNTK 2.7 (%s); "
+                         "save the network with Function.save (CNTK format) instead" % (path, _first_line(e)))
+    return f
 
 
 class _Quiet(object):
@@ -209,9 +302,19 @@ class CNTKModel(Model):
 
     ``l2`` adds (l2/2)·‖w‖² to the objective (and l2·I to the Hessian). Features are cast to the
     parameters' dtype batch by batch (float64 data into a float32 model is normal).
+
+    Everything is evaluated in INFERENCE mode: the adapter differentiates a rewritten copy of the
+    network (:func:`influence.adapters.cntk_graph.inference_graph`) in which Dropout is the identity
+    and BatchNormalization the fixed affine map of its running statistics; the copy shares the user's
+    Parameters, and the running statistics (Constants) are never updated. ``loss_function`` is that
+    inference-mode loss; ``rewritten`` lists the nodes rewritten. The BatchNormalization ``scale`` and
+    ``bias`` stay parameters of the influence computation (they are trained weights); ``exclude``
+    leaves parameters out of w, H and the gradients: parameter names (e.g. ``["scale", "bias"]``;
+    names repeat, every parameter of that name is excluded) or a predicate ``exclude(parameter)``.
     """
 
-    def __init__(self, function, loss="cross_entropy", l2=0.0, batch_size=None, features=None, labels=None):
+    def __init__(self, function, loss="cross_entropy", l2=0.0, batch_size=None, features=None, labels=None,
+                 exclude=None):
         C = import_cntk()
         self._C = C
         if not isinstance(function, C.Function):
@@ -222,15 +325,23 @@ class CNTKModel(Model):
         self.l2 = float(l2)
         if batch_size is not None:
             self.batch_size = int(batch_size)
-        self._params = ParameterVector(function.parameters)
+        # one CNTK evaluation at a time per model: a Function evaluated from two threads at once fails
+        # in CNTK 2.7 ("This Value object is invalid ...", measured), see _owned for the other half
+        self._lock = threading.RLock()
+        from .cntk_graph import inference_graph
+        self._params = ParameterVector(_select_parameters(function.parameters, exclude))
+        self.excluded = [p for p in function.parameters
+                         if not any(p.uid == q.uid for q in self._params.parameters)]
         w = self._params.get_params()
         if not np.all(np.isfinite(w)):
             raise ValueError("the model's weights contain NaN or Inf; retrain or reload a healthy model")
         self.loss_name = loss
         if loss is None:
             self.output = None
-            self.loss_function = function
+            self._inference_output = None
+            self._user_function = function
             self.features, self.labels = self._find_inputs(function, features, labels)
+            self.loss_function, self.rewritten = inference_graph(function)
         else:
             if loss not in LOSSES:
                 raise ValueError("loss=%r is not one of %s (or None for a Function that is already a loss)"
@@ -239,9 +350,12 @@ class CNTKModel(Model):
             if len(args) != 1:
                 raise ValueError("the network output has %d inputs %s; pass a Function with one feature "
                                  "input, or a loss Function with loss=None" % (len(args), [a.name for a in args]))
-            self.output = function
+            self.output = self._user_function = function
             self.features = args[0]
-            self.labels, self.loss_function = self._build_loss(function, loss)
+            self._inference_output, self.rewritten = inference_graph(function)
+            self.labels, self.loss_function = self._build_loss(self._inference_output, loss)
+        from .cntk_graph import kinks
+        self.smooth = not kinks(self.loss_function)
         shape = tuple(self.loss_function.output.shape)
         if int(np.prod(shape)) != 1:
             raise ValueError("the loss Function's output has shape %s per example; it must be a scalar per "
@@ -305,17 +419,23 @@ class CNTKModel(Model):
 
     @classmethod
     def load(cls, path, loss="cross_entropy", output=None, **kwargs):
-        """Load a file written by ``Function.save``. ``output`` names the node to use (the network
-        output, or a loss node with ``loss=None``) when the saved Function is not that node itself."""
+        """Load a file written by ``Function.save`` (CNTK's format) or an ONNX file (``.onnx``, or
+        recognised by its first bytes; read with ``ModelFormat.ONNX``, its weight Constants turned
+        into Parameters and its fixed batch of one replaced by a batch axis, see :func:`load_onnx`).
+        ``output`` names the node to use (the network output, or a loss node with ``loss=None``) when
+        the saved Function is not that node itself."""
         C = import_cntk()
         if not os.path.isfile(path):
             raise ValueError("%s: no such model file; check the path" % path)
-        try:
-            with _Quiet():
-                f = C.Function.load(path)
-        except Exception as e:  # CNTK raises RuntimeError/ValueError with C++ stack traces
-            raise ValueError("%s is not a CNTK model file saved with Function.save (%s)"
-                             % (path, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__))
+        if _is_onnx(path):
+            f = load_onnx(path)
+        else:
+            try:
+                with _Quiet():
+                    f = C.Function.load(path)
+            except Exception as e:  # CNTK raises RuntimeError/ValueError with C++ stack traces
+                raise ValueError("%s is not a CNTK model file saved with Function.save nor an ONNX file (%s)"
+                                 % (path, _first_line(e)))
         if output is not None:
             node = f.find_by_name(output)
             if node is None:
@@ -329,8 +449,9 @@ class CNTKModel(Model):
         return cls(f, loss=loss, **kwargs)
 
     def save(self, path):
-        """Save the network output (or the loss Function when built from one) with ``Function.save``."""
-        (self.output if self.output is not None else self.loss_function).save(path)
+        """Save the user's network output (or the loss Function when built from one), as given (training
+        ops included), with ``Function.save``."""
+        self._user_function.save(path)
 
     # ------------------------------------------------------------------ Model interface
     @property
@@ -372,7 +493,7 @@ class CNTKModel(Model):
                                  % (dataset.name, y.shape, shape))
 
     def _feed(self, batch):
-        feed = {self.features: np.ascontiguousarray(batch.x, dtype=self.dtype)}
+        feed = {self.features: _owned(batch.x, self.dtype)}
         if self.labels is not None:
             y = batch.y
             if self.loss_name == "cross_entropy":
@@ -380,25 +501,30 @@ class CNTKModel(Model):
                 onehot[np.arange(len(batch)), y] = 1
                 feed[self.labels] = onehot
             else:
-                feed[self.labels] = np.ascontiguousarray(y, dtype=self.dtype).reshape(
-                    (len(batch),) + tuple(self.labels.shape))
+                feed[self.labels] = _owned(y, self.dtype).reshape((len(batch),) + tuple(self.labels.shape))
         return feed
 
     def _per_example_losses(self, batch):
-        out = self.loss_function.eval(self._feed(batch))
+        feed = self._feed(batch)
+        with self._lock:
+            out = self.loss_function.eval(feed)
         return np.asarray(out, dtype=np.float64).reshape(len(batch))
 
     def _loss_sum(self, batch):
         return float(self._per_example_losses(batch).sum())
 
     def _grad_sum(self, batch):
-        g = self.loss_function.grad(self._feed(batch), wrt=self._params.parameters)
+        feed = self._feed(batch)
+        with self._lock:
+            g = self.loss_function.grad(feed, wrt=self._params.parameters)
         return self._params.flatten_grads(g)
 
     def _loss_and_grad_sum(self, batch):
         # one forward and one backward pass: grad() also returns the per-example losses it computed
         f = self.loss_function
-        g, losses = f.grad(self._feed(batch), wrt=self._params.parameters, outputs=[f.output])
+        feed = self._feed(batch)
+        with self._lock:
+            g, losses = f.grad(feed, wrt=self._params.parameters, outputs=[f.output])
         return float(np.sum(np.asarray(losses, dtype=np.float64))), self._params.flatten_grads(g)
 
     def predict(self, x, batch_size=None):
@@ -413,8 +539,9 @@ class CNTKModel(Model):
         size = batch_size or self.batch_size
         outs = []
         for start in range(0, x.shape[0], size):
-            xb = np.ascontiguousarray(x[start:start + size], dtype=self.dtype)
-            outs.append(np.asarray(self.output.eval({self.features: xb}), dtype=np.float64))
+            xb = _owned(x[start:start + size], self.dtype)
+            with self._lock:
+                outs.append(np.asarray(self._inference_output.eval({self.features: xb}), dtype=np.float64))
         return np.concatenate(outs).reshape((x.shape[0],) + tuple(self.output.shape))
 
 
@@ -441,5 +568,43 @@ def build_network(n_features, n_outputs, hidden=(), activation="tanh", dtype=np.
             h = C.layers.Dense(int(width), activation=act, init=C.glorot_uniform(seed=seed + i),
                                name="hidden%d" % (i + 1))(h)
         z = C.layers.Dense(int(n_outputs), activation=None, init=C.glorot_uniform(seed=seed + len(hidden)),
+                           name="output")(h)
+    return z
+
+
+def build_cnn(input_shape, n_outputs, channels=(8,), dropout=0.3, activation="relu", pooling="max",
+              dtype=np.float32, seed=0):
+    """A small CNTK convolutional network of the kind the CNTK tutorials build: for each entry of
+    ``channels``, ``Convolution2D((3, 3), c, pad=True)`` → ``BatchNormalization(map_rank=1)`` →
+    ``activation`` (relu by default) → ``MaxPooling((2, 2), strides=(2, 2))`` (``pooling="average"``:
+    AveragePooling; tanh + average pooling make the network smooth, see docs/your-network.md); then ``Dropout(dropout)`` (none when 0) and a linear
+    ``Dense(n_outputs)`` (logits). ``input_shape`` is (C, H, W). Weights are Glorot-uniform with
+    ``seed``. Influence is computed in inference mode (see :class:`CNTKModel`)."""
+    C = import_cntk()
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError("dtype=%s is not supported by the CNTK adapter; pass float32 or float64" % dtype)
+    if activation not in ACTIVATIONS:
+        raise ValueError("activation=%r is not one of %s" % (activation, ", ".join(ACTIVATIONS)))
+    if pooling not in ("max", "average"):
+        raise ValueError("pooling=%r is not 'max' or 'average'" % (pooling,))
+    act = getattr(C, activation)
+    pool = C.layers.MaxPooling if pooling == "max" else C.layers.AveragePooling
+    input_shape = tuple(int(s) for s in input_shape)
+    if len(input_shape) != 3:
+        raise ValueError("input_shape=%s is not (channels, height, width); reshape images to (n, C, H, W)"
+                         % (input_shape,))
+    with C.default_options(dtype=dtype):
+        x = C.input_variable(input_shape, dtype=dtype, name="features")
+        h = x
+        for i, c in enumerate(channels):
+            h = C.layers.Convolution2D((3, 3), int(c), pad=True, init=C.glorot_uniform(seed=seed + i),
+                                       name="conv%d" % (i + 1))(h)
+            h = C.layers.BatchNormalization(map_rank=1, name="bn%d" % (i + 1))(h)
+            h = act(h)
+            h = pool((2, 2), strides=(2, 2), name="pool%d" % (i + 1))(h)
+        if dropout:
+            h = C.layers.Dropout(float(dropout), seed=seed, name="dropout")(h)
+        z = C.layers.Dense(int(n_outputs), activation=None, init=C.glorot_uniform(seed=seed + len(channels)),
                            name="output")(h)
     return z

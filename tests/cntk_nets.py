@@ -1,0 +1,38 @@
+"""Networks a CNTK user brings, trained with CNTK's own Trainer (helpers for the CNTK tests)."""
+import numpy as np
+
+from influence.adapters.cntk import import_cntk
+
+
+def train_with_trainer(z, feeds, labels, epochs=3, minibatch=32, lr=0.01, seed=0):
+    """Train network output ``z`` with ``Trainer`` + Adam on softmax cross entropy.
+
+    ``feeds``: {input Variable: array or list of sequences}; ``labels``: integer classes (n,)."""
+    C = import_cntk()
+    dtype = np.dtype(z.output.dtype)
+    k = int(np.prod(z.output.shape))
+    lab = C.input_variable(k, dtype=dtype, name="train_labels")
+    loss = C.cross_entropy_with_softmax(z, lab)
+    learner = C.adam(z.parameters, C.learning_parameter_schedule(lr), C.momentum_schedule(0.9))
+    trainer = C.Trainer(z, (loss, C.classification_error(z, lab)), [learner])
+    onehot = np.eye(k, dtype=dtype)[np.asarray(labels)]
+    n = len(onehot)
+    rng = np.random.RandomState(seed)
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for a in range(0, n, minibatch):
+            rows = order[a:a + minibatch]
+            batch = {var: ([data[i] for i in rows] if isinstance(data, list) else data[rows])
+                     for var, data in feeds.items()}
+            batch[lab] = onehot[rows]
+            trainer.train_minibatch(batch)
+    return z
+
+
+def state(function):
+    """Copies of every Parameter and Constant of ``function`` (what must stay bit-identical)."""
+    return [np.array(v.value, copy=True) for v in list(function.parameters) + list(function.constants)]
+
+
+def same_state(a, b):
+    return len(a) == len(b) and all(np.array_equal(u, v) for u, v in zip(a, b))
