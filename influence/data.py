@@ -1,8 +1,29 @@
-"""Datasets: features ``x`` (n × ...) with targets ``y`` (n,) or (n × ...), validated and batched.
+"""Datasets: features ``x`` with targets ``y``, n examples, validated and batched.
 
 Every bad input raises :class:`ValueError` with one line that names the value and the fix.
 Data may be NumPy arrays or read-only memory maps (``np.load(path, mmap_mode="r")``); batches are
 views, so iterating never copies more than one batch.
+
+What ``Dataset(x, y)`` holds (the constructor other readers, e.g. a CTF reader, convert into):
+
+- ``x``: a NumPy array (n, ...) (one row per example, any static shape such as (n, C, H, W)); a
+  ``scipy.sparse`` CSR matrix (n, dim) (for an ``is_sparse`` input; never densified as a whole); a
+  :class:`Sequences` of n variable-length sequences (for an input with a sequence axis); or a dict
+  ``{input name: any of those}`` for a model with several inputs.
+- ``y``: None, a NumPy array (n,) or (n, ...), or a :class:`Sequences` of per-step targets (taggers).
+
+``Sequences(values, lengths)``: ``values`` dense (total_steps, ...) or CSR (total_steps, dim), the
+steps of all sequences concatenated; ``lengths`` int64 (n,), steps per sequence (each >= 1). A list of
+(T_i, ...) arrays converts with :meth:`Sequences.from_list` (``Dataset`` does it for a ragged list).
+A CTF stream read as ``(values, lengths)`` is ``Sequences(values, lengths)``; a stream with one step
+per sample is ``values`` itself.
+
+``.npz`` layout read by :func:`load_npz` (plain numeric members, no pickled objects):
+
+- ``x`` (and ``y``): dense arrays, one row per example;
+- ``x.<input name>``: one member per input of a model with several inputs;
+- a ragged member ``<m>`` (``x``, ``x.<input name>`` or ``y``) is stored as ``<m>.steps`` (the
+  concatenated steps, (total_steps, ...)) and ``<m>.lengths`` (int, (n,)), see :func:`save_npz`.
 """
 import ctypes
 import mmap
@@ -13,7 +34,7 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["Dataset", "as_dataset", "load_npz", "load_digits"]
+__all__ = ["Dataset", "Sequences", "as_dataset", "load_npz", "save_npz", "load_digits"]
 
 #: Rows checked at once for NaN/Inf, so validation of a memory-mapped file stays bounded in memory.
 _CHECK_ROWS = 65536
@@ -143,6 +164,132 @@ def _check_finite(a, what):
                              % (what, row))
 
 
+def _is_sparse(a):
+    return hasattr(a, "tocsr") and hasattr(a, "nnz")
+
+
+class Sequences(object):
+    """n variable-length sequences stored ragged: ``values`` (total_steps, ...) dense array or scipy
+    CSR matrix, the steps of all sequences one after the other, and ``lengths`` (n,) steps per
+    sequence. ``len()`` is the number of sequences; ``subset(slice)`` is a view (no copy)."""
+
+    def __init__(self, values, lengths, name="sequences"):
+        lengths = np.asarray(lengths)
+        if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
+            raise ValueError("%s lengths have shape %s and dtype %s; pass one integer length per sequence"
+                             % (name, lengths.shape, lengths.dtype))
+        if lengths.size and lengths.min() < 1:
+            raise ValueError("%s has an empty sequence (length %d at index %d); every sequence needs at "
+                             "least one step" % (name, lengths.min(), int(np.argmin(lengths))))
+        if not _is_sparse(values):
+            values = np.asarray(values) if not isinstance(values, np.ndarray) else values
+        elif values.format != "csr":
+            values = values.tocsr()
+        total = int(lengths.sum())
+        if values.ndim < 1 or values.shape[0] != total:
+            raise ValueError("%s lengths add up to %d steps but values have %d rows; pass the concatenated "
+                             "steps of all sequences" % (name, total, values.shape[0] if values.ndim else 0))
+        self.values = values
+        self.lengths = lengths.astype(np.int64, copy=False)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+
+    @classmethod
+    def from_list(cls, seqs, name="sequences"):
+        """From a list of (T_i, ...) arrays (or CSR matrices (T_i, dim))."""
+        if len(seqs) == 0:
+            raise ValueError("%s is an empty list; pass at least one sequence" % name)
+        if all(_is_sparse(q) for q in seqs):
+            import scipy.sparse
+            values = scipy.sparse.vstack([q.tocsr() for q in seqs], format="csr")
+            return cls(values, [q.shape[0] for q in seqs], name)
+        arrays = [np.asarray(q) for q in seqs]
+        if any(a.ndim == 0 for a in arrays):
+            raise ValueError("%s holds a scalar; each sequence is an array of shape (steps, ...)" % name)
+        tails = {a.shape[1:] for a in arrays}
+        if len(tails) != 1:
+            raise ValueError("%s has steps of different shapes %s; every step of every sequence needs the "
+                             "same shape" % (name, sorted(tails)))
+        return cls(np.concatenate(arrays), [a.shape[0] for a in arrays], name)
+
+    def __len__(self):
+        return self.lengths.shape[0]
+
+    @property
+    def step_shape(self):
+        return tuple(self.values.shape[1:])
+
+    @property
+    def n_steps(self):
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i):
+        return self.values[self.offsets[i]:self.offsets[i + 1]]
+
+    def to_list(self):
+        return [self[i] for i in range(len(self))]
+
+    def subset(self, index):
+        """Sequences ``index`` (a slice: a view of the values, or an integer array: a copy)."""
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step == 1:
+                stop = max(stop, start)
+                out = Sequences.__new__(Sequences)
+                out.values = self.values[self.offsets[start]:self.offsets[stop]]
+                out.lengths = self.lengths[start:stop]
+                out.offsets = self.offsets[start:stop + 1] - self.offsets[start]
+                return out
+            index = np.arange(start, stop, step)
+        index = np.asarray(index).reshape(-1)
+        if index.dtype == np.bool_:
+            index = np.flatnonzero(index)
+        rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in index]) \
+            if index.size else np.zeros(0, np.int64)
+        return Sequences(_take(self.values, rows) if not _is_sparse(self.values) else self.values[rows],
+                         self.lengths[index])
+
+    def __repr__(self):
+        return "Sequences(%d sequences, %d steps of shape %s)" % (len(self), self.n_steps, self.step_shape)
+
+
+def _part_len(a):
+    return len(a) if isinstance(a, Sequences) else a.shape[0]
+
+
+def _part_subset(a, index):
+    if isinstance(a, Sequences):
+        return a.subset(index)
+    if _is_sparse(a):
+        return a[index]
+    return _take(a, index)
+
+
+def _check_part(a, what):
+    """One component of x (or y): a NumPy array, a CSR matrix or Sequences, validated."""
+    if isinstance(a, Sequences):
+        _check_part(a.values, what)
+        return a
+    if _is_sparse(a):
+        a = a.tocsr() if a.format != "csr" else a
+        _check_numeric(a.data, what)
+        _check_finite(a.data, what)
+        return a
+    if isinstance(a, (list, tuple)):
+        arrays = [np.asarray(q) if not _is_sparse(q) else q for q in a]
+        ragged = len({q.shape for q in arrays}) > 1 if arrays else False
+        if ragged:
+            return _check_part(Sequences.from_list(arrays, what), what)
+        a = np.asarray(a)
+    if not isinstance(a, np.ndarray):
+        raise ValueError("%s are a %s; pass a NumPy array of shape (n, ...), a scipy.sparse CSR matrix "
+                         "or influence.data.Sequences" % (what, type(a).__name__))
+    if a.ndim == 0:
+        raise ValueError("%s are a scalar; pass an array of shape (n, features)" % what)
+    _check_numeric(a, what)
+    _check_finite(a, what)
+    return a
+
+
 class Dataset(object):
     """A validated pair ``(x, y)`` of equal length ``n >= 1``.
 
@@ -161,56 +308,104 @@ class Dataset(object):
         if _checked:
             self.x, self.y = x, y
             return
-        if isinstance(x, (list, tuple)):
-            x = np.asarray(x)
-        if not isinstance(x, np.ndarray):
-            raise ValueError("%s features are a %s; pass a NumPy array of shape (n, features)"
-                             % (name, type(x).__name__))
-        if x.ndim == 0:
-            raise ValueError("%s features are a scalar; pass an array of shape (n, features)" % name)
-        _check_numeric(x, "%s features" % name)
-        if x.shape[0] == 0:
+        if isinstance(x, dict):
+            if not x:
+                raise ValueError("%s features are an empty dict; pass {input name: array}" % name)
+            x = {str(k): _check_part(v, "%s features %r" % (name, k)) for k, v in x.items()}
+            sizes = {k: _part_len(v) for k, v in x.items()}
+            if len(set(sizes.values())) != 1:
+                raise ValueError("%s inputs have different numbers of examples %s; pass one row (or "
+                                 "sequence) per example for every input" % (name, sizes))
+            n = next(iter(sizes.values()))
+        else:
+            if isinstance(x, (list, tuple)) and len(x) == 0:
+                raise ValueError("%s is empty (0 examples); pass at least one example" % name)
+            x = _check_part(x, "%s features" % name)
+            n = _part_len(x)
+        if n == 0:
             raise ValueError("%s is empty (0 examples); pass at least one example" % name)
-        _check_finite(x, "%s features" % name)
         if y is not None:
             if isinstance(y, (list, tuple)):
-                y = np.asarray(y)
-            if not isinstance(y, np.ndarray):
-                raise ValueError("%s labels are a %s; pass a NumPy array of length %d"
-                                 % (name, type(y).__name__, x.shape[0]))
-            if y.ndim == 0 or y.shape[0] != x.shape[0]:
-                raise ValueError("%s has %d feature rows but labels of shape %s; pass one label per row"
-                                 % (name, x.shape[0], y.shape))
-            _check_numeric(y, "%s labels" % name)
-            _check_finite(y, "%s labels" % name)
+                ragged = len({np.shape(q) for q in y}) > 1
+                y = Sequences.from_list(y, "%s labels" % name) if ragged else np.asarray(y)
+            if isinstance(y, Sequences):
+                _check_part(y, "%s labels" % name)
+                if len(y) != n:
+                    raise ValueError("%s has %d examples but %d label sequences; pass one per example"
+                                     % (name, n, len(y)))
+            else:
+                if not isinstance(y, np.ndarray):
+                    raise ValueError("%s labels are a %s; pass a NumPy array of length %d"
+                                     % (name, type(y).__name__, n))
+                if y.ndim == 0 or y.shape[0] != n:
+                    raise ValueError("%s has %d feature rows but labels of shape %s; pass one label per row"
+                                     % (name, n, y.shape))
+                _check_numeric(y, "%s labels" % name)
+                _check_finite(y, "%s labels" % name)
         self.x, self.y = x, y
 
     def __len__(self):
-        return self.x.shape[0]
+        x = self.x
+        if isinstance(x, dict):
+            x = next(iter(x.values()))
+        return _part_len(x)
+
+    def _parts(self):
+        return list(self.x.values()) if isinstance(self.x, dict) else [self.x]
+
+    @property
+    def is_sequence(self):
+        """True when some input holds :class:`Sequences` (batches are then formed by total steps)."""
+        return any(isinstance(p, Sequences) for p in self._parts())
 
     def __repr__(self):
-        return "Dataset(%s: x %s %s, y %s)" % (
-            self.name, self.x.shape, self.x.dtype,
-            None if self.y is None else "%s %s" % (self.y.shape, self.y.dtype))
+        def desc(a):
+            if isinstance(a, Sequences):
+                return repr(a)
+            return "%s %s%s" % (a.shape, a.dtype, " sparse" if _is_sparse(a) else "")
+        xs = ({k: desc(v) for k, v in self.x.items()} if isinstance(self.x, dict) else desc(self.x))
+        return "Dataset(%s: x %s, y %s)" % (self.name, xs, None if self.y is None else desc(self.y))
 
     def subset(self, index):
         """Rows ``index`` (a slice, or an integer array) as a new Dataset."""
-        y = None if self.y is None else _take(self.y, index)
-        out = Dataset(_take(self.x, index), y, self.name, _checked=True)
+        y = None if self.y is None else _part_subset(self.y, index)
+        if isinstance(self.x, dict):
+            x = {k: _part_subset(v, index) for k, v in self.x.items()}
+        else:
+            x = _part_subset(self.x, index)
+        out = Dataset(x, y, self.name, _checked=True)
         if isinstance(index, slice) and index == slice(None):
             out.source = self.source
         return out
 
     def batches(self, batch_size=None):
-        """Yield consecutive Datasets of at most ``batch_size`` rows (all rows when None). Pages of
-        memory-mapped data are released after each batch (see :func:`release_rows`)."""
+        """Yield consecutive Datasets of at most ``batch_size`` rows (all rows when None); with
+        sequence inputs, of at most ``batch_size`` total steps (the steps of the longest input; at
+        least one sequence per batch). Pages of memory-mapped data are released after each batch
+        (see :func:`release_rows`)."""
         n = len(self)
         size = n if batch_size is None else check_batch_size(batch_size)
-        for start in range(0, n, size):
-            stop = min(start + size, n)
+        for start, stop in self._batch_bounds(size):
             yield self.subset(slice(start, stop))
-            release_rows(self.x, start, stop)
-            release_rows(self.y, start, stop)
+            for part in self._parts() + [self.y]:
+                if isinstance(part, np.ndarray):
+                    release_rows(part, start, stop)
+
+    def _batch_bounds(self, size):
+        n = len(self)
+        seqs = [p for p in self._parts() if isinstance(p, Sequences)]
+        if not seqs or size >= sum(p.n_steps for p in seqs):
+            return [(a, min(a + size, n)) for a in range(0, n, size)] if not seqs else [(0, n)]
+        steps = np.max([p.lengths for p in seqs], axis=0)
+        ends = np.cumsum(steps)
+        bounds, start = [], 0
+        while start < n:
+            base = ends[start - 1] if start else 0
+            stop = int(np.searchsorted(ends, base + size, side="right"))
+            stop = max(stop, start + 1)
+            bounds.append((start, stop))
+            start = stop
+        return bounds
 
 
 def first_bad(y, is_bad):
@@ -266,7 +461,7 @@ def as_dataset(data, name="data"):
         return Dataset(data["x"], data.get("y"), name)
     if isinstance(data, tuple) and len(data) in (1, 2):
         return Dataset(data[0], data[1] if len(data) == 2 else None, name)
-    if isinstance(data, np.ndarray):
+    if isinstance(data, (np.ndarray, Sequences)) or _is_sparse(data):
         return Dataset(data, None, name)
     raise ValueError("%s is a %s; pass a tuple (x, y) of NumPy arrays or an influence.data.Dataset"
                      % (name, type(data).__name__))
@@ -307,6 +502,8 @@ def _bad_file(path, why):
 def load_npz(path, name=None, mmap=True):
     """Read arrays ``x`` and ``y`` from an ``.npz`` file, refusing pickled objects.
 
+    Also reads the layouts for several inputs (``x.<input name>``) and ragged sequences
+    (``<m>.steps`` + ``<m>.lengths``) described in the module docstring (written by :func:`save_npz`).
     Members stored uncompressed (``np.savez``) are memory-mapped read-only when ``mmap`` is true, so
     a large training set is streamed batch by batch instead of read whole; compressed members
     (``np.savez_compressed``) are read into memory.
@@ -323,11 +520,11 @@ def load_npz(path, name=None, mmap=True):
     arrays = {}
     with zf:
         members = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
-        if "x" not in members:
-            raise ValueError("%s has arrays %s but no 'x'; save features as x (and labels as y)"
-                             % (path, sorted(members)))
-        for key in ("x", "y"):
-            if key not in members:
+        if not any(k == "x" or k.startswith("x.") for k in members):
+            raise ValueError("%s has arrays %s but no 'x'; save features as x (and labels as y), or "
+                             "x.<input name> per input (see influence.data)" % (path, sorted(members)))
+        for key in members:
+            if not (key in ("x", "y") or key.startswith("x.") or key.startswith("y.")):
                 continue
             try:
                 a = _mmap_member(path, members[key]) if mmap else None
@@ -341,9 +538,71 @@ def load_npz(path, name=None, mmap=True):
             except (OSError, IOError, zipfile.BadZipFile) as e:
                 raise _bad_file(path, e)
             arrays[key] = a
-    data = Dataset(arrays["x"], arrays.get("y"), name)
+    x, y = _assemble(arrays, "x", path), _assemble(arrays, "y", path)
+    data = Dataset(x, y, name)
     data.source = os.path.abspath(str(path))
     return data
+
+
+def _ragged(arrays, base, path):
+    steps, lengths = arrays.get(base + ".steps"), arrays.get(base + ".lengths")
+    if (steps is None) != (lengths is None):
+        raise ValueError("%s has %s but not %s; a ragged member is stored as <m>.steps and <m>.lengths"
+                         % (path, base + (".steps" if lengths is None else ".lengths"),
+                            base + (".lengths" if lengths is None else ".steps")))
+    if steps is None:
+        return None
+    return Sequences(steps, np.asarray(lengths), "%s %s" % (path, base))
+
+
+def _assemble(arrays, prefix, path):
+    """Member ``prefix`` (array or ragged), or a dict of members ``prefix.<name>``, or None."""
+    if prefix in arrays:
+        return arrays[prefix]
+    whole = _ragged(arrays, prefix, path)
+    if whole is not None:
+        return whole
+    names = sorted({k[len(prefix) + 1:].rsplit(".", 1)[0] if k.endswith((".steps", ".lengths"))
+                    else k[len(prefix) + 1:] for k in arrays if k.startswith(prefix + ".")})
+    if not names:
+        return None
+    out = {}
+    for nm in names:
+        key = prefix + "." + nm
+        out[nm] = arrays[key] if key in arrays else _ragged(arrays, key, path)
+    return out
+
+
+def save_npz(path, x, y=None):
+    """Write ``x`` (and ``y``) in the layout :func:`load_npz` reads (see the module docstring):
+    arrays as ``x``/``y``, dicts as ``x.<input name>``, :class:`Sequences` (or ragged lists) as
+    ``<m>.steps`` + ``<m>.lengths``. Uncompressed, so that it is memory-mapped when read."""
+    members = {}
+
+    def put(key, a):
+        if isinstance(a, (list, tuple)) and len({np.shape(q) for q in a}) > 1:
+            a = Sequences.from_list(a, key)
+        if isinstance(a, Sequences):
+            if _is_sparse(a.values):
+                raise ValueError("%s: sparse sequences cannot be saved to .npz yet; save them dense or "
+                                 "as CTF" % key)
+            members[key + ".steps"] = np.asarray(a.values)
+            members[key + ".lengths"] = a.lengths
+        elif _is_sparse(a):
+            raise ValueError("%s: sparse matrices cannot be saved to .npz yet; save them as CTF" % key)
+        else:
+            members[key] = np.asarray(a)
+    for prefix, value in (("x", x), ("y", y)):
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            for k, v in value.items():
+                put(prefix + "." + str(k), v)
+        else:
+            put(prefix, value)
+    np.savez(path, **members)
+
+
 
 
 def load_digits():

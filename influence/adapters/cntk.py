@@ -13,7 +13,8 @@ import warnings
 
 import numpy as np
 
-from ..data import check_binary_labels, check_class_labels
+from ..data import (Dataset, Sequences, _is_sparse, check_binary_labels, check_class_labels,
+                    first_bad)
 from .base import Model
 
 __all__ = ["CNTKModel", "FunctionGradient", "ParameterVector", "import_cntk", "LOSSES", "build_network",
@@ -93,6 +94,11 @@ class ParameterVector(object):
         for p, a, b in zip(self.parameters, self.offsets[:-1], self.offsets[1:]):
             out[a:b] = np.asarray(grads[p]).ravel()
         return out
+
+
+def _is_sequence(var):
+    """Does the Variable carry a dynamic sequence axis (besides the batch axis)?"""
+    return len(var.dynamic_axes) >= 2
 
 
 def _owned(a, dtype):
@@ -340,20 +346,22 @@ class CNTKModel(Model):
             self.output = None
             self._inference_output = None
             self._user_function = function
-            self.features, self.labels = self._find_inputs(function, features, labels)
-            self.loss_function, self.rewritten = inference_graph(function)
+            self.inputs, self.labels = self._find_inputs(function, features, labels)
+            net, self.rewritten = inference_graph(function)
+            self.loss_function = self._dense_inputs(net)
         else:
             if loss not in LOSSES:
                 raise ValueError("loss=%r is not one of %s (or None for a Function that is already a loss)"
                                  % (loss, ", ".join(LOSSES)))
-            args = list(function.arguments)
-            if len(args) != 1:
-                raise ValueError("the network output has %d inputs %s; pass a Function with one feature "
-                                 "input, or a loss Function with loss=None" % (len(args), [a.name for a in args]))
             self.output = self._user_function = function
-            self.features = args[0]
-            self._inference_output, self.rewritten = inference_graph(function)
+            self.inputs = list(function.arguments)
+            net, self.rewritten = inference_graph(function)
+            self._inference_output = self._dense_inputs(net)
             self.labels, self.loss_function = self._build_loss(self._inference_output, loss)
+        self.features = self.inputs[0]
+        if _is_sequence(self.loss_function.output):
+            # per-step losses (a tagger): the example's loss is the sum over its steps
+            self.loss_function = C.sequence.reduce_sum(self.loss_function)
         from .cntk_graph import kinks
         self.smooth = not kinks(self.loss_function)
         shape = tuple(self.loss_function.output.shape)
@@ -365,6 +373,24 @@ class CNTKModel(Model):
             self.n_classes = int(np.prod(self.output.shape))
 
     # ------------------------------------------------------------------ construction helpers
+    def _dense_inputs(self, net):
+        """``net`` with each ``is_sparse`` input replaced by a dense input of the same name and axes:
+        CNTK 2.7 returns the gradient of a weight that multiplies a sparse input (an Embedding) as a
+        sparse matrix its Python API cannot convert, so sparse data are densified batch by batch (the
+        dataset itself stays sparse)."""
+        C = self._C
+        subs = {}
+        self._feed_vars = {}
+        for var in self.inputs:
+            if var.is_sparse:
+                make = C.sequence.input_variable if _is_sequence(var) else C.input_variable
+                dense = make(var.shape, dtype=var.dtype, name=var.name)
+                subs[var] = dense
+                self._feed_vars[var.uid] = dense
+            else:
+                self._feed_vars[var.uid] = var
+        return net.clone(C.CloneMethod.share, subs) if subs else net
+
     def _find_inputs(self, function, features, labels):
         args = list(function.arguments)
 
@@ -377,44 +403,48 @@ class CNTKModel(Model):
             raise ValueError("%s=%r is not an input of the loss Function (inputs: %s)"
                              % (role, spec, [a.name for a in args]))
 
-        if len(args) not in (1, 2):
-            raise ValueError("the loss Function has %d inputs %s; it needs a feature input and at most one "
-                             "label input" % (len(args), [a.name for a in args]))
-        if features is not None:
-            f = pick(features, "features")
-        elif labels is not None:
+        if labels is not None:
             lab = pick(labels, "labels")
-            f = [a for a in args if a is not lab][0]
+        elif features is not None:
+            specs = features if isinstance(features, (list, tuple)) else [features]
+            chosen = [pick(f, "features").uid for f in specs]
+            rest = [a for a in args if a.uid not in chosen]
+            if len(rest) > 1:
+                raise ValueError("the loss Function has inputs %s besides features=%s; name the label input "
+                                 "with labels=NAME" % ([a.name for a in rest], features))
+            lab = rest[0] if rest else None
         elif len(args) == 1:
-            f = args[0]
+            lab = None
         else:
             named = [a for a in args if a.name.lower() in ("labels", "label", "y", "target", "targets")]
             if len(named) != 1:
-                raise ValueError("cannot tell the feature input from the label input among %s; pass "
-                                 "features=NAME and labels=NAME" % [a.name for a in args])
-            f = [a for a in args if a is not named[0]][0]
-        rest = [a for a in args if a is not f]
-        lab = pick(labels, "labels") if labels is not None else (rest[0] if rest else None)
-        return f, lab
+                raise ValueError("cannot tell the feature inputs from the label input among %s; pass "
+                                 "labels=NAME (and features=NAME)" % [a.name for a in args])
+            lab = named[0]
+        feats = [a for a in args if lab is None or a.uid != lab.uid]
+        if not feats:
+            raise ValueError("the loss Function has no feature input besides labels=%r" % (labels,))
+        return feats, lab
 
     def _build_loss(self, z, loss):
         C = self._C
         dtype = self._params.dtype
         out_shape = tuple(z.output.shape)
+        make = C.sequence.input_variable if _is_sequence(z.output) else C.input_variable
         if loss == "cross_entropy":
             if int(np.prod(out_shape)) < 2:
                 raise ValueError("cross_entropy needs a network with k >= 2 outputs, this one has shape %s; "
                                  "use loss='binary_cross_entropy' for a single logit" % (out_shape,))
-            y = C.input_variable(out_shape, dtype=dtype, name="labels")
+            y = make(out_shape, dtype=dtype, name="labels")
             return y, C.cross_entropy_with_softmax(z, y)
         if loss == "binary_cross_entropy":
             if int(np.prod(out_shape)) != 1:
                 raise ValueError("binary_cross_entropy needs one output (a logit), this network has shape "
                                  "%s; use loss='cross_entropy'" % (out_shape,))
-            y = C.input_variable(out_shape, dtype=dtype, name="labels")
+            y = make(out_shape, dtype=dtype, name="labels")
             zero = C.constant(0, shape=out_shape, dtype=dtype)
             return y, C.reduce_sum(C.log_add_exp(zero, z) - y * z)
-        y = C.input_variable(out_shape, dtype=dtype, name="targets")
+        y = make(out_shape, dtype=dtype, name="targets")
         return y, C.squared_error(z, y)
 
     @classmethod
@@ -472,16 +502,41 @@ class CNTKModel(Model):
     def set_params(self, w):
         self._params.set_params(self._check_vector(w))
 
+    def _part(self, dataset, var):
+        """The component of ``dataset.x`` fed to input ``var``."""
+        x = dataset.x
+        if isinstance(x, dict):
+            if var.name not in x:
+                raise ValueError("%s has no data for input %r (it has %s); add x[%r] (in .npz: member "
+                                 "x.%s)" % (dataset.name, var.name, sorted(x), var.name, var.name))
+            return x[var.name]
+        if len(self.inputs) != 1:
+            raise ValueError("the model has %d inputs %s; pass x as a dict {input name: array} (in .npz: "
+                             "members x.<input name>)" % (len(self.inputs), [v.name for v in self.inputs]))
+        return x
+
+    def _validate_inputs(self, dataset):
+        if isinstance(dataset.x, dict):
+            extra = sorted(set(dataset.x) - {v.name for v in self.inputs})
+            if extra:
+                raise ValueError("%s has data for %s, which are not inputs of the model (inputs: %s); "
+                                 "rename or drop them" % (dataset.name, extra, [v.name for v in self.inputs]))
+        for var in self.inputs:
+            _check_input(dataset.name, var, self._part(dataset, var))
+
     def _validate(self, dataset):
-        shape = tuple(self.features.shape)
-        if tuple(dataset.x.shape[1:]) != shape:
-            raise ValueError("%s features have shape %s but the model's input expects (n,) + %s; reshape "
-                             "the data or pick the matching model" % (dataset.name, dataset.x.shape, shape))
+        self._validate_inputs(dataset)
         if self.labels is None:
             return
         y = dataset.y
         if y is None:
             raise ValueError("%s has no labels but the loss needs them; pass (x, y)" % dataset.name)
+        if _is_sequence(self.labels):
+            self._check_step_labels(dataset)
+            return
+        if isinstance(y, Sequences):
+            raise ValueError("%s has per-step labels (sequences) but the model's output has no sequence "
+                             "axis; pass one label per example" % dataset.name)
         if self.loss_name == "cross_entropy":
             check_class_labels(dataset, self.n_classes, "cross_entropy")
         elif self.loss_name == "binary_cross_entropy":
@@ -492,16 +547,60 @@ class CNTKModel(Model):
                 raise ValueError("%s targets have shape %s but the loss expects (n,) + %s"
                                  % (dataset.name, y.shape, shape))
 
+    def _check_step_labels(self, dataset):
+        y = dataset.y
+        if not isinstance(y, Sequences):
+            raise ValueError("%s labels have shape %s but the model's loss has a label per step; pass a "
+                             "list of per-sequence label arrays (or influence.data.Sequences)"
+                             % (dataset.name, np.shape(y)))
+        seqs = [p for p in ([self._part(dataset, v) for v in self.inputs]) if isinstance(p, Sequences)]
+        if seqs and not np.array_equal(seqs[0].lengths, y.lengths):
+            i = int(np.argmax(seqs[0].lengths != y.lengths))
+            raise ValueError("%s sequence %d has %d steps but %d labels; pass one label per step"
+                             % (dataset.name, i, seqs[0].lengths[i], y.lengths[i]))
+        if self.loss_name == "cross_entropy":
+            labels = Dataset(np.zeros(y.n_steps), np.asarray(y.values), dataset.name, _checked=True)
+            check_class_labels(labels, self.n_classes, "cross_entropy")
+
+    def _input_value(self, var, part):
+        """What CNTK is fed for input ``var``: owned arrays of the model dtype (a list of per-sequence
+        arrays for a sequence input), sparse data and index arrays densified for this batch only."""
+        dtype = self.dtype
+        dim = int(np.prod(var.shape))
+
+        def dense(a):
+            if _is_sparse(a):
+                return _owned(a.toarray(), dtype).reshape((a.shape[0],) + tuple(var.shape))
+            a = np.asarray(a)
+            if var.is_sparse and np.issubdtype(a.dtype, np.integer) and a.ndim == 1:
+                out = np.zeros((a.shape[0], dim), dtype=dtype)
+                out[np.arange(a.shape[0]), a] = 1
+                return out.reshape((a.shape[0],) + tuple(var.shape))
+            return _owned(a, dtype)
+        if isinstance(part, Sequences):
+            return [dense(part[i]) for i in range(len(part))]
+        if _is_sequence(var):
+            return [dense(part[i]) for i in range(part.shape[0])]
+        return dense(part)
+
+    def _labels_value(self, batch):
+        y = batch.y
+        if self.loss_name == "cross_entropy":
+            def onehot(labels):
+                out = np.zeros((len(labels), self.n_classes), dtype=self.dtype)
+                out[np.arange(len(labels)), np.asarray(labels)] = 1
+                return out
+            if isinstance(y, Sequences):
+                return [onehot(y[i]) for i in range(len(y))]
+            return onehot(y)
+        if isinstance(y, Sequences):
+            return [_owned(y[i], self.dtype).reshape((-1,) + tuple(self.labels.shape)) for i in range(len(y))]
+        return _owned(y, self.dtype).reshape((len(batch),) + tuple(self.labels.shape))
+
     def _feed(self, batch):
-        feed = {self.features: _owned(batch.x, self.dtype)}
+        feed = {self._feed_vars[v.uid]: self._input_value(v, self._part(batch, v)) for v in self.inputs}
         if self.labels is not None:
-            y = batch.y
-            if self.loss_name == "cross_entropy":
-                onehot = np.zeros((len(batch), self.n_classes), dtype=self.dtype)
-                onehot[np.arange(len(batch)), y] = 1
-                feed[self.labels] = onehot
-            else:
-                feed[self.labels] = _owned(y, self.dtype).reshape((len(batch),) + tuple(self.labels.shape))
+            feed[self.labels] = self._labels_value(batch)
         return feed
 
     def _per_example_losses(self, batch):
@@ -528,22 +627,75 @@ class CNTKModel(Model):
         return float(np.sum(np.asarray(losses, dtype=np.float64))), self._params.flatten_grads(g)
 
     def predict(self, x, batch_size=None):
-        """Network outputs for features ``x`` (float64, shape (n,) + output shape)."""
+        """Network outputs (inference mode) for features ``x`` (any form a Dataset holds): float64 of
+        shape (n,) + output shape, or for an output with a sequence axis a :class:`Sequences` of the
+        per-step outputs."""
         if self.output is None:
             raise ValueError("this model was built from a loss Function; it has no separate output to predict")
-        from ..data import Dataset
-        x = Dataset(x, None, "x").x
-        if tuple(x.shape[1:]) != tuple(self.features.shape):
-            raise ValueError("x has shape %s but the model's input expects (n,) + %s; reshape the data"
-                             % (x.shape, tuple(self.features.shape)))
+        data = x if isinstance(x, Dataset) else Dataset(x, None, "x")
+        self._validate_inputs(data)
         size = batch_size or self.batch_size
+        out_var = self._inference_output
         outs = []
-        for start in range(0, x.shape[0], size):
-            xb = _owned(x[start:start + size], self.dtype)
+        for batch in data.batches(size):
+            feed = {self._feed_vars[v.uid]: self._input_value(v, self._part(batch, v)) for v in self.inputs}
             with self._lock:
-                outs.append(np.asarray(self._inference_output.eval({self.features: xb}), dtype=np.float64))
-        return np.concatenate(outs).reshape((x.shape[0],) + tuple(self.output.shape))
+                out = out_var.eval(feed)
+            if _is_sequence(out_var.output):
+                outs.extend(np.asarray(o, dtype=np.float64) for o in out)
+            else:
+                outs.append(np.asarray(out, dtype=np.float64))
+        if _is_sequence(out_var.output):
+            return Sequences.from_list(outs)
+        return np.concatenate(outs).reshape((len(data),) + tuple(out_var.output.shape))
 
+
+def _check_input(name, var, part):
+    """One-line errors for data that do not fit input ``var`` (shape, sequence axis, sparse indices)."""
+    shape = tuple(var.shape)
+    dim = int(np.prod(shape))
+    if isinstance(part, Sequences):
+        if not _is_sequence(var):
+            raise ValueError("%s input %r got variable-length sequences but the input has no sequence axis; "
+                             "pass one array row per example, or build the model with "
+                             "C.sequence.input_variable" % (name, var.name))
+        values = part.values
+        if _is_sparse(values) or (var.is_sparse and values.ndim == 1):
+            _check_sparse(name, var, values, dim)
+        elif tuple(values.shape[1:]) != shape:
+            raise ValueError("%s input %r has steps of shape %s but the model expects %s; reshape the steps"
+                             % (name, var.name, tuple(values.shape[1:]), shape))
+        return
+    if _is_sparse(part) or (var.is_sparse and np.ndim(part) == 1):
+        if _is_sequence(var):
+            raise ValueError("%s input %r is a sequence input; pass a list of per-sequence arrays (or "
+                             "influence.data.Sequences)" % (name, var.name))
+        _check_sparse(name, var, part, dim)
+        return
+    if _is_sequence(var):
+        if part.ndim != 2 + len(shape) or tuple(part.shape[2:]) != shape:
+            raise ValueError("%s input %r is a sequence input with steps of shape %s but got an array of shape "
+                             "%s; pass a list of (steps,) + %s arrays" % (name, var.name, shape, part.shape, shape))
+        return
+    if tuple(part.shape[1:]) != shape:
+        raise ValueError("%s features have shape %s but the model's input %r expects (n,) + %s; reshape "
+                         "the data or pick the matching model" % (name, part.shape, var.name, shape))
+
+
+def _check_sparse(name, var, values, dim):
+    if _is_sparse(values):
+        if values.shape[1] != dim:
+            raise ValueError("%s input %r has sparse rows of width %d but the input has dimension %d; pass "
+                             "a CSR matrix with %d columns" % (name, var.name, values.shape[1], dim, dim))
+        return
+    values = np.asarray(values)
+    if not np.issubdtype(values.dtype, np.integer):
+        raise ValueError("%s input %r got indices of dtype %s; pass integer indices 0..%d or a CSR matrix"
+                         % (name, var.name, values.dtype, dim - 1))
+    bad = first_bad(values, lambda b: (b < 0) | (b >= dim))
+    if bad.size:
+        raise ValueError("%s input %r has index %d outside 0..%d (the input's dimension is %d); fix the "
+                         "indices or the vocabulary size" % (name, var.name, bad[0], dim - 1, dim))
 
 ACTIVATIONS = ("tanh", "relu", "sigmoid", "softplus")
 
