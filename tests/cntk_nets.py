@@ -4,16 +4,20 @@ import numpy as np
 from influence.adapters.cntk import import_cntk
 
 
-def train_with_trainer(z, feeds, labels, epochs=3, minibatch=32, lr=0.01, seed=0):
+def train_with_trainer(z, feeds, labels, epochs=3, minibatch=32, lr=0.01, seed=0, learner="adam"):
     """Train network output ``z`` with ``Trainer`` + Adam on softmax cross entropy.
 
-    ``feeds``: {input Variable: array or list of sequences}; ``labels``: integer classes (n,)."""
+    ``feeds``: {input Variable: array, CSR matrix or list of sequences}; ``labels``: integer classes
+    (n,). ``learner="sgd"`` for sparse inputs (CNTK 2.7 has no Adam update for sparse gradients)."""
     C = import_cntk()
     dtype = np.dtype(z.output.dtype)
     k = int(np.prod(z.output.shape))
     lab = C.input_variable(k, dtype=dtype, name="train_labels")
     loss = C.cross_entropy_with_softmax(z, lab)
-    learner = C.adam(z.parameters, C.learning_parameter_schedule(lr), C.momentum_schedule(0.9))
+    if learner == "adam":
+        learner = C.adam(z.parameters, C.learning_parameter_schedule(lr), C.momentum_schedule(0.9))
+    else:
+        learner = C.sgd(z.parameters, C.learning_parameter_schedule(lr))
     trainer = C.Trainer(z, (loss, C.classification_error(z, lab)), [learner])
     onehot = np.eye(k, dtype=dtype)[np.asarray(labels)]
     n = len(onehot)
