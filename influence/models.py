@@ -73,6 +73,10 @@ class _LinearModel(Model):
         return np.asarray(batch.x, dtype=np.float64).reshape(len(batch), -1)
 
     def _check_features(self, dataset):
+        if not isinstance(dataset.x, np.ndarray) or not isinstance(dataset.y, (np.ndarray, type(None))):
+            raise ValueError("%s holds %s; the NumPy reference models take dense arrays x (n, features) and "
+                             "y (n,): sequences, sparse and several inputs need a CNTKModel"
+                             % (dataset.name, type(dataset.x).__name__))
         feat = int(np.prod(dataset.x.shape[1:])) if dataset.x.ndim > 1 else 1
         if dataset.x.ndim != 2 or feat != self.n_features:
             raise ValueError("%s features have shape %s but the model expects (n, %d); reshape or "
