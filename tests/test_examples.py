@@ -2,6 +2,7 @@
 import os
 import sys
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
@@ -21,3 +22,12 @@ def test_mislabeled_digits_small(cntk, capsys):
     out = mislabeled_digits.main(["--small"])
     assert out["self-influence"][0.1] > 2 * out["random"][0.1]
     assert "self-influence" in capsys.readouterr().out
+
+
+def test_cnn_batchnorm_small(cntk, capsys):
+    import cnn_batchnorm
+    out = cnn_batchnorm.main(["--small", "--smooth"])
+    assert out["scores"].shape == (40,) and np.all(np.isfinite(out["scores"]))
+    assert out["fit"].grad_norm < 1e-6 and out["pearson"] > 0.5
+    text = capsys.readouterr().out
+    assert "inference mode rewrote" in text and "BatchNormalization" in text and "Pearson" in text
