@@ -31,3 +31,11 @@ def test_cnn_batchnorm_small(cntk, capsys):
     assert out["fit"].grad_norm < 1e-6 and out["pearson"] > 0.5
     text = capsys.readouterr().out
     assert "inference mode rewrote" in text and "BatchNormalization" in text and "Pearson" in text
+
+
+def test_lstm_sequences_small(cntk, capsys):
+    import lstm_sequences
+    out = lstm_sequences.main(["--small"])
+    assert out["scores"].shape == (24,) and np.all(np.isfinite(out["scores"]))
+    assert out["self_influence"].shape == (24,) and np.all(out["self_influence"] > 0)
+    assert "Sequences(24 sequences" in capsys.readouterr().out
