@@ -39,3 +39,11 @@ def test_lstm_sequences_small(cntk, capsys):
     assert out["scores"].shape == (24,) and np.all(np.isfinite(out["scores"]))
     assert out["self_influence"].shape == (24,) and np.all(out["self_influence"] > 0)
     assert "Sequences(24 sequences" in capsys.readouterr().out
+
+
+def test_onnx_model_small(cntk, capsys):
+    import onnx_model
+    out = onnx_model.main(["--small"])
+    assert out["scores"].shape == (200,) and np.all(np.isfinite(out["scores"]))
+    assert out["max_output_difference"] <= 1e-5
+    assert "mlp.onnx" in capsys.readouterr().out
