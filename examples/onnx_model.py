@@ -45,7 +45,7 @@ def main(argv=None):
     fit = influence.fit(model, (x[:n], y[:n]))
     print("fit: R = %.4f, |grad R| = %.1e" % (fit.loss, fit.grad_norm))
     scores = influence.influence_scores(model, (x[:n], y[:n]), (x[1700:1701], y[1700:1701]), damping=0.1,
-                                        check_optimum=False)
+                                        check_optimum=False, rtol=1e-2)   # float32: FD products limit cg
     order = np.argsort(-influence.predicted_loss_change(scores, n))
     print("test digit %d: most helpful training digits %s" % (y[1700], [(int(i), int(y[i])) for i in order[:5]]))
     return {"scores": scores, "max_output_difference": same}
