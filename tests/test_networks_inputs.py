@@ -1,5 +1,7 @@
 """Several inputs, variable-length sequences (an LSTM classifier and an LSTM tagger) and sparse inputs
 (a sparse-embedding model), trained with CNTK's Trainer where a user would (needs CNTK)."""
+import os
+
 import numpy as np
 import pytest
 import scipy.sparse
@@ -168,3 +170,35 @@ def test_sparse_embedding_model_from_csr_and_indices(cntk, dtype):
         model.loss((np.where(idx == idx[0], 30, idx), y))
     with pytest.raises(ValueError, match="sparse rows of width 10 but the input has dimension 30"):
         model.loss((scipy.sparse.csr_matrix((n, 10)), y))
+
+
+def test_cli_scores_a_cnn_an_lstm_on_ragged_npz_and_an_onnx_file(cntk, tmp_path, capsys):
+    # the CLI gets the new layouts and formats through influence.load_npz and CNTKModel.load; the
+    # models are far from an optimum, hence the large damping: this is about plumbing
+    from influence.adapters.cntk import build_cnn, build_network
+    from influence.cli import main
+    C = cntk
+    images, digits = influence.load_digits()
+    np.savez(str(tmp_path / "img.npz"), x=images[:30].reshape(-1, 1, 8, 8), y=digits[:30])
+    np.savez(str(tmp_path / "img_test.npz"), x=images[40:41].reshape(-1, 1, 8, 8), y=digits[40:41])
+    cnn = build_cnn((1, 8, 8), 10, channels=(2,), activation="tanh", pooling="average", dtype=np.float64, seed=1)
+    train_with_trainer(cnn, {cnn.arguments[0]: images[:30].reshape(-1, 1, 8, 8)}, digits[:30], epochs=2)
+    cnn.save(str(tmp_path / "cnn.model"))
+    seqs = _sequences(20, 3, seed=5)
+    labels = np.array([int(s[:, 0].sum() > 0) for s in seqs])
+    save_npz(str(tmp_path / "seq.npz"), seqs, labels)
+    save_npz(str(tmp_path / "seq_test.npz"), seqs[:1], labels[:1])
+    _lstm_classifier(C, np.float64)[1].save(str(tmp_path / "lstm.model"))
+    x, y = images[:30].astype(np.float32), digits[:30]
+    np.savez(str(tmp_path / "flat.npz"), x=x, y=y)
+    np.savez(str(tmp_path / "flat_test.npz"), x=x[:1], y=y[:1])
+    build_network(64, 10, hidden=(4,), seed=1).save(str(tmp_path / "mlp.onnx"), format=C.ModelFormat.ONNX)
+    for model, train, test in (("cnn.model", "img.npz", "img_test.npz"), ("lstm.model", "seq.npz", "seq_test.npz"),
+                               ("mlp.onnx", "flat.npz", "flat_test.npz")):
+        for cmd in ("score", "self"):
+            argv = [cmd, "--model", str(tmp_path / model), "--train", str(tmp_path / train), "--damping", "100",
+                    "--l2", "0.01", "--out", str(tmp_path / ("%s-%s.npz" % (model, cmd))), "--quiet"]
+            if cmd == "score":
+                argv += ["--test", str(tmp_path / test)]
+            assert main(argv) == 0, (model, cmd, capsys.readouterr().err)
+            assert os.path.isfile(str(tmp_path / ("%s-%s.npz" % (model, cmd))))
