@@ -20,10 +20,14 @@ import collections
 import time
 
 import numpy as np
+import scipy.linalg
 
+from ._numeric import check_damping
 from .data import check_batch_size
 from .fitting import OPTIMUM_RTOL, warn_if_not_optimal
 from .hvp import GRID_RATIO, HessianOperator, adaptive_difference
+from .solvers import dense_matrix, lanczos_inverse, solve
+from .solvers.dense import cholesky
 
 __all__ = ["s_test", "STest", "influence_scores", "predicted_loss_change", "self_influence",
            "directional_derivatives", "forward_steps", "forward_differences", "ForwardStep",
@@ -153,13 +157,7 @@ def directional_derivatives(model, data, directions, rel_step=None, stencil=None
 
 
 def _solve(H, b, solver, damping, options):
-    from .solvers import solve
     return solve(H, b, method=solver, damping=damping, **options)
-
-
-def _check_damping(damping):
-    if not (np.isfinite(damping) and damping >= 0):
-        raise ValueError("damping=%r must be a finite number >= 0" % (damping,))
 
 
 def _training_hessian(model, train, batch_size, hessian, check_optimum):
@@ -185,7 +183,7 @@ def s_test(model, train, test, solver="cg", damping=0.0, batch_size=None, hessia
     """
     train = _validate(model, train, "training data")
     test = _validate(model, test, "test data")
-    _check_damping(damping)
+    damping = check_damping(damping)
     with model.preserving_params():
         H = _training_hessian(model, train, batch_size, hessian, check_optimum)
         g_test = model.per_example_grads(test, batch_size)
@@ -320,37 +318,29 @@ def self_influence(model, train, method="exact", k=None, damping=0.0, batch_size
     if chunk_size is not None:
         check_batch_size(chunk_size, "chunk_size")
     train = _validate(model, train, "training data")
-    _check_damping(damping)
+    damping = check_damping(damping)
     with model.preserving_params():
         H = _training_hessian(model, train, batch_size, hessian, check_optimum)
         from .jobs import DEFAULT_CHUNK_SIZE, run_chunks
         chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
         if method == "exact":
-            import scipy.linalg
-            from .solvers import dense_matrix
             A = checkpoint.load_array("damped_hessian") if checkpoint is not None else None
             if A is None:
-                A, _ = dense_matrix(H, float(damping))
+                A, _ = dense_matrix(H, damping, extra_matrices=1)      # A and its Cholesky factor
                 if checkpoint is not None:
                     checkpoint.save_array("damped_hessian", A)
-            try:
-                factor = scipy.linalg.cho_factor(A, lower=True)
-            except np.linalg.LinAlgError:
-                smallest = float(scipy.linalg.eigvalsh(A)[0])
-                raise ValueError("self_influence: H + damping·I is not positive definite (smallest "
-                                 "eigenvalue %.4g); pass damping > %.3g" % (smallest, -smallest))
+            factor = cholesky(A, "self_influence", damping, getattr(H, "damping", 0.0))
 
             def compute(a, b):
                 return np.concatenate([np.sum(G * scipy.linalg.cho_solve(factor, G.T).T, axis=1)
                                        for G in _gradient_blocks(model, train, a, b, batch_size)])
             out, _ = run_chunks(compute, len(train), chunk_size, checkpoint, progress, "self-influence")
             return out
-        from .solvers import lanczos_inverse
         if k is None:
             raise ValueError("method='lanczos' needs the rank k (e.g. k=50)")
         saved = checkpoint.load_array("lanczos") if checkpoint is not None else None
         if saved is None:
-            low = lanczos_inverse(H, int(k), damping=float(damping), **lanczos_options)
+            low = lanczos_inverse(H, int(k), damping=damping, **lanczos_options)
             theta = np.asarray(low.eigenvalues, dtype=np.float64) + float(getattr(low, "damping", damping))
             saved = np.vstack([theta[None, :], np.asarray(low.eigenvectors, dtype=np.float64)])
             if checkpoint is not None:
