@@ -118,8 +118,8 @@ def _entries(train, test):
         "HessianOperator @ v": lambda m: HessianOperator(m, train) @ b,
         "HessianOperator.calibrate": lambda m: HessianOperator(m, train, stencil="richardson").calibrate(),
         "cg": lambda m: solvers.cg(HessianOperator(m, train, rel_step=1e-3), b, damping=0.01),
-        "lissa": lambda m: solvers.lissa(HessianOperator(m, train, rel_step=1e-3), b, damping=0.01, depth=20,
-                                         batch_size=8, power_steps=3, rtol=None),
+        "lissa": lambda m: solvers.lissa(HessianOperator(m, train, rel_step=1e-3), b, damping=0.01, maxiter=20,
+                                         batch_size=8, power_steps=3, rtol=0),
         "lanczos": lambda m: solvers.lanczos(HessianOperator(m, train, rel_step=1e-3), b, k=4),
         "direct": lambda m: solvers.direct(HessianOperator(m, train, rel_step=1e-3), b, damping=0.01),
         "s_test": lambda m: influence.s_test(m, train, test, solver="cg", damping=0.01),
@@ -177,8 +177,8 @@ def test_cntk_weights_bit_identical_after_injected_failures(cntk_problem, entry)
     b = np.linspace(-1.0, 1.0, b_len)
     if entry in ("HessianOperator @ v", "cg", "lissa", "lanczos"):
         solve = {"cg": lambda H: solvers.cg(H, b, damping=0.01),
-                 "lissa": lambda H: solvers.lissa(H, b, damping=0.01, depth=10, batch_size=8, power_steps=3,
-                                                  rtol=None),
+                 "lissa": lambda H: solvers.lissa(H, b, damping=0.01, maxiter=10, batch_size=8, power_steps=3,
+                                                  rtol=0),
                  "lanczos": lambda H: solvers.lanczos(H, b, k=3),
                  "HessianOperator @ v": lambda H: H @ b}[entry]
         rel = None if entry == "HessianOperator @ v" else 1e-2

@@ -70,7 +70,7 @@ def cg(H, b, *, damping=0.0, x0=None, rtol=None, atol=0.0, maxiter=None, callbac
     products = Products(H, damping)
     bnorm = norm(b)
     x0_nonzero = x0 is not None and bool(x0.any())
-    state = {"r": None if x0_nonzero else b.copy(), "last": None, "n_dir": 0,
+    state = {"r": None if x0_nonzero else b.copy(), "last": None, "n_it": 0,
              "x_prev": x0.copy() if x0_nonzero else np.zeros(d), "best": (np.inf, None, 0)}
     bar = Progress(progress, maxiter if maxiter is not None else 10 * d, "cg")
 
@@ -93,25 +93,27 @@ def cg(H, b, *, damping=0.0, x0=None, rtol=None, atol=0.0, maxiter=None, callbac
         if state["r"] is None and np.array_equal(v, x0):
             state["r"] = b - av                 # SciPy's initial residual b − A x0
         else:
-            state["n_dir"] += 1
             state["last"] = (v, av)
         return av
 
-    def on_iteration(xk):
+    def on_iteration(xk):                       # SciPy calls it once per iteration
         xk = np.asarray(xk, dtype=np.float64).reshape(-1)
+        state["n_it"] += 1
+        res = None
         if state["last"] is not None and state["r"] is not None:
             p, q = state["last"]
             alpha = float((xk - state["x_prev"]) @ p) / float(p @ p)
             state["r"] = state["r"] - alpha * q
             state["last"] = None
             res = norm(state["r"]) / bnorm
-            bar.update(res)
-            if callback is not None:
-                callback(xk.copy())
+        bar.update(res)
+        if callback is not None:
+            callback(xk.copy())
+        if res is not None:
             best_res, _, best_at = state["best"]
             if res < best_res:
-                state["best"] = (res, xk.copy(), state["n_dir"])
-            elif stagnation is not None and state["n_dir"] - best_at >= stagnation:
+                state["best"] = (res, xk.copy(), state["n_it"])
+            elif stagnation is not None and state["n_it"] - best_at >= stagnation:
                 state["x_prev"] = xk.copy()
                 raise _Stagnated()
         state["x_prev"] = xk.copy()
@@ -131,13 +133,13 @@ def cg(H, b, *, damping=0.0, x0=None, rtol=None, atol=0.0, maxiter=None, callbac
     target = residual_target(rtol, atol, bnorm) / bnorm
     converged = bool(info == 0 or residual <= target)
     if not converged:
-        why = ("after %d iterations (maxiter=%s)" % (state["n_dir"], maxiter if maxiter is not None else 10 * d)
+        why = ("after %d iterations (maxiter=%s)" % (state["n_it"], maxiter if maxiter is not None else 10 * d)
                if info > 0 else "on a breakdown (scipy info=%d)" % info)
         if stalled:
             why = ("after %d iterations: no progress in the last %d (the finite-difference products "
                    "limit the accuracy%s; returning the best iterate, from iteration %d)"
-                   % (state["n_dir"], stagnation, ", a float64 model solves tighter" if float32 else "",
+                   % (state["n_it"], stagnation, ", a float64 model solves tighter" if float32 else "",
                       state["best"][2]))
         warn_convergence("cg stopped %s with relative residual %.3g > max(rtol, atol/‖b‖)=%.3g; raise "
                          "maxiter, increase damping, or loosen rtol" % (why, residual, target))
-    return Solution(x, converged, state["n_dir"], products.count, residual, time.time() - t0)
+    return Solution(x, converged, state["n_it"], products.count, residual, time.time() - t0)

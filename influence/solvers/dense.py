@@ -37,7 +37,7 @@ def available_memory(meminfo="/proc/meminfo"):
 
 
 def _mb(n):
-    return "%.0f MB" % (n / 1e6)
+    return "%.4g MB" % (n / 1e6)
 
 
 def check_dense_memory(d, matrices=1):
