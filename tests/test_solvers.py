@@ -640,3 +640,20 @@ def test_deprecated_spellings_warn_and_still_work():
     assert inv.damping == 0.5
     with pytest.raises(TypeError, match="positional"):
         solvers.direct(op, b, 0.5, 1e-6)
+
+
+def test_self_influence_not_positive_definite_names_the_damping_to_pass():
+    """The scores path uses the same message: λ_min(H) = −0.5 with damping=0.1 -> pass damping > 0.5
+    (it used to say 0.4, the magnitude of λ_min(H + 0.1 I)), and raises NonPositiveCurvatureError."""
+    import influence
+    x, y = make_classification(30, 11, 2, seed=3)
+    model = LogisticRegression(11, random_state=0)
+    assert model.n_params == 12
+    H = aslinearoperator(_indefinite(neg=-0.5))
+    with pytest.raises(NonPositiveCurvatureError) as info:
+        influence.self_influence(model, (x, y), damping=0.1, hessian=H, check_optimum=False)
+    smallest, need, suggested, _ = _numbers(str(info.value))
+    assert str(info.value).startswith("self_influence: ")
+    assert smallest == pytest.approx(-0.4, abs=1e-6) and need == pytest.approx(0.5, abs=1e-6)
+    values = influence.self_influence(model, (x, y), damping=suggested, hessian=H, check_optimum=False)
+    assert values.shape == (30,) and np.all(values > 0)
