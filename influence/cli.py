@@ -77,9 +77,12 @@ def _ascii_safe_stdio():
 
     def restore():
         for name, stream, safe in reversed(swapped):
-            safe.flush()
-            safe.detach()          # the buffer stays open for the original stream
             setattr(sys, name, stream)
+            try:
+                safe.flush()
+                safe.detach()      # the buffer stays open for the original stream
+            except (OSError, ValueError):
+                pass
     return restore
 
 

@@ -19,7 +19,8 @@ Rules (docs/failure-modes.md): the folder holds a lock (pid + host) while a job 
 job on it is refused naming the holder, a stale lock (a dead pid on this host) is taken over with a
 :class:`StaleLockWarning`. A refusal writes nothing: a folder this job created that holds nothing
 worth resuming is removed. An error after work was saved raises :class:`JobFailed` (the folder is
-kept for ``resume=True``).
+kept for ``resume=True``), except after a solver refusal (:data:`REFUSALS`), which discards the
+work this job saved and propagates as it is.
 """
 import errno
 import hashlib
@@ -32,13 +33,18 @@ import warnings
 
 import numpy as np
 
-from ._files import check_unchanged, file_fingerprint, write_json, write_npy
+from ._files import InputChangedError, check_unchanged, file_fingerprint, write_json, write_npy
 from ._version import __version__
 from .chunks import CHUNK_RETRIES, DEFAULT_CHUNK_SIZE, ChunkRetryWarning, chunk_bounds, run_chunks
 from .scores import influence_scores, s_test, self_influence
+from .solvers import DivergenceError, NonPositiveCurvatureError
+
+#: Errors that refuse the problem as posed (another damping or solver is needed, hence another
+#: fingerprint): the work this job saved before them cannot be resumed and is discarded.
+REFUSALS = (NonPositiveCurvatureError, DivergenceError)
 
 __all__ = ["ScoreJob", "ScoreResult", "SelfInfluenceJob", "Checkpoint", "JobFailed", "LockedError",
-           "StaleLockWarning", "run_chunks", "chunk_bounds", "file_fingerprint", "DEFAULT_CHUNK_SIZE",
+           "StaleLockWarning", "InputChangedError", "REFUSALS", "run_chunks", "chunk_bounds", "file_fingerprint", "DEFAULT_CHUNK_SIZE",
            "CHUNK_RETRIES", "ChunkRetryWarning"]
 
 
@@ -95,7 +101,7 @@ class Checkpoint(object):
         self.stats = {"chunks": 0, "computed": 0, "resumed": 0}
         self.key = _digest(fingerprint)
         self._lock_path = os.path.join(self.folder, self.LOCK)
-        self._prepared = False
+        self._prepared = self._usable = False
         self.created = not os.path.isdir(self.folder)
         os.makedirs(self.folder, exist_ok=True)
         stale = self._lock()
@@ -157,10 +163,12 @@ class Checkpoint(object):
                              "to start afresh" % (self.folder, ", ".join(diff) or "its inputs"))
         return True
 
-    def release(self):
+    def release(self, discard=False):
         """Drop the lock. Returns True when the folder is kept (it holds work to resume), False when
-        it was removed (this object created it, or emptied it, and nothing was saved)."""
-        if not self.has_work() and (self.created or self._prepared):
+        it was removed (this object created it, or emptied it, and nothing was saved; or
+        ``discard=True`` and all it holds was saved by this object)."""
+        fresh = self.created or (self._prepared and not self._usable)
+        if fresh and (discard or not self.has_work()):
             self.remove()
             return False
         if os.path.isfile(self._lock_path) and self._holder().get("pid") == os.getpid():
@@ -279,7 +287,9 @@ class _Job(object):
     def _fail(self, error):
         """After ``error``: release the checkpoint; raise JobFailed when it keeps work to resume."""
         ckpt, self.checkpoint = self.checkpoint, None
-        if ckpt is not None and ckpt.release() and not isinstance(error, (KeyboardInterrupt, SystemExit)):
+        refusal = isinstance(error, REFUSALS)
+        if ckpt is not None and ckpt.release(discard=refusal) and not refusal \
+                and not isinstance(error, (KeyboardInterrupt, SystemExit)):
             raise JobFailed(error, ckpt.folder) from error
 
     def _finish(self):
