@@ -61,8 +61,8 @@ def file_fingerprint(path):
 
     ``sha256`` hashes every byte of a file up to :data:`FULL_HASH_BYTES`, and for a larger file
     :data:`SAMPLE_BLOCKS` blocks of :data:`SAMPLE_BLOCK_BYTES` evenly spaced from the first to the
-    last byte (4 MiB read, whatever the size: ~0.01 s on a 400 MB file in the page cache, see
-    docs/cluster.md). A rewrite is caught by the size, the modification time or the sampled bytes.
+    last byte (4 MiB read, whatever the size: 0.04–0.07 s on a 424 MB .npz here, against 6.3 s
+    for hashing every byte; see docs/cluster.md). A rewrite is caught by the size, the modification time or the sampled bytes.
     """
     path = os.path.abspath(path)
     st = os.stat(path)

@@ -246,7 +246,8 @@ def _common_flags():
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("common options")
     g.add_argument("--quiet", action="store_true", help="no progress bars or progress messages on stderr")
-    g.add_argument("--seed", type=int, default=0, help="random seed for everything random (default 0)")
+    g.add_argument("--seed", type=int, default=0, help="random seed for everything random, e.g. the "
+                   "lissa and lanczos solvers (default 0)")
     g.add_argument("--json", action="store_true", help="print a machine-readable JSON summary on stdout")
     g.add_argument("--debug", action="store_true",
                    help="show tracebacks and CNTK's own messages on errors")
@@ -719,8 +720,9 @@ def build_parser():
         if solver:
             p.add_argument("--solver", choices=["cg", "lissa", "direct", "lanczos"], default="cg",
                            help="inverse-HVP solver (default cg)")
-            p.add_argument("--rtol", type=float, help="relative tolerance of cg / lissa")
-            p.add_argument("--maxiter", type=int, help="iterations of cg (depth of lissa)")
+            p.add_argument("--rtol", type=float, help="relative tolerance of the inverse HVP: stop when "
+                           "‖(H + λI)x − g_test‖ <= RTOL·‖g_test‖ (default: the solver's)")
+            p.add_argument("--maxiter", type=int, help="iterations of the solver at most (default: the solver's)")
 
     p = sub.add_parser("score", parents=[common], help="influence of every training point on test points",
                        description="Influence of every training point on the loss at test points: "
