@@ -17,7 +17,6 @@ Definitions (see docs/concepts-influence.md)::
 per test point (4 with the Richardson stencil) instead of n per-example backward passes.
 """
 import collections
-import time
 
 import numpy as np
 

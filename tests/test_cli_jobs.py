@@ -13,13 +13,7 @@ import pytest
 import influence.jobs
 from influence.cli import _cli_terms, main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(argv, capsys):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
+from test_cli import ROOT, run
 
 
 @pytest.fixture(scope="module")
