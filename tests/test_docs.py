@@ -217,7 +217,7 @@ def test_signature_check_catches_drift():
 #: How the README's blocks are run, applied in order to each block's text:
 #:  - the venv paths become the interpreter running the tests (the same .venv under `make test`; a
 #:    git worktree shares the main checkout's venvs), with this checkout first on PYTHONPATH;
-#:  - reduced size: 300 training digits instead of 1,200, and 4 leave-one-out retrainings instead
+#:  - reduced size: 300 training digits instead of 1,200, and 2 leave-one-out retrainings instead
 #:    of 20 (the network, mlp:32 with d = 2,410 parameters, and every flag stay as written);
 #:  - `make` targets run as `make -n` (dry run: the target exists and resolves): `make test` inside
 #:    the test suite would recurse, and tests/test_demo.py runs `make demo`'s program at reduced size.
@@ -225,7 +225,7 @@ README_SUBSTITUTIONS = [
     (".venv/bin/influence", "{python} -m influence"),
     (".venv/bin/python", "{python}"),
     ("x=x[:1200], y=y[:1200]", "x=x[:300], y=y[:300]"),
-    ("--test-index 7 --k 20", "--test-index 7 --k 4"),
+    ("--test-index 7 --k 20", "--test-index 7 --k 2"),
     (re.compile(r"^make (\w+)", re.M), r"make -n \1"),
 ]
 #: The README blocks that need CNTK (they skip where CNTK is not importable, i.e. in .venv-modern).
