@@ -14,6 +14,7 @@ from scipy.sparse.linalg import aslinearoperator
 from conftest import make_classification
 from influence import HessianOperator
 from influence import solvers
+from influence.solvers.cg import CG_RESTARTS
 from influence.solvers import (solve, Solution, ConvergenceWarning, NonPositiveCurvatureError,
                                DivergenceError, LowRankInverse)
 from influence.solvers import dense
@@ -91,8 +92,9 @@ def test_cg_matches_exact(kind, cond):
     assert s.residual <= CG_RTOL + fd_noise
     exact = np.linalg.solve(Hx, b)
     assert _rel(s.x, exact) <= cond * (CG_RTOL + FD_TOL)
-    # one product per iteration and one for the residual; SciPy < 1.12 recomputes its residual once more
-    assert s.n_hvp == H.n_hvp and s.n_iter + 1 <= s.n_hvp <= s.n_iter + 2
+    # one product per iteration and one for the residual; SciPy < 1.12 recomputes its residual once
+    # more; each restart (SciPy's recursive residual met rtol, the measured one did not) costs two
+    assert s.n_hvp == H.n_hvp and s.n_iter + 1 <= s.n_hvp <= s.n_iter + 2 + 2 * CG_RESTARTS
     assert s.seconds >= 0
 
 
