@@ -108,10 +108,10 @@ def _clip(s, n=40):
 
 class _Stream(object):
     """Per-input buffers of one chunk."""
-    __slots__ = ("name", "spec", "dim", "tokens", "indices", "nnz", "counts", "count", "lines")
+    __slots__ = ("name", "spec", "dim", "sparse", "tokens", "indices", "nnz", "counts", "count", "lines")
 
     def __init__(self, name, spec):
-        self.name, self.spec, self.dim = name, spec, spec.dim
+        self.name, self.spec, self.dim, self.sparse = name, spec, spec.dim, spec.is_sparse
         self.tokens = []   # value strings (dense: dim per sample; sparse: one per nonzero)
         self.indices = []  # sparse only: index strings, one per nonzero
         self.nnz = []      # sparse only: nonzeros per sample
@@ -312,17 +312,18 @@ class CTFReader(object):
         line0 = int(first[start])
         bounds = [int(first[i]) for i in range(start + 1, stop)] + [None]
         seq, next_first = start, bounds[0]
-        seq_line, seq_key, seen = line0, None, set()
+        seq_k, seq_key = 0, None
         ordered = list(streams.values())
         if not locate and _SUSPECT.search(self._values_only(text)):
             raise _Locate()
-        for k, line in enumerate(text.split("\n")):
-            lineno = line0 + k
-            if next_first is not None and lineno == next_first:
-                self._end_sequence(ordered, seq_line, seq_key, seen)
+        lines = text.split("\n")
+        sparse_field = _SPARSE_FIELD.match
+        for k, line in enumerate(lines):
+            if next_first is not None and line0 + k == next_first:
+                self._end_sequence(ordered, line0 + seq_k, seq_key, lines[seq_k:k])
                 seq += 1
                 next_first = bounds[seq - start]
-                seq_line, seq_key, seen = lineno, None, set()
+                seq_k, seq_key = k, None
             bar = line.find("|")
             if bar < 0:
                 continue  # blank line (the index refused anything else)
@@ -333,20 +334,35 @@ class CTFReader(object):
                     continue  # comment up to the next '|'
                 parts = piece.split(None, 1)
                 if not parts or piece[0].isspace():
-                    self._fail(lineno, "a '|' not followed by a stream name (%r)" % _clip(line),
+                    self._fail(line0 + k, "a '|' not followed by a stream name (%r)" % _clip(line),
                                "write '|name values' with no space after '|' ('|#' starts a comment)")
-                name = parts[0]
-                st = by_stream.get(name)
+                st = by_stream.get(parts[0])
                 if st is None:
+                    name = parts[0]
                     if name in skip:
                         continue
-                    self._fail(lineno, "stream %r matches no input (the model's inputs are %s)"
+                    self._fail(line0 + k, "stream %r matches no input (the model's inputs are %s)"
                                % (name, self._input_list()),
                                "name the stream after an input, map it with mapping={%r: INPUT} "
                                "or ignore it with skip=[%r]" % (name, name))
-                seen.add(name)
-                self._sample(st, parts[1] if len(parts) > 1 else "", lineno, locate)
-        self._end_sequence(ordered, seq_line, seq_key, seen)
+                rest = parts[1] if len(parts) > 1 else ""
+                if not locate:  # fast paths for the two usual notations
+                    if st.sparse:
+                        if ":" in rest and sparse_field(rest):
+                            pairs = rest.replace(":", " ").split()
+                            st.indices.extend(pairs[0::2])
+                            st.tokens.extend(pairs[1::2])
+                            st.nnz.append(len(pairs) >> 1)
+                            st.count += 1
+                            continue
+                    elif ":" not in rest:
+                        toks = rest.split()
+                        if len(toks) == st.dim:
+                            st.tokens.extend(toks)
+                            st.count += 1
+                            continue
+                self._sample(st, rest, line0 + k, locate)
+        self._end_sequence(ordered, line0 + seq_k, seq_key, lines[seq_k:])
         return streams
 
     @staticmethod
@@ -434,11 +450,12 @@ class CTFReader(object):
             self._fail(lineno, "non-finite value %r for input %r (overflows float64)" % (t, st.name),
                        "rescale the data to finite numbers")
 
-    def _end_sequence(self, streams, line, key, seen):
+    def _end_sequence(self, streams, line, key, lines):
         for st in streams:
             if st.count == 0:
+                seen = sorted(set(m.group(1) for l in lines for m in _STREAM_NAME.finditer(l)))
                 self._fail(line, "sequence %s has no values for input %r (streams on its lines: %s)"
-                           % (key, st.name, ", ".join(repr(s) for s in sorted(seen)) or "none"),
+                           % (key, st.name, ", ".join(repr(s) for s in seen) or "none"),
                            "add a '|%s ...' sample to every sequence, or map a stream to it with "
                            "mapping={STREAM: %r}" % (st.name, st.name))
             if st.count > 1 and not st.spec.is_sequence:
@@ -483,6 +500,8 @@ class _Locate(Exception):
 
 _INT = re.compile(r"[+-]?\d+\Z")
 _FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
+_SPARSE_FIELD = re.compile(r"\s*(?:[^\s:]+:[^\s:]+(?:\s+|\Z))*\Z")
+_STREAM_NAME = re.compile(r"\|([^#\s|][^\s|]*)")
 _COMMENT = re.compile(r"\|#[^|\n]*")
 _NAME = re.compile(r"\|\S*")
 _ID = re.compile(r"^[^|\n]*", re.M)

@@ -120,6 +120,7 @@ BAD = [
     ("|x 1 2\n|x 1 abc\n", {"x": 2}, {}, 2, ["malformed value 'abc'", "decimal numbers"]),
     ("|x 1 1_0\n", {"x": 2}, {}, 1, ["malformed value '1_0'"]),
     ("|w 1:2:3\n", {"w": InputSpec(5, is_sparse=True)}, {}, 1, ["malformed value '2:3'"]),
+    ("|w 0:1 1:23:4\n", {"w": InputSpec(5, is_sparse=True)}, {}, 1, ["malformed value '23:4'"]),
     ("|w a:1\n", {"w": InputSpec(5, is_sparse=True)}, {}, 1, ["malformed sparse token 'a:1'", "index:value"]),
     ("|x 1 nan\n", {"x": 2}, {}, 1, ["non-finite value 'nan'", "finite"]),
     ("|x 1\n|x -inf\n", {"x": 1}, {}, 2, ["non-finite value '-inf'"]),
