@@ -216,8 +216,8 @@ class CTFReader(object):
             raise CTFError("%s: the file is empty (no sample lines); write one sample per line as "
                            "'[ID] |name v1 v2 ...'" % self.path)
         offsets.append(off)
-        self._offsets = np.frombuffer(offsets, dtype=np.int64).copy()
-        self._first_lines = np.frombuffer(first_lines, dtype=np.int64).copy()
+        self._offsets = np.frombuffer(offsets, dtype=np.int64)  # shares the array's buffer: no copy
+        self._first_lines = np.frombuffer(first_lines, dtype=np.int64)
         self._stamp = (st.st_size, st.st_mtime)
         self.has_ids = bool(has_ids)
 

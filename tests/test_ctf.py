@@ -239,3 +239,17 @@ def test_matches_cntk_sparse_and_sequences_of_different_lengths(cntk, tmp_path):
 
 def test_matches_cntk_on_the_mixed_file(cntk, tmp_path):
     compare_with_cntk(cntk, write(tmp_path, SEQ_TEXT), SEQ_SPECS)
+
+
+def test_specs_from_a_cntk_models_arguments(cntk, tmp_path):
+    C = cntk
+    words = C.sequence.input_variable(5, is_sparse=True, name="w")
+    x = C.sequence.input_variable(2, name="x")
+    y = C.input_variable(1, name="y")
+    z = C.sequence.last(C.layers.Dense(1)(C.splice(C.layers.Embedding(3)(words), x))) + y
+    specs = {a.name: InputSpec.from_variable(a) for a in z.arguments}
+    assert specs["w"].is_sparse and specs["w"].is_sequence and specs["w"].shape == (5,)
+    assert specs["x"].is_sequence and not specs["x"].is_sparse
+    assert not specs["y"].is_sequence
+    r = CTFReader(write(tmp_path, SEQ_TEXT), z.arguments)
+    np.testing.assert_array_equal(r.read()["w"][1], [2, 1, 2])
