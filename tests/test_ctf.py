@@ -88,6 +88,12 @@ def test_mapping_skip_bom_crlf_blank_lines_and_line_continuation(tmp_path):
     np.testing.assert_array_equal(out["y"][0], [[1], [0]])
 
 
+def test_skipped_streams_may_hold_anything(tmp_path):
+    path = write(tmp_path, "|x 1 2 |text the cat_sat |w nan\n|x 3 4 |text inf |w 1_0\n")
+    out = read_ctf(path, {"x": 2}, skip=["text", "w"])
+    np.testing.assert_array_equal(out["x"][0], [[1, 2], [3, 4]])
+
+
 def test_dense_input_accepts_sparse_notation_and_sparse_input_dense_notation(tmp_path):
     path = write(tmp_path, "|x 2:1 |s 0 0 3\n|x 0:-1 |s 1:4\n")
     out = read_ctf(path, {"x": 3, "s": InputSpec(3, is_sparse=True)})
