@@ -14,6 +14,9 @@ VENV_MODERN := .venv-modern
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ARGS ?=
+# In .venv the CNTK tests must run: tests/conftest.py stops the session with a message naming what
+# is broken (e.g. the OpenMPI shim) when CNTK does not import, instead of skipping them all.
+REQUIRE_CNTK := INFLUENCE_REQUIRE_CNTK=1
 
 .PHONY: venv venv36 venv-modern test test-modern test36 demo bench clean
 
@@ -31,14 +34,14 @@ test: venv
 	echo "==> pytest in $(VENV_MODERN) (no CNTK)"; \
 	$(VENV_MODERN)/bin/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	echo "==> pytest in $(VENV36) (Python 3.6 + CNTK)"; \
-	$(VENV36)/bin/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	$(REQUIRE_CNTK) $(VENV36)/bin/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	exit $$rc
 
 test-modern: venv-modern
 	$(VENV_MODERN)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 test36: venv36
-	$(VENV36)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(REQUIRE_CNTK) $(VENV36)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 # The demo draws a PNG with matplotlib, which the .venv setup installs.
 demo: venv36

@@ -100,7 +100,7 @@ def main(argv=None):
                 client.wait_for_workers(w)
                 startup = time.time() - t
                 t = time.time()
-                got = influence.influence_scores(model, train, test, client=client, **kw)
+                got = influence.influence_scores(model, train, test, executor=cluster.DaskExecutor(client), **kw)
                 sec = time.time() - t
             finally:
                 client.close()

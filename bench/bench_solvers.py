@@ -105,18 +105,19 @@ def _run_methods(model, data, b, damping, reference, rows, lissa_depth):
     t0 = time.time()
     checkpoints = [c for c in LISSA_CHECKPOINTS if c <= lissa_depth]
 
-    def on_lissa(step, xj):
-        if step in checkpoints:
-            n_mb = step                                  # minibatch products so far
-            marks[step] = ((solvers.POWER_STEPS if scale == "auto" else 0) + n_mb, time.time() - t0,
-                           _rel(xj, reference))
+    step = [0]
+
+    def on_lissa(xj):
+        step[0] += 1
+        if step[0] in checkpoints:      # full products so far (power iteration, residual checks) + minibatch steps
+            marks[step[0]] = (H.n_hvp + step[0], time.time() - t0, _rel(xj, reference))
 
     scale, label = "auto", "auto"
     for attempt in range(3):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", solvers.ConvergenceWarning)
-                s = solvers.lissa(H, b, depth=lissa_depth, scale=scale, callback=on_lissa)
+                s = solvers.lissa(H, b, maxiter=lissa_depth, rtol=0, scale=scale, callback=on_lissa)
             break
         except solvers.DivergenceError as e:     # record it, retry with the scale the error suggests
             rows.append({"method": "lissa", "setting": "s=%s DIVERGED" % label, "n_hvp": H.n_hvp,
@@ -127,7 +128,8 @@ def _run_methods(model, data, b, damping, reference, rows, lissa_depth):
             scale = e.suggested_scale
             label = "%.3g" % scale
             H = HessianOperator(model, data, damping=damping)
-            marks = {}
+            marks.clear()
+            step[0] = 0
             t0 = time.time()
     else:
         return

@@ -1,15 +1,22 @@
 """Command-line interface: ``influence <command>`` / ``python -m influence <command>``.
 
-Every command exits 0 on success and 2 on bad usage or bad input, with one line on stderr and no
-traceback unless ``--debug``; output files are written atomically, so a failure never leaves a
-partial one. CNTK's own start-up and device messages are hidden unless ``--debug``.
+Exit codes (docs/failure-modes.md): 0 success; 2 bad usage or input, or a refusal — one line on
+stderr, nothing written; 1 an error after work began — one line, the finished work kept in
+``OUT.partial/`` for ``--resume``; 130 interrupted (Ctrl-C). No traceback unless ``--debug``; output
+files are written atomically. CNTK's own start-up and device messages are hidden unless ``--debug``.
+
+Without a UTF-8 locale (Python 3.6 then opens stdio as ASCII), the symbols of the messages are
+printed in ASCII (:data:`ASCII_SYMBOLS`: ‖ → ||, λ → lambda, ᵀ → ^T, ...); files are UTF-8 always.
 """
 from __future__ import print_function
 
 import argparse
+import codecs
+import io
 import json
 import os
 import platform
+import re
 import sys
 import time
 
@@ -25,6 +32,58 @@ META_SUFFIX = ".json"
 
 class UsageError(ValueError):
     """Bad command-line usage or input: reported in one line, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------- locale
+#: ASCII rendering of the non-ASCII symbols in messages and help, used when stdout/stderr cannot
+#: encode them (no UTF-8 locale); any other character becomes '?'.
+ASCII_SYMBOLS = {"‖": "||", "λ": "lambda", "ᵀ": "^T", "⁻": "^-", "¹": "1", "²": "^2", "⁴": "^4",
+                 "·": "*", "×": "x", "≤": "<=", "≥": ">=", "≈": "~", "≪": "<<", "−": "-", "–": "-",
+                 "—": "--", "→": "->", "…": "...", "∇": "grad ", "∂": "d", "Σ": "sum", "ε": "eps",
+                 "θ": "theta", "ℓ": "l", "ˢ": "^s", "ᵢ": "_i"}
+ASCII_ERRORS = "influence-ascii"
+
+
+def _ascii_symbols(error):
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    return ASCII_SYMBOLS.get(error.object[error.start], "?"), error.start + 1
+
+
+codecs.register_error(ASCII_ERRORS, _ascii_symbols)
+
+
+def _encodes_symbols(stream):
+    try:
+        "‖λᵀ⁻¹·≤".encode(getattr(stream, "encoding", None) or "ascii")
+        return True
+    except (UnicodeEncodeError, LookupError):
+        return False
+
+
+def _ascii_safe_stdio():
+    """Rewrap sys.stdout/sys.stderr that cannot encode the symbols so that they print ASCII
+    renderings (:data:`ASCII_SYMBOLS`) instead of raising. Returns a function that undoes it."""
+    swapped = []
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None or _encodes_symbols(stream) or not hasattr(stream, "buffer"):
+            continue
+        stream.flush()
+        safe = io.TextIOWrapper(stream.buffer, encoding=stream.encoding or "ascii", errors=ASCII_ERRORS,
+                                line_buffering=True)
+        setattr(sys, name, safe)
+        swapped.append((name, stream, safe))
+
+    def restore():
+        for name, stream, safe in reversed(swapped):
+            setattr(sys, name, stream)
+            try:
+                safe.flush()
+                safe.detach()      # the buffer stays open for the original stream
+            except (OSError, ValueError):
+                pass
+    return restore
 
 
 # ---------------------------------------------------------------------------------------- plumbing
@@ -50,7 +109,8 @@ def _stderr_hidden():
     os.close(devnull)
     old = sys.stderr
     if redirect_python:
-        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)
+        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=old.encoding,
+                               errors=getattr(old, "errors", None) or "strict")
 
     def restore():
         if redirect_python:
@@ -134,7 +194,7 @@ def _read_meta(model_path):
     if not os.path.isfile(meta_path):
         return {}
     try:
-        with open(meta_path) as f:
+        with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
     except ValueError as e:
         raise UsageError("%s is not valid JSON (%s); delete it or pass --loss/--l2 explicitly" % (meta_path, e))
@@ -161,6 +221,14 @@ def _load_model(args):
     return model, meta
 
 
+def _model_inputs(args):
+    """Identity of the model file and its metadata for a job's fingerprint (--resume)."""
+    from ._files import file_fingerprint
+    meta = args.model + META_SUFFIX
+    return {"model_file": file_fingerprint(args.model), "output": args.output,
+            "model_metadata": file_fingerprint(meta) if os.path.isfile(meta) else None}
+
+
 def _parse_arch(arch):
     if arch == "softmax":
         return ()
@@ -178,7 +246,8 @@ def _common_flags():
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("common options")
     g.add_argument("--quiet", action="store_true", help="no progress bars or progress messages on stderr")
-    g.add_argument("--seed", type=int, default=0, help="random seed for everything random (default 0)")
+    g.add_argument("--seed", type=int, default=0, help="random seed for everything random, e.g. the "
+                   "lissa and lanczos solvers (default 0)")
     g.add_argument("--json", action="store_true", help="print a machine-readable JSON summary on stdout")
     g.add_argument("--debug", action="store_true",
                    help="show tracebacks and CNTK's own messages on errors")
@@ -339,18 +408,17 @@ def _check_indices(indices, n, flag, what):
 
 
 def _solver_options(args):
-    opts = {}
-    if args.solver in ("cg", "lissa") and args.rtol is not None:
+    """The solver options of --rtol/--maxiter/--seed/--k, one to one: rtol, maxiter, random_state, k."""
+    opts = {"progress": not args.quiet, "random_state": args.seed}
+    if args.rtol is not None:
         opts["rtol"] = args.rtol
-    if args.solver in ("cg", "lissa") and args.maxiter is not None:
-        opts["maxiter" if args.solver == "cg" else "depth"] = args.maxiter
-    if args.solver in ("cg", "lissa"):
-        opts["progress"] = not args.quiet
-    if args.solver == "lissa":
-        opts["random_state"] = args.seed
+    if args.maxiter is not None:
+        if args.solver == "direct":
+            raise UsageError("--maxiter %d does not apply to --solver direct (it factorises once); drop it "
+                             "or pass --solver cg" % args.maxiter)
+        opts["maxiter"] = args.maxiter
     if args.solver == "lanczos":
         opts["k"] = args.k
-        opts["random_state"] = args.seed
     return opts
 
 
@@ -382,33 +450,51 @@ def _label_text(labels, i):
     return "-" if labels is None else str(labels[i].item() if hasattr(labels[i], "item") else labels[i])
 
 
-def _checkpoint(args, fingerprint):
-    from .jobs import Checkpoint
+def _partial_folder(args):
+    """OUT.partial (None without --out); checks --out and --resume before any work."""
+    from ._files import check_writable
     if not args.out:
         if args.resume:
             raise UsageError("--resume needs --out (the partial results live in OUT.partial/)")
         return None
-    return Checkpoint(args.out + ".partial", fingerprint, resume=args.resume)
+    check_writable(args.out)
+    return args.out + ".partial"
 
 
-def _fingerprint(args, command, extra):
-    from .jobs import file_fingerprint
-    fp = {"command": command, "version": __version__, "model": file_fingerprint(args.model),
-          "train": file_fingerprint(args.train), "loss": args.loss, "l2": args.l2, "output": args.output,
-          "batch_size": args.batch_size, "chunk_size": args.chunk_size, "seed": args.seed}
+def _job_inputs(args, extra):
+    fp = {"command": args.command}
+    fp.update(_model_inputs(args))
     fp.update(extra)
     return fp
 
 
+def _write_scores(args, timer, idx, n, train, scores):
+    from .scores import predicted_loss_change
+    from ._files import write_table, write_json
+    if not args.out:
+        return
+    delta = predicted_loss_change(scores, n)
+    train_labels = _labels(train)
+    with timer("write"):
+        if args.out.lower().endswith(".json"):
+            write_json(args.out, {"test_index": idx, "n_train": n, "train_label": train_labels,
+                                  "influence": scores, "predicted_loss_change": delta,
+                                  "definition": "influence = I_up,loss = -g_test^T H^-1 g_i; "
+                                  "predicted_loss_change = -influence / n_train"})
+        else:
+            rows = ((int(t), i, _label_text(train_labels, i), scores[j, i], delta[j, i])
+                    for j, t in enumerate(idx) for i in range(n))     # streamed, not a list
+            write_table(args.out, ["test_index", "train_index", "train_label", "influence",
+                                   "predicted_loss_change"], rows)
+
+
 def cmd_score(args):
-    from .jobs import file_fingerprint
-    from .scores import influence_scores, s_test, predicted_loss_change
-    from ._files import check_writable, write_table, write_json
-    if args.out:
-        check_writable(args.out)
+    from .jobs import ScoreJob
+    from .scores import predicted_loss_change
+    folder = _partial_folder(args)
     if args.cluster:
-        from .cluster import parse_spec
-        parse_spec(args.cluster)          # a bad spec fails before any work
+        from .cluster import check_reachable
+        check_reachable(args.cluster)     # a bad spec or an unreachable scheduler fails before any work
     timer = _Timer()
     with timer("load model and data"):
         model, _ = _load_model(args)
@@ -418,56 +504,34 @@ def cmd_score(args):
                          "--test-index", "the test set")
     test_sel = test.subset(idx)
     n = len(train)
-    fingerprint = _fingerprint(args, "score", {
-        "test": file_fingerprint(args.test),
-        "test_index": idx.tolist(), "solver": args.solver, "damping": args.damping, "rtol": args.rtol,
-        "maxiter": args.maxiter, "k": args.k, "scoring": args.scoring})
-    checkpoint = _checkpoint(args, fingerprint)
-    solutions = None
-    with _Warnings():
-        vectors = checkpoint.load_array("s_test") if checkpoint is not None else None
-        with timer("test gradients + inverse HVP (%s)" % args.solver):
-            if vectors is None:
-                st = s_test(model, train, test_sel, solver=args.solver, damping=args.damping,
-                            batch_size=args.batch_size, check_optimum=not args.no_optimum_check,
-                            **_solver_options(args))
-                vectors, solutions = st.vectors, st.solutions
-                if checkpoint is not None:
-                    checkpoint.save_array("s_test", vectors)
-        client = None
+    client = executor = None
+    try:
         if args.cluster:
-            from .cluster import connect
+            from .cluster import DaskExecutor, connect
             with timer("start/connect cluster (%s)" % args.cluster):
                 client = connect(args.cluster)
-        try:
-            with timer("scoring (%s, %d training points)" % (args.scoring, n)):
-                scores = influence_scores(model, train, test_sel, scoring=args.scoring, s=vectors,
-                                          batch_size=args.batch_size, check_optimum=False,
-                                          chunk_size=args.chunk_size, checkpoint=checkpoint,
-                                          progress=not args.quiet, client=client)
-        finally:
-            if client is not None:
-                client.close()
-    scores = np.atleast_2d(scores)
+            executor = DaskExecutor(client)
+        with _Warnings():
+            job = ScoreJob(model, train, test_sel, folder=folder, resume=args.resume, solver=args.solver,
+                           damping=args.damping, scoring=args.scoring, batch_size=args.batch_size,
+                           chunk_size=args.chunk_size, check_optimum=not args.no_optimum_check,
+                           progress=not args.quiet, executor=executor,
+                           inputs=_job_inputs(args, {"test_index": idx.tolist()}),
+                           solver_options=_solver_options(args))
+            with job:
+                result = job.run()
+                timer.steps.append(("test gradients + inverse HVP (%s)" % args.solver, job.seconds["s_test"]))
+                timer.steps.append(("scoring (%s, %d training points)" % (args.scoring, n), job.seconds["scoring"]))
+                scores, solutions, chunks = result.scores, result.solutions, result.chunks
+                _write_scores(args, timer, idx, n, train, scores)
+    finally:
+        if client is not None:
+            client.close()
     delta = predicted_loss_change(scores, n)
     train_labels = _labels(train)
-    with timer("write"):
-        if args.out:
-            if args.out.lower().endswith(".json"):
-                write_json(args.out, {"test_index": idx, "n_train": n, "train_label": train_labels,
-                                      "influence": scores, "predicted_loss_change": delta,
-                                      "definition": "influence = I_up,loss = -g_test^T H^-1 g_i; "
-                                      "predicted_loss_change = -influence / n_train"})
-            else:
-                rows = ((int(t), i, _label_text(train_labels, i), scores[j, i], delta[j, i])
-                        for j, t in enumerate(idx) for i in range(n))     # streamed, not a list
-                write_table(args.out, ["test_index", "train_index", "train_label", "influence",
-                                       "predicted_loss_change"], rows)
-            if checkpoint is not None:
-                checkpoint.remove()
     summary = {"n_train": n, "test_index": idx.tolist(), "solver": args.solver, "damping": args.damping,
                "scoring": args.scoring, "seconds": timer.as_dict(), "out": args.out,
-               "chunks": None if checkpoint is None else dict(checkpoint.stats),
+               "chunks": chunks,
                "solutions": None if solutions is None else [
                    {"converged": bool(sl.converged), "n_iter": int(sl.n_iter), "n_hvp": int(sl.n_hvp),
                     "residual": float(sl.residual), "seconds": float(sl.seconds)} for sl in solutions],
@@ -514,40 +578,39 @@ def cmd_score(args):
 
 
 def cmd_self(args):
-    from .scores import self_influence
-    from ._files import check_writable, write_table
-    if args.out:
-        check_writable(args.out)
+    from .jobs import SelfInfluenceJob
+    from ._files import write_table
+    folder = _partial_folder(args)
     timer = _Timer()
     with timer("load model and data"):
         model, _ = _load_model(args)
         train = _load_split(args.train, "--train", model)
     n = len(train)
-    checkpoint = _checkpoint(args, _fingerprint(args, "self", {"method": args.method, "k": args.k,
-                                                                "damping": args.damping}))
     options = {"k": args.k, "random_state": args.seed} if args.method == "lanczos" else {}
-    with _Warnings():
-        with timer("self-influence (%s)" % args.method):
-            values = self_influence(model, train, method=args.method, damping=args.damping,
-                                    batch_size=args.batch_size, check_optimum=not args.no_optimum_check,
-                                    chunk_size=args.chunk_size, checkpoint=checkpoint,
-                                    progress=not args.quiet, **options)
-        with timer("training losses"):
-            losses = model.per_example_losses(train, args.batch_size)
-    order = np.argsort(-values, kind="mergesort")
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(1, n + 1)
     labels = _labels(train)
-    with timer("write"):
-        if args.out:
-            write_table(args.out, ["train_index", "label", "self_influence", "rank", "training_loss"],
-                        ((i, _label_text(labels, i), values[i], int(rank[i]), losses[i]) for i in range(n)))
-            if checkpoint is not None:
-                checkpoint.remove()
+    with _Warnings():
+        job = SelfInfluenceJob(model, train, folder=folder, resume=args.resume, method=args.method,
+                               damping=args.damping, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                               check_optimum=not args.no_optimum_check, progress=not args.quiet,
+                               inputs=_job_inputs(args, {}), **options)
+        with job:
+            with timer("self-influence (%s)" % args.method):
+                values = job.run()
+            chunks = job.stats
+            with timer("training losses"):
+                losses = model.per_example_losses(train, args.batch_size)
+            order = np.argsort(-values, kind="mergesort")
+            rank = np.empty(n, dtype=np.int64)
+            rank[order] = np.arange(1, n + 1)
+            if args.out:
+                with timer("write"):
+                    write_table(args.out, ["train_index", "label", "self_influence", "rank", "training_loss"],
+                                ((i, _label_text(labels, i), values[i], int(rank[i]), losses[i])
+                                 for i in range(n)))
     top = [[int(i), _label_text(labels, i), float(values[i]), float(losses[i])] for i in order[:args.top]]
     if args.json:
         print(json.dumps({"n_train": n, "method": args.method, "top": top, "seconds": timer.as_dict(),
-                          "out": args.out, "chunks": None if checkpoint is None else dict(checkpoint.stats)},
+                          "out": args.out, "chunks": chunks},
                          indent=2, sort_keys=True))
         return EXIT_OK
     print("most likely mislabeled training points (highest self-influence g_iᵀ H⁻¹ g_i):")
@@ -651,8 +714,9 @@ def build_parser():
         if solver:
             p.add_argument("--solver", choices=["cg", "lissa", "direct", "lanczos"], default="cg",
                            help="inverse-HVP solver (default cg)")
-            p.add_argument("--rtol", type=float, help="relative tolerance of cg / lissa")
-            p.add_argument("--maxiter", type=int, help="iterations of cg (depth of lissa)")
+            p.add_argument("--rtol", type=float, help="relative tolerance of the inverse HVP: stop when "
+                           "‖(H + λI)x − g_test‖ <= RTOL·‖g_test‖ (default: the solver's)")
+            p.add_argument("--maxiter", type=int, help="iterations of the solver at most (default: the solver's)")
 
     p = sub.add_parser("score", parents=[common], help="influence of every training point on test points",
                        description="Influence of every training point on the loss at test points: "
@@ -706,10 +770,53 @@ def _first_line(e):
     return text.splitlines()[0] if text else type(e).__name__
 
 
+#: API keywords in library messages and the flags that set them (score/verify; self: see _cli_terms).
+_FLAG_OF = [(r"\bdamping\s*=\s*", "--damping "), (r"\bdamping\s*>", "--damping >"),
+            (r"\brtol\s*=\s*", "--rtol "), (r"\bmaxiter\s*=\s*", "--maxiter "), (r"\bdepth\s*=\s*", "--maxiter "),
+            (r"\brandom_state\s*=\s*", "--seed "), (r"\bchunk_size\s*=\s*", "--chunk-size "),
+            (r"\bbatch_size\s*=\s*", "--batch-size "), (r"\bk\s*=\s*", "--k "), (r"\bk\s*<<", "--k <<"),
+            (r"\bresume=True\b", "--resume"), (r"\bl2\s*=\s*", "--l2 "), (r"\bscoring\s*=\s*'?(\w+)'?", r"--scoring \1")]
+
+
+def _cli_terms(text, args):
+    """A library message in the flags of this command: ``method='lanczos'`` → ``--solver lanczos``,
+    ``damping=`` → ``--damping``, ... For ``self`` (flag --method exact|lanczos), advice to use another
+    solver for the dense Hessian becomes ``--method lanczos --k 50``."""
+    command = getattr(args, "command", None)
+    dense_refusal = re.search(r"the dense path holds", text)
+    if command == "self":
+        if dense_refusal:
+            text = "--method exact: %s; use --method lanczos --k 50 (a rank-50 approximation) instead" \
+                   % re.split(r";\s*use\b", text)[0]
+        text = re.sub(r"\bmethod\s*=\s*'(exact|lanczos)'", r"--method \1", text)
+    elif dense_refusal:
+        text = "--solver direct: %s; use --solver cg (or --solver lanczos --k K, K < d - 1) instead" \
+               % re.split(r";\s*use\b", text)[0]
+    else:
+        text = re.sub(r"\b(?:method|solver)\s*=\s*'(\w+)'", r"--solver \1", text)
+        text = re.sub(r"\(or '(\w+)' with", r"(or --solver \1 with", text)
+    for pattern, flag in _FLAG_OF:
+        text = re.sub(pattern, flag, text)
+    return text
+
+
+def _job_failed_text(e):
+    from ._files import InputChangedError
+    cause = _first_line(e.cause)
+    folder = os.path.relpath(e.folder)
+    if isinstance(e.cause, InputChangedError):
+        return "%s (the partial results in %s/ belong to the old input)" % (cause, folder)
+    if not isinstance(e.cause, ValueError):
+        cause = "%s: %s" % (type(e.cause).__name__, cause)
+    return "%s; the finished work is kept in %s/: rerun the same command with --resume to continue" % (cause, folder)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    restore_stdio = _ascii_safe_stdio()
     restore = None if debug else _stderr_hidden()
+    args = None
     try:
         try:
             parser = build_parser()
@@ -721,20 +828,25 @@ def main(argv=None):
         except (UsageError, ValueError, ImportError) as e:
             if debug:
                 raise
-            print("influence: error: %s" % _first_line(e), file=sys.stderr)
+            print("influence: error: %s" % _cli_terms(_first_line(e), args), file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:
             print("influence: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
-        except Exception as e:   # a bug or a CNTK failure: still one line, unless --debug
+        except Exception as e:   # after work began, a bug or a CNTK failure: still one line, unless --debug
             if debug:
                 raise
-            print("influence: internal error: %s: %s (rerun with --debug for the traceback)"
-                  % (type(e).__name__, _first_line(e)), file=sys.stderr)
+            from .jobs import JobFailed
+            if isinstance(e, JobFailed):
+                print("influence: error: %s" % _cli_terms(_job_failed_text(e), args), file=sys.stderr)
+            else:
+                print("influence: internal error: %s: %s (rerun with --debug for the traceback)"
+                      % (type(e).__name__, _first_line(e)), file=sys.stderr)
             return EXIT_FAILURE
     finally:
         if restore is not None:
             restore()
+        restore_stdio()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Scoring on a Dask cluster (``dask[distributed]``): the embarrassingly parallel part of
 :func:`influence.influence_scores` — g_iᵀ s_test for every training row — spread over worker
-processes on one machine (``local:N``) or many (``tcp://host:port``, a running ``dask-scheduler``).
+processes on one machine (``local:N``) or many (``tcp://host:port``, a running ``dask-scheduler``),
+with ``executor=DaskExecutor(client)`` (or ``influence.jobs.ScoreJob(..., executor=...)``).
 
 What travels, and how often (see docs/cluster.md):
 
@@ -14,8 +15,11 @@ What travels, and how often (see docs/cluster.md):
 - The training data does not travel: every task opens the ``.npz`` file the client loaded it from
   (:attr:`influence.data.Dataset.source`, a path all workers must be able to read, e.g. a shared
   file system) with :func:`influence.data.load_npz` (memory-mapped, once per worker) and reads its
-  chunk of rows.
-- Each task returns its chunk's scores (m × chunk floats); :func:`influence.jobs.run_chunks`
+  chunk of rows. Before that, every task checks that the file still has the content fingerprint
+  (size, modification time, sampled bytes) the client took: a file rewritten meanwhile is refused.
+  Workers cache the loaded data per (model, path, fingerprint), so a long-lived ``tcp://`` worker
+  never serves an old file's rows.
+- Each task returns its chunk's scores (m × chunk floats); :func:`influence.chunks.run_chunks`
   saves them to the checkpoint as they arrive (``--resume`` never recomputes a finished chunk) and
   assembles them in row order. With the same chunk size the result is identical to the bit to the
   single-process run: same chunk bounds, same batches within a chunk, same steps.
@@ -28,6 +32,7 @@ import hashlib
 import os
 import pickle
 import re
+import socket
 import tempfile
 import threading
 import uuid
@@ -35,8 +40,13 @@ import warnings
 
 import numpy as np
 
-__all__ = ["connect", "import_distributed", "parse_spec", "check_inputs", "scoring_executor",
-           "DEFAULT_RETRIES"]
+from ._files import check_unchanged, file_fingerprint
+from .adapters.cntk import CNTKModel
+from .data import load_npz
+from .kernels import ForwardStep, chunk_scores
+
+__all__ = ["connect", "check_reachable", "import_distributed", "parse_spec", "check_inputs",
+           "DaskExecutor", "DEFAULT_RETRIES"]
 
 #: Extra attempts of a task that raised (a worker dying is handled by the scheduler on top of that).
 DEFAULT_RETRIES = 3
@@ -75,6 +85,22 @@ def parse_spec(spec):
                      % (spec,))
 
 
+def check_reachable(spec, timeout=5.0):
+    """Refuse (one-line ValueError) a ``tcp://HOST:PORT`` spec whose scheduler does not accept a TCP
+    connection within ``timeout`` seconds: a quick check to run before any expensive work
+    (``local:N`` and ``tls://`` specs pass unchecked)."""
+    kind, value = parse_spec(spec)
+    if kind != "address" or not value.startswith("tcp://"):
+        return
+    host, port = value[len("tcp://"):].rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, IOError) as e:
+        raise ValueError("cannot reach the Dask scheduler at %s (%s); start it with 'dask-scheduler' and "
+                         "workers with 'dask-worker %s' (see docs/cluster.md)"
+                         % (value, getattr(e, "strerror", None) or str(e) or type(e).__name__, value))
+
+
 def connect(spec, timeout=30):
     """A ``distributed.Client`` for ``spec``: ``"local:N"`` starts a LocalCluster of N worker
     processes with one thread each (no dashboard, no memory limit: the memory-mapped training data
@@ -102,21 +128,20 @@ def connect(spec, timeout=30):
 def check_inputs(client, model, train):
     """Raise a one-line ValueError unless ``train`` comes from a file and ``model`` can be shipped."""
     if getattr(train, "source", None) is None:
-        raise ValueError("scoring with client= needs training data the workers can read themselves: "
+        raise ValueError("scoring on a cluster needs training data the workers can read themselves: "
                          "load it with influence.load_npz(path) from a path all workers can read "
                          "(in-memory arrays are not shipped)")
     if not os.path.isfile(train.source):
         raise ValueError("the training data file %s no longer exists; reload it with influence.load_npz"
                          % train.source)
     if not hasattr(client, "submit"):
-        raise ValueError("client=%r is not a distributed.Client; pass influence.cluster.connect('local:2') "
+        raise ValueError("DaskExecutor(%r): not a distributed.Client; pass influence.cluster.connect('local:2') "
                          "or distributed.Client('tcp://host:port')" % (client,))
     if not _is_cntk(model):
         _model_spec(model)     # a CNTKModel always ships (Function.save); anything else must pickle
 
 
 def _is_cntk(model):
-    from .adapters.cntk import CNTKModel
     return isinstance(model, CNTKModel)
 
 
@@ -152,7 +177,7 @@ def _params_digest(model):
 class _Job(object):
     """Everything a task needs besides its row range; shipped once per worker."""
 
-    def __init__(self, model, train, vectors, steps, scoring, batch_size):
+    def __init__(self, model, train, vectors, steps, scoring, batch_size, data_fingerprint):
         kind, blob, options = _model_spec(model)
         self.model_kind, self.model_blob, self.model_options = kind, blob, options
         h = hashlib.sha256(blob)
@@ -160,7 +185,7 @@ class _Job(object):
         self.model_key = h.hexdigest()[:24]
         self.params_digest = _params_digest(model)
         self.data_path = train.source
-        self.data_size = os.path.getsize(train.source)
+        self.data_fingerprint = data_fingerprint
         self.data_name = train.name
         self.n_rows = len(train)
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float64)
@@ -173,19 +198,44 @@ def _identity(x):
     return x
 
 
-def scoring_executor(client, model, train, vectors, steps=None, scoring="forward", batch_size=None,
-                     retries=DEFAULT_RETRIES):
-    """An ``executor(missing_bounds, on_done)`` for :func:`influence.jobs.run_chunks` that scores the
-    missing chunks on ``client``'s workers: ``scoring="forward"`` → forward_differences(model, rows,
-    vectors, steps, batch_size); ``"gradient"`` → vectors @ per-example gradientsᵀ. ``train`` must
-    come from :func:`influence.load_npz` (its ``source`` path is read by the workers)."""
-    if scoring not in ("forward", "gradient"):
-        raise ValueError("scoring=%r is not one of 'forward', 'gradient'" % (scoring,))
-    if scoring == "forward" and steps is None:
-        raise ValueError("forward scoring on a cluster needs the steps (influence.scores.forward_steps)")
-    check_inputs(client, model, train)
-    job = _Job(model, train, vectors, steps, scoring, batch_size)
+class DaskExecutor(object):
+    """Score the chunks of :func:`influence.influence_scores` (``executor=DaskExecutor(client)``) on
+    the workers of ``client``, a ``distributed.Client`` (e.g. :func:`connect`).
 
+    ``check(model, train)`` refuses early (before the solve) training data not loaded from a file,
+    a model that cannot be shipped, or a client that is not one, and takes the content fingerprint
+    of the training file (:func:`influence._files.file_fingerprint`) unless ``data_fingerprint`` is
+    given (e.g. the one :class:`influence.jobs.ScoreJob` took when it started). Every worker
+    verifies that fingerprint before it reads a row, so a file rewritten after the client looked at
+    it is refused naming it. ``bind(...)`` returns the ``executor(missing, on_done)`` callable of
+    :func:`influence.chunks.run_chunks`; failed tasks are retried ``retries`` times by Dask."""
+
+    def __init__(self, client, retries=DEFAULT_RETRIES, data_fingerprint=None):
+        self.client = client
+        self.retries = retries
+        #: the training file's fingerprint the workers verify: pinned when given, else taken by check()
+        self.data_fingerprint = data_fingerprint
+        self._taken = None
+
+    def check(self, model, train):
+        check_inputs(self.client, model, train)
+        pinned = self.data_fingerprint
+        self._taken = pinned if pinned is not None and pinned.get("path") == train.source \
+            else file_fingerprint(train.source)
+
+    def bind(self, model, train, vectors, steps=None, scoring="forward", batch_size=None):
+        if scoring not in ("forward", "gradient"):
+            raise ValueError("scoring=%r is not one of 'forward', 'gradient'" % (scoring,))
+        if scoring == "forward" and steps is None:
+            raise ValueError("forward scoring on a cluster needs the steps (influence.kernels.forward_steps)")
+        if self._taken is None or self._taken.get("path") != train.source:
+            self.check(model, train)
+        check_inputs(self.client, model, train)
+        return _executor(self.client, _Job(model, train, vectors, steps, scoring, batch_size, self._taken),
+                         self.retries)
+
+
+def _executor(client, job, retries):
     def executor(missing, on_done):
         if not missing:
             return
@@ -217,7 +267,7 @@ def scoring_executor(client, model, train, vectors, steps=None, scoring="forward
 # ------------------------------------------------------------------------------------ worker side
 _LOCK = threading.Lock()
 _MODELS = collections.OrderedDict()   # model_key -> (model, lock)
-_DATA = collections.OrderedDict()     # (model_key, path, size) -> validated Dataset
+_DATA = collections.OrderedDict()     # (model_key, path, content fingerprint) -> validated Dataset
 #: Number of times each model was loaded in this process (tests check: once per worker).
 LOADS = collections.Counter()
 
@@ -231,7 +281,6 @@ def _remember(cache, key, value):
 def _load_model(job):
     if job.model_kind == "pickle":
         return pickle.loads(job.model_blob)
-    from .adapters.cntk import CNTKModel
     fd, path = tempfile.mkstemp(suffix=".model", prefix="influence-worker-")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -261,23 +310,27 @@ def _worker_model(job):
 
 
 def _worker_data(job, model):
-    from .data import load_npz
-    key = (job.model_key, job.data_path, job.data_size)
+    """The validated training data of ``job``, after checking that the file this worker reads has the
+    content fingerprint the client took; cached per (model, path, fingerprint)."""
+    fp = job.data_fingerprint
+    key = (job.model_key, job.data_path, fp["size"], fp["mtime_ns"], fp["sha256"])
+    here = "worker pid %d" % os.getpid()
+    if not os.path.isfile(job.data_path):
+        raise ValueError("%s cannot read the training data %s: every worker needs it at the same path "
+                         "(a shared file system)" % (here, job.data_path))
+    try:
+        check_unchanged(fp, "the training data")
+    except ValueError as e:
+        raise ValueError("%s on %s: all workers must read the file the client loaded" % (e, here))
     with _LOCK:
         data = _DATA.get(key)
         if data is not None:
             _DATA.move_to_end(key)
             return data
-    here = "worker pid %d" % os.getpid()
-    if not os.path.isfile(job.data_path):
-        raise ValueError("%s cannot read the training data %s: every worker needs it at the same path "
-                         "(a shared file system)" % (here, job.data_path))
-    size = os.path.getsize(job.data_path)
     data = model.validate(load_npz(job.data_path, name=job.data_name), job.data_name)
-    if size != job.data_size or len(data) != job.n_rows:
-        raise ValueError("the training data %s on %s (%d bytes, %d rows) differs from the client's "
-                         "(%d bytes, %d rows); all workers must read the same file"
-                         % (job.data_path, here, size, len(data), job.data_size, job.n_rows))
+    if len(data) != job.n_rows:
+        raise ValueError("the training data %s on %s has %d rows, the client's %d; all workers must read "
+                         "the same file" % (job.data_path, here, len(data), job.n_rows))
     with _LOCK:
         _remember(_DATA, key, data)
     return data
@@ -285,7 +338,6 @@ def _worker_data(job, model):
 
 def _score_chunk(job, start, stop):
     """g_iᵀ vectors[j] for rows start..stop of the job's training data: (m, stop - start) float64."""
-    from .scores import ForwardStep, chunk_scores
     model, lock = _worker_model(job)
     data = _worker_data(job, model)
     steps = None if job.steps is None else [ForwardStep(*s) for s in job.steps]

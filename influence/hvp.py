@@ -22,10 +22,13 @@ Weights are always restored from an exact saved copy in ``finally`` (bit-identic
 KeyboardInterrupt); they are never restored by adding ±r·v back.
 """
 import collections
-import contextlib
 
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
+
+from ._numeric import check_damping, norm
+from .adapters.base import preserved_params
+from .adapters.cntk import FunctionGradient
 
 __all__ = ["hvp", "HessianOperator", "central_difference", "adaptive_difference", "Step"]
 
@@ -44,21 +47,8 @@ Step.__doc__ = """A finite-difference step: relative size ``t``, absolute ``r = 
 estimated relative error of the value it produced, and the function evaluations spent."""
 
 
-def _norm(a):
-    return float(np.sqrt(np.dot(a, a)))
-
-
 def _step_scale(w0, v):
-    return (1.0 + _norm(np.asarray(w0, dtype=np.float64))) / _norm(v)
-
-
-@contextlib.contextmanager
-def _preserved(params):
-    saved = params.get_params()
-    try:
-        yield saved
-    finally:
-        params.set_params(saved)
+    return (1.0 + norm(np.asarray(w0, dtype=np.float64))) / norm(v)
 
 
 def _difference(f, params, w0, v, r):
@@ -85,7 +75,7 @@ def central_difference(f, params, v, r=None, rel_step=None):
     if (r is None) == (rel_step is None):
         raise ValueError("give exactly one of r (absolute step) and rel_step (relative step)")
     v = np.asarray(v, dtype=np.float64)
-    with _preserved(params) as w0:
+    with preserved_params(params) as w0:
         w0 = w0.astype(np.float64)
         if r is None:
             r = rel_step * _step_scale(w0, v)
@@ -93,8 +83,8 @@ def central_difference(f, params, v, r=None, rel_step=None):
 
 
 def _rel_err(a, b):
-    scale = max(_norm(np.ravel(b)), np.finfo(np.float64).tiny)
-    err = _norm(np.ravel(a - b)) / scale
+    scale = max(norm(np.ravel(b)), np.finfo(np.float64).tiny)
+    err = norm(np.ravel(a - b)) / scale
     return err if np.isfinite(err) else np.inf
 
 
@@ -110,7 +100,7 @@ def adaptive_difference(f, params, v):
     dtype = np.dtype(params.dtype)
     n_points = GRID_POINTS.get(dtype, GRID_POINTS[np.dtype(np.float64)])
     patience = PATIENCE if getattr(params, "smooth", True) else n_points
-    with _preserved(params) as w0:
+    with preserved_params(params) as w0:
         w0 = w0.astype(np.float64)
         scale = _step_scale(w0, v)
         ts, ds = [], []
@@ -156,9 +146,7 @@ class HessianOperator(LinearOperator):
     """
 
     def __init__(self, model, data, damping=0.0, batch_size=None, rel_step=None, stencil="central"):
-        damping = float(damping)
-        if not np.isfinite(damping) or damping < 0:
-            raise ValueError("damping=%r must be a finite number >= 0" % (damping,))
+        damping = check_damping(damping)
         if stencil not in ("central", "richardson"):
             raise ValueError("stencil=%r is not one of 'central', 'richardson'" % (stencil,))
         if rel_step is not None and not (0 < rel_step < np.inf):
@@ -243,7 +231,6 @@ def hvp(y, x, v, r=None):
     ``r``: absolute step of a plain central difference; None (default) chooses the step adaptively
     with Richardson extrapolation (:func:`adaptive_difference`). Weights are restored bit-identically.
     """
-    from .adapters.cntk import FunctionGradient
     fg = FunctionGradient(y, x)
     flat = fg.flatten_vector(v)
     if not flat.any():

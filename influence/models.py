@@ -13,6 +13,12 @@ LogisticRegression (labels y ∈ {0, 1}), with s = wᵀx + b and σ the logistic
     ℓ(x, y) = log(1 + e^s) − y s,   ∇ℓ = (σ(s) − y) x̃,   ∇²ℓ = σ(s)(1 − σ(s)) x̃ x̃ᵀ
 
 Both add (l2/2)·‖w‖² (intercept included) to the mean loss, hence l2·I to the Hessian.
+
+Arithmetic runs in the model's ``dtype``, like a CNTK network of that dtype: a float32 model casts
+the features to float32 and computes its losses, gradients and per-example gradients in float32
+(the base class then accumulates them in float64). ``hessian`` and ``exact_hvp`` always compute in
+float64 from the (float32-rounded) weights: they are the ground truth the float32 paths are tested
+against.
 """
 import numpy as np
 
@@ -69,8 +75,11 @@ class _LinearModel(Model):
     def b(self):
         return self._w[self.n_outputs * self.n_features:].astype(np.float64)
 
-    def _features(self, batch):
-        return np.asarray(batch.x, dtype=np.float64).reshape(len(batch), -1)
+    def _features(self, batch, dtype=None):
+        return np.asarray(batch.x, dtype=self._dtype if dtype is None else dtype).reshape(len(batch), -1)
+
+    def _labels(self, batch, dtype=None):
+        return np.asarray(batch.y, dtype=self._dtype if dtype is None else dtype)
 
     def _check_features(self, dataset):
         if not isinstance(dataset.x, np.ndarray) or not isinstance(dataset.y, (np.ndarray, type(None))):
@@ -87,8 +96,12 @@ class _LinearModel(Model):
             raise ValueError("%s labels have shape %s; pass one integer label per example, shape (n,)"
                              % (dataset.name, dataset.y.shape))
 
-    def _scores(self, batch):
-        return self._features(batch) @ self.W.T + self.b
+    def _scores(self, batch, dtype=None):
+        """Scores W x + b, computed in ``dtype`` (default: the model's)."""
+        dtype = self._dtype if dtype is None else dtype
+        w = self._w.astype(dtype, copy=False)
+        k, p = self.n_outputs, self.n_features
+        return self._features(batch, dtype) @ w[:k * p].reshape(k, p).T + w[k * p:]
 
     def hessian(self, data, batch_size=None):
         """The exact Hessian ∇²R(w) (float64, n_params × n_params), L2 term included."""
@@ -108,9 +121,9 @@ class _LinearModel(Model):
             n += len(batch)
         return total / n + self.l2 * v
 
-    def _augmented(self, batch):
-        x = self._features(batch)
-        return np.hstack([x, np.ones((x.shape[0], 1))])
+    def _augmented(self, batch, dtype=None):
+        x = self._features(batch, dtype)
+        return np.hstack([x, np.ones((x.shape[0], 1), dtype=x.dtype)])
 
     def _to_flat(self, dW, db):
         return np.concatenate([dW.ravel(), db])
@@ -129,8 +142,8 @@ class SoftmaxRegression(_LinearModel):
         self._check_features(dataset)
         check_class_labels(dataset, self.n_classes, "softmax regression")
 
-    def _probs(self, batch):
-        s = self._scores(batch)
+    def _probs(self, batch, dtype=None):
+        s = self._scores(batch, dtype)
         return np.exp(s - _logsumexp(s)[:, None])
 
     def _per_example_losses(self, batch):
@@ -155,7 +168,7 @@ class SoftmaxRegression(_LinearModel):
         return np.hstack([gw, r])
 
     def _hessian_sum(self, batch):
-        p, xt = self._probs(batch), self._augmented(batch)
+        p, xt = self._probs(batch, np.float64), self._augmented(batch, np.float64)
         k, q = self.n_classes, xt.shape[1]
         # (diag p − p pᵀ) ⊗ x̃ x̃ᵀ, summed over the batch, in (class, feature) order ...
         a = np.einsum("nk,nl->nkl", p, p) * -1.0
@@ -166,7 +179,7 @@ class SoftmaxRegression(_LinearModel):
         return h[np.ix_(order, order)]
 
     def _hvp_sum(self, batch, v):
-        p, x = self._probs(batch), self._features(batch)
+        p, x = self._probs(batch, np.float64), self._features(batch, np.float64)
         k = self.n_classes
         vw = v[:k * self.n_features].reshape(k, self.n_features)
         u = x @ vw.T + v[k * self.n_features:]          # directional change of the scores
@@ -191,34 +204,35 @@ class LogisticRegression(_LinearModel):
         self._check_features(dataset)
         check_binary_labels(dataset, "logistic regression")
 
-    def _margin(self, batch):
-        return self._scores(batch)[:, 0]
+    def _margin(self, batch, dtype=None):
+        return self._scores(batch, dtype)[:, 0]
 
     def _per_example_losses(self, batch):
         s = self._margin(batch)
-        return np.logaddexp(0.0, s) - batch.y * s
+        return np.logaddexp(s.dtype.type(0), s) - self._labels(batch) * s
 
     def _loss_sum(self, batch):
         return self._per_example_losses(batch).sum()
 
     def _grad_sum(self, batch):
-        r = _sigmoid(self._margin(batch)) - batch.y
-        return self._to_flat(r @ self._features(batch), np.array([r.sum()]))
+        r = _sigmoid(self._margin(batch)) - self._labels(batch)
+        return self._to_flat(r @ self._features(batch), np.array([r.sum()], dtype=r.dtype))
 
     def _per_example_grads(self, batch):
-        r = _sigmoid(self._margin(batch)) - batch.y
+        r = _sigmoid(self._margin(batch)) - self._labels(batch)
         return r[:, None] * self._augmented(batch)
 
     def _hessian_sum(self, batch):
-        p = _sigmoid(self._margin(batch))
-        xt = self._augmented(batch)
+        p = _sigmoid(self._margin(batch, np.float64))
+        xt = self._augmented(batch, np.float64)
         return (xt * (p * (1 - p))[:, None]).T @ xt
 
     def _hvp_sum(self, batch, v):
-        p = _sigmoid(self._margin(batch))
-        xt = self._augmented(batch)
+        p = _sigmoid(self._margin(batch, np.float64))
+        xt = self._augmented(batch, np.float64)
         return xt.T @ ((p * (1 - p)) * (xt @ v))
 
 
 def _sigmoid(s):
-    return 0.5 * (1.0 + np.tanh(0.5 * s))
+    half = s.dtype.type(0.5)          # keeps float32 in float32 under any NumPy casting rules
+    return half * (1 + np.tanh(half * s))

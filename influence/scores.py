@@ -17,122 +17,28 @@ Definitions (see docs/concepts-influence.md)::
 per test point (4 with the Richardson stencil) instead of n per-example backward passes.
 """
 import collections
-import time
 
 import numpy as np
+import scipy.linalg
 
+from ._numeric import check_damping
+from .chunks import DEFAULT_CHUNK_SIZE, run_chunks
 from .data import check_batch_size
 from .fitting import OPTIMUM_RTOL, warn_if_not_optimal
-from .hvp import GRID_RATIO, HessianOperator, adaptive_difference
+from .hvp import HessianOperator
+from .kernels import (FORWARD_STENCIL, GRADIENT_CHUNK, ForwardStep, chunk_scores, forward_differences,
+                      forward_steps, gradient_blocks, validated as _validate)
+from .solvers import dense_matrix, lanczos_inverse, solve
+from .solvers.dense import cholesky
 
 __all__ = ["s_test", "STest", "influence_scores", "predicted_loss_change", "self_influence",
            "directional_derivatives", "forward_steps", "forward_differences", "ForwardStep",
-           "FORWARD_STENCIL"]
-
-#: Rows (evenly spaced through the data) on which the forward-difference step is chosen per direction.
-PILOT_ROWS = 512
-#: Default stencil per dtype: "richardson" = (16·D(r/4) − D(r))/15 (4 passes, O(r⁴) truncation),
-#: "central" = D(r) (2 passes, O(r²)).
-FORWARD_STENCIL = {np.dtype(np.float32): "richardson", np.dtype(np.float64): "richardson"}
-#: Training rows per block of per-example gradients (memory: block × d floats).
-GRADIENT_CHUNK = 256
+           "FORWARD_STENCIL", "GRADIENT_CHUNK"]
 
 STest = collections.namedtuple("STest", "vectors solutions damping")
 STest.__doc__ = """Result of :func:`s_test`. ``vectors``: float64 array (n_test, d), row j = (H + damping·I)⁻¹
 g_test_j (one row per test point, also for a single test point); ``solutions``: the solver's
 ``Solution`` for each row (x, converged, n_iter, n_hvp, residual, seconds); ``damping``: the damping used."""
-
-
-def _validate(model, data, name):
-    return model.validate(data, getattr(data, "name", name))
-
-
-def _dtype_default(table, model):
-    return table.get(np.dtype(model.dtype), table[np.dtype(np.float64)])
-
-
-ForwardStep = collections.namedtuple("ForwardStep", "r stencil error")
-ForwardStep.__doc__ = """Step of the forward differences along one direction: absolute step ``r``, the
-``stencil`` ("central" or "richardson"), and the estimated relative error (NaN when ``r`` was given)."""
-
-
-def _check_directions(model, directions):
-    directions = np.atleast_2d(np.asarray(directions, dtype=np.float64))
-    if directions.ndim != 2 or directions.shape[1] != model.n_params:
-        raise ValueError("directions have shape %s but the model has %d parameters; pass (m, %d)"
-                         % (directions.shape, model.n_params, model.n_params))
-    if not np.all(np.isfinite(directions)):
-        raise ValueError("directions contain NaN or Inf; check the solver's output (try damping > 0)")
-    return directions
-
-
-def forward_steps(model, data, directions, rel_step=None, stencil=None, batch_size=None):
-    """Choose the forward-difference step for each direction (one :class:`ForwardStep` each).
-
-    By default the step is chosen per direction by :func:`influence.hvp.adaptive_difference` applied
-    to the per-example losses of :data:`PILOT_ROWS` rows spread through ``data`` (a few dozen cheap
-    forward passes): it returns the step whose Richardson (or central) estimate has the smallest
-    estimated error. With ``rel_step`` given, r = rel_step·(1 + ‖w‖)/‖s‖. Weights are restored.
-    """
-    data = _validate(model, data, "data")
-    directions = _check_directions(model, directions)
-    stencil = _dtype_default(FORWARD_STENCIL, model) if stencil is None else stencil
-    if stencil not in ("central", "richardson"):
-        raise ValueError("stencil=%r is not one of 'central', 'richardson'" % (stencil,))
-    if rel_step is not None and not (0 < rel_step < np.inf):
-        raise ValueError("rel_step=%r must be a positive number (e.g. 1e-2), or None to choose it per "
-                         "direction" % (rel_step,))
-    n = len(data)
-    pilot = data.subset(np.unique(np.linspace(0, n - 1, min(n, PILOT_ROWS)).astype(np.int64)))
-    w0 = model.get_params().astype(np.float64)
-    scale = 1.0 + np.sqrt(w0 @ w0)
-    steps = []
-    for s in directions:
-        norm = np.sqrt(s @ s)
-        if norm == 0:
-            steps.append(ForwardStep(0.0, stencil, 0.0))
-        elif rel_step is not None:
-            steps.append(ForwardStep(rel_step * scale / norm, stencil, float("nan")))
-        else:
-            _, rich, (central, _) = adaptive_difference(
-                lambda: model.per_example_losses(pilot, batch_size), model, s)
-            best = rich if stencil == "richardson" else central
-            steps.append(ForwardStep(best.r, stencil, best.error))
-    return steps
-
-
-def forward_differences(model, rows, directions, steps, batch_size=None):
-    """D[j, i] = ∇ℓ(z_i, w)·directions[j] on ``rows`` with the given :class:`ForwardStep` per direction.
-
-    Central: (ℓ_i(w + r s) − ℓ_i(w − r s)) / 2r, two batched passes over ``rows``; Richardson:
-    (16·D(r/4) − D(r))/15, four passes. The result for a row depends only on the row, the step and
-    the batching within ``rows``, so scoring a dataset chunk by chunk with the same steps is
-    reproducible to the bit. Weights are restored bit-identically (also on exceptions).
-    """
-    rows = _validate(model, rows, "data")
-    directions = _check_directions(model, directions)
-    dtype = model.dtype
-    out = np.zeros((directions.shape[0], len(rows)))
-    with model.preserving_params() as saved:
-        w0 = saved.astype(np.float64)
-
-        def diff(s, r):
-            model.set_params((w0 + r * s).astype(dtype))
-            plus = model.per_example_losses(rows, batch_size)
-            model.set_params((w0 - r * s).astype(dtype))
-            minus = model.per_example_losses(rows, batch_size)
-            return (plus - minus) / (2.0 * r)
-
-        for j, (s, step) in enumerate(zip(directions, steps)):
-            if step.r == 0:
-                continue
-            d1 = diff(s, step.r)
-            if step.stencil == "central":
-                out[j] = d1
-            else:
-                q2 = GRID_RATIO ** 2
-                out[j] = (diff(s, step.r * GRID_RATIO) - q2 * d1) / (1.0 - q2)
-    return out
 
 
 def directional_derivatives(model, data, directions, rel_step=None, stencil=None, batch_size=None):
@@ -153,13 +59,7 @@ def directional_derivatives(model, data, directions, rel_step=None, stencil=None
 
 
 def _solve(H, b, solver, damping, options):
-    from .solvers import solve
     return solve(H, b, method=solver, damping=damping, **options)
-
-
-def _check_damping(damping):
-    if not (np.isfinite(damping) and damping >= 0):
-        raise ValueError("damping=%r must be a finite number >= 0" % (damping,))
 
 
 def _training_hessian(model, train, batch_size, hessian, check_optimum):
@@ -185,7 +85,7 @@ def s_test(model, train, test, solver="cg", damping=0.0, batch_size=None, hessia
     """
     train = _validate(model, train, "training data")
     test = _validate(model, test, "test data")
-    _check_damping(damping)
+    damping = check_damping(damping)
     with model.preserving_params():
         H = _training_hessian(model, train, batch_size, hessian, check_optimum)
         g_test = model.per_example_grads(test, batch_size)
@@ -206,28 +106,19 @@ def _steps_checkpointed(model, train, directions, rel_step, stencil, batch_size,
     return steps
 
 
-def _gradient_blocks(model, train, a, b, batch_size):
-    """Per-example gradients of rows a..b in blocks of GRADIENT_CHUNK rows (memory: block × d)."""
-    with model.preserving_params():
-        for start in range(a, b, GRADIENT_CHUNK):
-            yield model.per_example_grads(train.subset(slice(start, min(start + GRADIENT_CHUNK, b))),
-                                          batch_size)
-
-
-def chunk_scores(model, train, vectors, scoring, steps, start, stop, batch_size=None):
-    """g_iᵀ vectors[j] for the training rows start..stop, float64 (m, stop − start): one chunk of a
-    scoring run, here or on a cluster worker. ``scoring="forward"``: forward differences with the
-    given ``steps``; ``"gradient"``: per-example gradients in blocks of GRADIENT_CHUNK rows."""
-    if scoring == "forward":
-        return forward_differences(model, train.subset(slice(start, stop)), vectors, steps, batch_size)
-    return np.hstack([vectors @ G.T for G in _gradient_blocks(model, train, start, stop, batch_size)])
+def _chunk_runner(executor, model, train, vectors, steps, scoring, batch_size):
+    """The ``executor(missing, on_done)`` callable for :func:`run_chunks`: ``executor`` itself when it
+    is a plain callable, else ``executor.bind(...)`` (an executor object such as
+    :class:`influence.cluster.DaskExecutor`, which needs the vectors and steps to ship them)."""
+    if executor is None or not hasattr(executor, "bind"):
+        return executor
+    return executor.bind(model, train, vectors, steps, scoring, batch_size)
 
 
 def _score_rows(model, train, vectors, scoring, rel_step, stencil, batch_size, chunk_size, checkpoint,
-                progress, executor, client=None):
-    """(m, n) array of g_iᵀ vectors[j] over all training rows, chunk by chunk (on ``client``'s Dask
-    workers when given, see :mod:`influence.cluster`)."""
-    from .jobs import DEFAULT_CHUNK_SIZE, run_chunks
+                progress, executor):
+    """(m, n) array of g_iᵀ vectors[j] over all training rows, chunk by chunk (by ``executor`` when
+    given, see :func:`influence_scores`)."""
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     steps = None
     if scoring == "forward":
@@ -235,10 +126,8 @@ def _score_rows(model, train, vectors, scoring, rel_step, stencil, batch_size, c
 
     def compute(a, b):
         return chunk_scores(model, train, vectors, scoring, steps, a, b, batch_size)
-    if client is not None:
-        from .cluster import scoring_executor
-        executor = scoring_executor(client, model, train, vectors, steps, scoring, batch_size)
-    dots, _ = run_chunks(compute, len(train), chunk_size, checkpoint, progress, "scoring", executor)
+    runner = _chunk_runner(executor, model, train, vectors, steps, scoring, batch_size)
+    dots, _ = run_chunks(compute, len(train), chunk_size, checkpoint, progress, "scoring", runner)
     return dots
 
 
@@ -262,10 +151,13 @@ def influence_scores(model, train, test, solver="cg", scoring="forward", damping
     The training rows are processed in chunks of ``chunk_size`` (default
     :data:`influence.jobs.DEFAULT_CHUNK_SIZE`); ``checkpoint`` (an :class:`influence.jobs.Checkpoint`)
     saves each finished chunk and reuses saved ones, ``progress`` shows a tqdm bar on stderr,
-    ``executor`` computes chunks elsewhere (see :func:`influence.jobs.run_chunks`); ``client``, a
-    ``distributed.Client`` (e.g. ``influence.cluster.connect("local:2")``), scores the chunks on its
+    ``executor`` computes the chunks elsewhere: either a callable ``executor(missing, on_done)`` (see
+    :func:`influence.chunks.run_chunks`) or an executor object with ``check(model, train)`` (called
+    before the solve, to refuse early) and ``bind(model, train, vectors, steps, scoring, batch_size)``
+    returning such a callable — e.g. ``influence.cluster.DaskExecutor(client)`` scores the chunks on
     Dask workers (s_test and the steps are computed here; ``train`` must come from
     :func:`influence.load_npz`, a path every worker can read; same numbers to the bit as without it).
+    ``client=`` (before 0.2) is replaced by ``executor=DaskExecutor(client)``.
     Other arguments as in :func:`s_test`. Weights are unchanged (bit-identical) afterwards.
     """
     if scoring not in ("forward", "gradient"):
@@ -273,10 +165,10 @@ def influence_scores(model, train, test, solver="cg", scoring="forward", damping
     train = _validate(model, train, "training data")
     test = _validate(model, test, "test data")
     if client is not None:
-        if executor is not None:
-            raise ValueError("pass either client= or executor=, not both")
-        from .cluster import check_inputs
-        check_inputs(client, model, train)
+        raise TypeError("influence_scores(client=...) was replaced by "
+                        "executor=influence.cluster.DaskExecutor(client); pass that instead")
+    if hasattr(executor, "check"):
+        executor.check(model, train)
     if s is None:
         s = s_test(model, train, test, solver, damping, batch_size, hessian, check_optimum,
                    **solver_options)
@@ -287,7 +179,7 @@ def influence_scores(model, train, test, solver="cg", scoring="forward", damping
         raise ValueError("s has shape %s but %d test points and %d parameters need (%d, %d)"
                          % (vectors.shape, len(test), model.n_params, len(test), model.n_params))
     dots = _score_rows(model, train, vectors, scoring, rel_step, stencil, batch_size, chunk_size,
-                       checkpoint, progress, executor, client)
+                       checkpoint, progress, executor)
     scores = np.negative(dots, out=dots)       # in place: no second (n_test, n) array
     return scores[0] if len(test) == 1 else scores
 
@@ -320,37 +212,28 @@ def self_influence(model, train, method="exact", k=None, damping=0.0, batch_size
     if chunk_size is not None:
         check_batch_size(chunk_size, "chunk_size")
     train = _validate(model, train, "training data")
-    _check_damping(damping)
+    damping = check_damping(damping)
     with model.preserving_params():
         H = _training_hessian(model, train, batch_size, hessian, check_optimum)
-        from .jobs import DEFAULT_CHUNK_SIZE, run_chunks
         chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
         if method == "exact":
-            import scipy.linalg
-            from .solvers import dense_matrix
             A = checkpoint.load_array("damped_hessian") if checkpoint is not None else None
             if A is None:
-                A, _ = dense_matrix(H, float(damping))
+                A, _ = dense_matrix(H, damping, extra_matrices=1)      # A and its Cholesky factor
                 if checkpoint is not None:
                     checkpoint.save_array("damped_hessian", A)
-            try:
-                factor = scipy.linalg.cho_factor(A, lower=True)
-            except np.linalg.LinAlgError:
-                smallest = float(scipy.linalg.eigvalsh(A)[0])
-                raise ValueError("self_influence: H + damping·I is not positive definite (smallest "
-                                 "eigenvalue %.4g); pass damping > %.3g" % (smallest, -smallest))
+            factor = cholesky(A, "self_influence", damping, getattr(H, "damping", 0.0))
 
             def compute(a, b):
                 return np.concatenate([np.sum(G * scipy.linalg.cho_solve(factor, G.T).T, axis=1)
-                                       for G in _gradient_blocks(model, train, a, b, batch_size)])
+                                       for G in gradient_blocks(model, train, a, b, batch_size)])
             out, _ = run_chunks(compute, len(train), chunk_size, checkpoint, progress, "self-influence")
             return out
-        from .solvers import lanczos_inverse
         if k is None:
             raise ValueError("method='lanczos' needs the rank k (e.g. k=50)")
         saved = checkpoint.load_array("lanczos") if checkpoint is not None else None
         if saved is None:
-            low = lanczos_inverse(H, int(k), damping=float(damping), **lanczos_options)
+            low = lanczos_inverse(H, int(k), damping=damping, **lanczos_options)
             theta = np.asarray(low.eigenvalues, dtype=np.float64) + float(getattr(low, "damping", damping))
             saved = np.vstack([theta[None, :], np.asarray(low.eigenvectors, dtype=np.float64)])
             if checkpoint is not None:

@@ -1,17 +1,72 @@
 """Shared fixtures. CNTK-dependent tests use the ``cntk`` fixture, which skips them where CNTK is not
-importable (the modern-Python environment)."""
+importable (the modern-Python environment).
+
+In the CNTK environment the Makefile sets ``INFLUENCE_REQUIRE_CNTK=1``: then a CNTK that does not
+import ends the session at its start with exit code :data:`CNTK_MISSING_EXIT` and a message saying
+what is broken, instead of skipping every CNTK test.
+"""
+import os
+import sys
+
 import numpy as np
 import pytest
 
 from influence.models import SoftmaxRegression, LogisticRegression
 
+#: Environment variable that makes an unimportable CNTK a failure of the whole session.
+REQUIRE_CNTK_ENV = "INFLUENCE_REQUIRE_CNTK"
+#: Exit code of a session stopped because CNTK is required but does not import (pytest's own code
+#: for an internal error: neither "tests failed" (1) nor "interrupted" (2)).
+CNTK_MISSING_EXIT = 3
+
+
+def cntk_required():
+    return os.environ.get(REQUIRE_CNTK_ENV, "") not in ("", "0")
+
+
+def _import_cntk():
+    from influence.adapters.cntk import import_cntk
+    return import_cntk()
+
+
+def cntk_diagnosis(error):
+    """One paragraph naming what is broken when CNTK does not import: the error, and the state of the
+    OpenMPI shim that .venv preloads (scripts/_cntk_mpi_shim.py)."""
+    shim_dir = os.path.join(sys.prefix, "lib", "mpi-shim")
+    libs = [os.path.join(shim_dir, n) for n in ("libmpi.so.12", "libmpi_cxx.so.1")]
+    missing = [p for p in libs if not os.path.exists(p)]
+    try:
+        with open("/proc/self/maps") as f:
+            loaded = "libmpi.so.12" in f.read()
+    except OSError:
+        loaded = None
+    if missing:
+        shim = "the OpenMPI shim is missing %s (rerun 'make venv')" % ", ".join(missing)
+    elif loaded is False:
+        shim = ("the OpenMPI shim libraries exist in %s but were not preloaded (check "
+                "_cntk_mpi_shim.pth in site-packages)" % shim_dir)
+    else:
+        shim = "the OpenMPI shim in %s is present and loaded" % shim_dir
+    return ("%s=1 but CNTK does not import in %s: %s; %s. The CNTK tests would all be skipped, so the "
+            "run stops here." % (REQUIRE_CNTK_ENV, sys.executable, str(error).splitlines()[0], shim))
+
+
+def pytest_sessionstart(session):
+    if not cntk_required():
+        return
+    try:
+        _import_cntk()
+    except ImportError as e:
+        pytest.exit(cntk_diagnosis(e), returncode=CNTK_MISSING_EXIT)
+
 
 @pytest.fixture(scope="session")
 def cntk():
     try:
-        from influence.adapters.cntk import import_cntk
-        return import_cntk()
+        return _import_cntk()
     except ImportError as e:
+        if cntk_required():        # unreachable after pytest_sessionstart, kept as a second guard
+            pytest.fail(cntk_diagnosis(e), pytrace=False)
         pytest.skip("CNTK not importable here: %s" % str(e).splitlines()[0])
 
 

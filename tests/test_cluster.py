@@ -66,14 +66,14 @@ def test_numpy_model_bit_identical_forward_and_gradient(client, tmp_path):
     for scoring in ("forward", "gradient"):
         ref = influence.influence_scores(model, train, test, s=s, scoring=scoring, chunk_size=CHUNK)
         got = influence.influence_scores(model, train, test, s=s, scoring=scoring, chunk_size=CHUNK,
-                                         client=client)
+                                         executor=cluster.DaskExecutor(client))
         assert got.shape == ref.shape == (2, len(train))
         assert np.array_equal(got, ref), scoring
     assert np.array_equal(model.get_params(), w0)
     # the full API (s_test solved on the client) on one test point
     ref = influence.influence_scores(model, train, (test[0][:1], test[1][:1]), damping=0.01, chunk_size=CHUNK)
     got = influence.influence_scores(model, train, (test[0][:1], test[1][:1]), damping=0.01, chunk_size=CHUNK,
-                                     client=client)
+                                     executor=cluster.DaskExecutor(client))
     assert np.array_equal(got, ref)
     # each worker loaded the model at most once per distinct model content, not once per task
     loads = client.run(lambda: dict(__import__("influence.cluster", fromlist=["LOADS"]).LOADS))
@@ -86,7 +86,7 @@ def test_worker_killed_mid_run_loses_nothing(client, tmp_path):
     before = set(client.scheduler_info()["workers"])
     model.marker, model.client_pid = str(tmp_path / "die"), os.getpid()
     open(model.marker, "w").close()
-    got = influence.influence_scores(model, train, test, s=s, chunk_size=CHUNK, client=client)
+    got = influence.influence_scores(model, train, test, s=s, chunk_size=CHUNK, executor=cluster.DaskExecutor(client))
     claimed = [f for f in os.listdir(str(tmp_path)) if f.startswith("die.")]
     assert len(claimed) == 1 and not os.path.exists(model.marker)      # one worker did die mid-task
     assert np.array_equal(got, ref)
@@ -97,14 +97,15 @@ def test_worker_killed_mid_run_loses_nothing(client, tmp_path):
 def test_resume_with_cluster_never_recomputes_finished_chunks(client, tmp_path):
     model, train, test, s = _softmax_problem(tmp_path)
     folder = str(tmp_path / "ckpt")
-    ref = influence.influence_scores(model, train, test, s=s, chunk_size=CHUNK,
-                                     checkpoint=Checkpoint(folder, {"job": 1}))
+    first = Checkpoint(folder, {"job": 1})
+    ref = influence.influence_scores(model, train, test, s=s, chunk_size=CHUNK, checkpoint=first)
+    assert first.release()                                     # the chunks are kept, the lock dropped
     ck = Checkpoint(folder, {"job": 1}, resume=True)
     sentinel = np.full((2, CHUNK), 7.0)
     ck.save_chunk(0, CHUNK, sentinel)                          # "finished" chunk with marked values
     os.remove(ck._chunk_path(CHUNK, 2 * CHUNK))                # an unfinished chunk
     got = influence.influence_scores(model, train, test, s=s, chunk_size=CHUNK, checkpoint=ck,
-                                     client=client)
+                                     executor=cluster.DaskExecutor(client))
     assert np.array_equal(got[:, :CHUNK], -sentinel)          # taken from the checkpoint, not recomputed
     assert np.array_equal(got[:, CHUNK:], ref[:, CHUNK:])     # recomputed on the cluster, to the bit
     assert np.array_equal(ck.load_chunk(CHUNK, 2 * CHUNK), -ref[:, CHUNK:2 * CHUNK])
@@ -113,11 +114,44 @@ def test_resume_with_cluster_never_recomputes_finished_chunks(client, tmp_path):
 def test_in_memory_training_data_is_refused(client, tmp_path):
     model, train, test, s = _softmax_problem(tmp_path, n=300)
     with pytest.raises(ValueError, match="load_npz"):
-        influence.influence_scores(model, (np.asarray(train.x), np.asarray(train.y)), test, s=s, client=client)
+        influence.influence_scores(model, (np.asarray(train.x), np.asarray(train.y)), test, s=s, executor=cluster.DaskExecutor(client))
     with pytest.raises(ValueError, match="load_npz"):      # a row subset is not the file any more
-        influence.influence_scores(model, train.subset(np.arange(100)), test, s=s, client=client)
-    with pytest.raises(ValueError, match="not both"):
-        influence.influence_scores(model, train, test, s=s, client=client, executor=lambda m, d: None)
+        influence.influence_scores(model, train.subset(np.arange(100)), test, s=s, executor=cluster.DaskExecutor(client))
+    with pytest.raises(TypeError, match=r"executor=influence.cluster.DaskExecutor\(client\)"):
+        influence.influence_scores(model, train, test, s=s, client=client)
+
+
+def test_training_file_rewritten_after_the_fingerprint_is_refused_by_the_workers(client, tmp_path,
+                                                                                 monkeypatch):
+    """The file is rewritten with the same shape (same size) while s_test is solved, i.e. after the
+    job took its fingerprint and before any worker reads a row: the workers refuse it, naming it."""
+    model, train, test, _ = _softmax_problem(tmp_path, n=600)
+    path = train.source
+    x, y = np.load(path)["x"], np.load(path)["y"]
+    real_s_test = influence.jobs.s_test
+
+    def s_test_then_rewrite(*args, **kwargs):
+        result = real_s_test(*args, **kwargs)
+        np.savez(path, x=x[::-1].copy(), y=y[::-1].copy())
+        return result
+    monkeypatch.setattr(influence.jobs, "s_test", s_test_then_rewrite)
+    size = os.path.getsize(path)
+    job = influence.jobs.ScoreJob(model, train, test, chunk_size=CHUNK, executor=cluster.DaskExecutor(client),
+                                  check_optimum=False)
+    with pytest.raises(ValueError) as info:
+        job.run()
+    text = str(info.value)
+    assert os.path.getsize(path) == size
+    assert path in text and "changed while the job used it" in text and "worker pid" in text, text
+
+
+def test_unreachable_scheduler_is_refused_fast():
+    import time
+    t0 = time.time()
+    with pytest.raises(ValueError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        cluster.check_reachable("tcp://127.0.0.1:9")
+    assert time.time() - t0 < 5
+    cluster.check_reachable("local:2")         # nothing to reach
 
 
 @pytest.mark.parametrize("spec", ["local", "local:0", "local:x", "8786", "http://h:1", "tcp://host", ""])
@@ -157,7 +191,7 @@ def test_cntk_model_bit_identical(client, cntk, tmp_path):
         ref = influence.influence_scores(model, train, test, s=s, scoring=scoring, chunk_size=300,
                                          check_optimum=False)
         got = influence.influence_scores(model, train, test, s=s, scoring=scoring, chunk_size=300,
-                                         check_optimum=False, client=client)
+                                         check_optimum=False, executor=cluster.DaskExecutor(client))
         assert np.array_equal(got, ref), scoring
     assert np.array_equal(model.get_params(), w0)
     loads = client.run(lambda: dict(__import__("influence.cluster", fromlist=["LOADS"]).LOADS))

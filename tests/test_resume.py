@@ -3,8 +3,8 @@ separately SIGINT) once some chunks exist in OUT.partial/; the final file does n
 with --resume reuses the finished chunks and writes a file byte-identical to an uninterrupted run.
 Also: a resume with changed inputs is refused, and the same --seed gives byte-identical LiSSA scores.
 
-The subprocesses are slowed down with the test-only hook INFLUENCE_TEST_CHUNK_DELAY
-(influence.jobs.TEST_DELAY_VARIABLE).
+The subprocesses run through tests/slow_cli.py, which pauses after each saved chunk (a monkeypatch
+in the test-side wrapper: the production code has no test hook).
 """
 import contextlib
 import io
@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 from influence.cli import main
-from influence.jobs import TEST_DELAY_VARIABLE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_TRAIN, CHUNK = 3000, 200
@@ -63,9 +62,7 @@ def _finished(partial):
 
 
 def _interrupt(argv, partial, sig, min_chunks=3, timeout=60.0):
-    env = dict(os.environ)
-    env[TEST_DELAY_VARIABLE] = "0.25"
-    proc = subprocess.Popen([sys.executable, "-m", "influence"] + argv, cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "slow_cli.py"), "0.25"] + argv, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + timeout
     try:

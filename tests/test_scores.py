@@ -128,7 +128,7 @@ def test_weights_restored_after_failure_mid_pass(problem, monkeypatch, exc, what
     def failing(orig):
         def f(batch):
             calls["n"] += 1
-            if calls["n"] == 3:
+            if calls["n"] >= 3:       # from the 3rd call on: a chunk retried (run_chunks) fails again
                 raise exc()
             return orig(batch)
         return f

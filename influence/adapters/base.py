@@ -16,10 +16,25 @@ import numpy as np
 
 from ..data import as_dataset, check_batch_size
 
-__all__ = ["Model", "DEFAULT_BATCH_SIZE"]
+__all__ = ["Model", "DEFAULT_BATCH_SIZE", "preserved_params"]
 
 #: Rows per forward/backward pass when the caller gives no ``batch_size``.
 DEFAULT_BATCH_SIZE = 2048
+
+
+@contextlib.contextmanager
+def preserved_params(params):
+    """Save an exact copy of ``params.get_params()`` and restore it with ``params.set_params`` on exit,
+    whatever happens inside (exceptions and KeyboardInterrupt included). Yields the saved copy.
+
+    ``params`` is anything with an exact ``get_params``/``set_params`` pair: a :class:`Model` (see
+    :meth:`Model.preserving_params`) or the raw CNTK parameters of a Function
+    (:class:`influence.adapters.cntk.ParameterVector`, what :func:`influence.hvp.hvp` perturbs)."""
+    saved = params.get_params()
+    try:
+        yield saved
+    finally:
+        params.set_params(saved)
 
 
 class Model(object):
@@ -97,15 +112,11 @@ class Model(object):
             raise ValueError("%s contains NaN or Inf; pass finite values" % name)
         return w
 
-    @contextlib.contextmanager
     def preserving_params(self):
-        """Save an exact copy of the weights and restore it on exit, whatever happens inside
-        (exceptions and KeyboardInterrupt included). Yields the saved copy."""
-        saved = self.get_params()
-        try:
-            yield saved
-        finally:
-            self.set_params(saved)
+        """Context manager: save an exact copy of the weights and restore it on exit, whatever happens
+        inside (exceptions and KeyboardInterrupt included). Yields the saved copy
+        (:func:`preserved_params` of this model)."""
+        return preserved_params(self)
 
     def loss(self, data, batch_size=None):
         """R(w): mean per-example loss plus (l2/2)·‖w‖², as a Python float."""

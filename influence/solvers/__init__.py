@@ -1,0 +1,72 @@
+"""Inverse-Hessian-vector products: solve ``(H + damping·I) x = b``.
+
+One signature, scipy-style, meaning the same for every method::
+
+    solve(H, b, method="cg", *, damping=0.0, x0=None, rtol=None, atol=0.0, maxiter=None,
+          callback=None, progress=False, random_state=None, **method_options) -> Solution
+
+and each method is a function with the same common parameters (``cg``, ``lissa``, ``direct``,
+``lanczos``; one module each) plus keyword-only extras of its own.
+
+``H`` is a symmetric :class:`scipy.sparse.linalg.LinearOperator` — normally an
+:class:`influence.HessianOperator`, which already includes the model's L2 term and its own
+``H.damping`` — or a dense array. ``damping`` is added *on top of* the operator, so every method solves
+``A x = b`` with ``A = H_op + damping·I``.
+
+- ``rtol``/``atol``: the solution meets ``‖A x − b‖ <= max(rtol·‖b‖, atol)``; cg and lissa stop on it,
+  direct and lanczos (no iterations toward it) check it when given. ``rtol=None``: the method's default.
+- ``maxiter``: iterations (cg iterations, lissa steps per repeat, eigsh restarts for lanczos; direct
+  refuses it). ``x0``: starting point of cg and lissa, never modified (direct and lanczos refuse it).
+- ``callback(x)``: a copy of the iterate after each iteration (once, with the result, for direct and
+  lanczos). ``progress``: tqdm bar on stderr (off by default). ``random_state``: int, RandomState or
+  None (= seed 0: repeatable bit for bit); deterministic methods check it and do not use it.
+
+``Solution(x, converged, n_iter, n_hvp, residual, seconds)``: ``residual`` is the true
+‖A x − b‖/‖b‖ (one extra product at the end for cg, lissa, lanczos; direct uses its dense matrix); a
+solver that misses its tolerance sets ``converged=False`` and emits a :class:`ConvergenceWarning`.
+``b = 0`` returns ``x = 0`` at once. Bad arguments raise ValueError with one line naming the fix;
+:class:`NonPositiveCurvatureError` (H + damping·I is not positive definite: the message names the
+``damping=`` to pass) and :class:`DivergenceError` (lissa's ``scale``) are ValueError subclasses.
+Old argument spellings (positional options, lissa's ``depth``, lanczos' ``tol``, lissa's two-argument
+callback) still work for one release with a DeprecationWarning. Details: docs/solvers.md.
+"""
+import collections
+import inspect
+
+from ._common import (COMMON_PARAMETERS, ConvergenceWarning, DivergenceError, NonPositiveCurvatureError,
+                      Solution)
+from .cg import cg, CG_RTOL, CG_RTOL_FLOAT32, CG_STAGNATION_FLOAT32, CURVATURE_STEPS
+from .lissa import (lissa, LISSA_MAXITER, LISSA_BATCH_SIZE, LISSA_RTOL, LISSA_CHECK_EVERY, POWER_STEPS,
+                    AUTO_SCALE_FACTOR, DIVERGENCE_SLACK)
+from .dense import dense_matrix
+from .direct import direct
+from .lanczos import lanczos, lanczos_inverse, LowRankInverse, LANCZOS_K
+
+__all__ = ["solve", "METHODS", "Solution", "ConvergenceWarning", "NonPositiveCurvatureError",
+           "DivergenceError", "cg", "lissa", "direct", "lanczos", "lanczos_inverse", "LowRankInverse",
+           "dense_matrix"]
+
+METHODS = collections.OrderedDict([("cg", cg), ("lissa", lissa), ("direct", direct), ("lanczos", lanczos)])
+
+
+def _extras(method):
+    """The extras of ``method`` (keyword-only parameters beyond the common ones)."""
+    params = inspect.signature(METHODS[method]).parameters
+    return [p for p in params if p not in ("H", "b") and p not in COMMON_PARAMETERS]
+
+
+def solve(H, b, method="cg", *, damping=0.0, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None,
+          progress=False, random_state=None, **method_options):
+    """Solve ``(H + damping·I) x = b`` with ``method`` in ``METHODS`` ('cg', 'lissa', 'direct',
+    'lanczos'); the common arguments mean the same for every method (see the module docstring),
+    ``method_options`` are that method's extras. Returns a :class:`Solution`."""
+    if method not in METHODS:
+        raise ValueError("method=%r is not one of %s; pass e.g. method='cg'" % (method, ", ".join(METHODS)))
+    f = METHODS[method]
+    extras = _extras(method)
+    unknown = sorted(set(method_options) - set(extras) - set(getattr(f, "deprecated_names", ())))
+    if unknown:
+        raise ValueError("option %s is not accepted by method=%r; its options: %s"
+                         % (", ".join(repr(u) for u in unknown), method, ", ".join(extras) or "none beyond the common ones"))
+    return f(H, b, damping=damping, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback,
+             progress=progress, random_state=random_state, **method_options)
