@@ -36,7 +36,7 @@ import inspect
 from ._common import (COMMON_PARAMETERS, ConvergenceWarning, DivergenceError, NonPositiveCurvatureError,
                       Solution)
 from .cg import cg, CG_RTOL, CG_RTOL_FLOAT32, CG_STAGNATION_FLOAT32, CURVATURE_STEPS
-from .lissa import (lissa, LISSA_MAXITER, LISSA_BATCH_SIZE, LISSA_RTOL, LISSA_CHECK_EVERY, POWER_STEPS,
+from .lissa import (lissa, REFINED_RTOL, REFINED_MAXITER, LISSA_MAXITER, LISSA_BATCH_SIZE, LISSA_RTOL, LISSA_CHECK_EVERY, POWER_STEPS,
                     AUTO_SCALE_FACTOR, DIVERGENCE_SLACK)
 from .dense import dense_matrix
 from .direct import direct
