@@ -54,6 +54,7 @@ class ParameterVector(object):
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.offsets = np.cumsum([0] + self.sizes)
         self._nd = import_cntk().NDArrayView
+        self._staging = None
 
     @property
     def dtype(self):
@@ -74,10 +75,12 @@ class ParameterVector(object):
         if w.shape != (self.n_params,):
             raise ValueError("parameter vector has shape %s but the model has %d parameters; pass a flat "
                              "vector of length %d" % (w.shape, self.n_params, self.n_params))
-        w = w.astype(self._dtype, copy=False)
-        for p, shape, a, b in zip(self.parameters, self.shapes, self.offsets[:-1], self.offsets[1:]):
-            # borrow=True: no intermediate copy; set_value copies into the parameter synchronously
-            p.set_value(self._nd.from_dense(np.ascontiguousarray(w[a:b].reshape(shape)), borrow=True))
+        if self._staging is None:
+            self._staging = _StagingViews(self._nd, self.shapes, self._dtype)
+        for p, buf, view, a, b in zip(self.parameters, self._staging.buffers, self._staging.views,
+                                      self.offsets[:-1], self.offsets[1:]):
+            np.copyto(buf, w[a:b].reshape(buf.shape), casting="unsafe")   # cast to the parameters' dtype
+            p.set_value(view)                      # copies the staging buffer synchronously
 
     def split(self, flat):
         """Flat vector -> list of arrays shaped like the parameters."""
@@ -91,6 +94,16 @@ class ParameterVector(object):
         for p, a, b in zip(self.parameters, self.offsets[:-1], self.offsets[1:]):
             out[a:b] = np.asarray(grads[p]).ravel()
         return out
+
+
+class _StagingViews(object):
+    """One NumPy buffer per parameter and an ``NDArrayView`` borrowing it, made once: ``set_params``
+    writes the new values into the buffers and hands the same views to ``Parameter.set_value`` (which
+    copies), instead of creating a new NDArrayView per parameter per call."""
+
+    def __init__(self, nd, shapes, dtype):
+        self.buffers = [np.zeros(shape, dtype=dtype) for shape in shapes]
+        self.views = [nd.from_dense(buf, borrow=True) for buf in self.buffers]
 
 
 def _check_feed_array(name, a, var, dtype):
@@ -371,7 +384,16 @@ class CNTKModel(Model):
                 raise ValueError("%s targets have shape %s but the loss expects (n,) + %s"
                                  % (dataset.name, y.shape, shape))
 
+    # ------------------------------------------------------------------ prepared feeds
+    # A batch of PreparedData (adapters/base.py) carries its feed already converted to CNTK Values, so
+    # repeated gradient passes over it (every Hessian-vector product) skip the NumPy -> Value copy.
+    def _prepare_batch(self, batch):
+        return (self, {var: self._C.Value(batch=a) for var, a in self._feed(batch).items()})
+
     def _feed(self, batch):
+        prepared = getattr(batch, "prepared", None)
+        if prepared is not None and prepared[0] is self:
+            return prepared[1]
         feed = {self.features: np.ascontiguousarray(batch.x, dtype=self.dtype)}
         if self.labels is not None:
             y = batch.y
