@@ -80,8 +80,8 @@ import numpy as np
 
 from .._numeric import norm
 from ._common import (Progress, Products, Solution, DivergenceError, check_callback, check_common, check_int,
-                      deprecated_arguments, not_positive_definite, operator_damping, residual_target,
-                      warn_convergence, zero_solution, warn_deprecated)
+                      deprecated_arguments, lanczos_extremes, not_positive_definite, operator_damping,
+                      residual_target, warn_convergence, zero_solution, warn_deprecated)
 
 __all__ = ["lissa", "VARIANTS", "LISSA_MAXITER", "LISSA_BATCH_SIZE", "LISSA_RTOL", "LISSA_CHECK_EVERY",
            "POWER_STEPS", "AUTO_SCALE_FACTOR", "DIVERGENCE_SLACK", "REFINED_RTOL", "REFINED_MAXITER",
@@ -199,33 +199,6 @@ def _divergence(full, h, d, rng, scale, lam_max, power_steps, damping, step, rep
 
 
 
-def _lanczos_ends(matvec, v, steps):
-    """Extreme Ritz values ``(θ_min, θ_max, u_max)`` of ``steps`` Lanczos steps with full
-    reorthogonalisation started from ``v`` (u_max: the top Ritz vector). θ_min >= λ_min and
-    θ_max <= λ_max; the top end converges within a few steps, the bottom one more slowly."""
-    q = v / norm(v)
-    basis, alphas, betas = [], [], []
-    for _ in range(steps):
-        w = matvec(q)
-        alpha = float(q @ w)
-        basis.append(q)
-        alphas.append(alpha)
-        for u in basis:                      # full reorthogonalisation (twice is enough)
-            w = w - (u @ w) * u
-        for u in basis:
-            w = w - (u @ w) * u
-        beta = norm(w)
-        if not np.isfinite(beta) or beta <= 1e-12 * max(abs(alpha), 1e-300) or len(basis) == v.size:
-            break
-        betas.append(beta)
-        q = w / beta
-    k = len(alphas)
-    T = np.diag(alphas) + np.diag(betas[:k - 1], 1) + np.diag(betas[:k - 1], -1)
-    theta, Y = np.linalg.eigh(T)
-    u = np.array(basis).T @ Y[:, -1]
-    return float(theta[0]), float(theta[-1]), u / norm(u)
-
-
 class _Sampler(object):
     """Minibatch row indices drawn without replacement: a new permutation each epoch, sorted slices."""
 
@@ -276,7 +249,7 @@ def _refined(H, d, b, damping, x0, rtol, atol, maxiter, callback, progress, rng,
             return np.asarray(sub.matvec(v), dtype=np.float64).reshape(-1) + total_damping * v
     else:
         estimate_product = full
-    theta_min, theta_max, u = _lanczos_ends(estimate_product, rng.standard_normal(d), min(power_steps, d))
+    theta_min, theta_max, u = lanczos_extremes(estimate_product, rng.standard_normal(d), min(power_steps, d))
     if not theta_min > 0:
         raise not_positive_definite("lissa: %d Lanczos steps found a Ritz value %.4g <= 0"
                                     % (min(power_steps, d), theta_min), theta_min, damping,
@@ -309,7 +282,8 @@ def _refined(H, d, b, damping, x0, rtol, atol, maxiter, callback, progress, rng,
             "steps) needs ≈ %d minibatch steps to reach max(rtol, atol/‖b‖) = %.3g, more than maxiter=%d, so "
             "this run will stop short: pass %smaxiter >= %d, or use method='cg' (≈ √κ·ln(2/rtol) ≈ %d full "
             "products)" % (kappa, s, theta_min, min(power_steps, d), needed, target / bnorm, maxiter,
-                           "damping=%.3g (κ then ≈ %.3g), or " % (cure, (s + cure - damping) / (theta_min + cure - damping))
+                           "damping=%.3g (κ then ≈ %.3g), or "
+                           % (cure, (s + cure - damping) / (theta_min + cure - damping))
                            if cure is not None else "", needed,
                            int(math.ceil(math.sqrt(kappa) * math.log(2.0 * bnorm / target)))))
 
@@ -475,8 +449,9 @@ def lissa(H, b, *, damping=0.0, x0=None, rtol=None, atol=0.0, maxiter=None, call
     residual ‖(H+λI)x − b‖ <= max(rtol·‖b‖, atol) (``rtol=None``: :data:`REFINED_RTOL`), checked with
     one full product per round; ``Solution.residual`` is that residual. ``maxiter``: minibatch steps
     over all rounds (default :data:`REFINED_MAXITER`); a spectrum estimate that says it is too few warns
-    before running. ``callback(x)``: the current estimate x + eⱼ after each step. ``inner_steps``: steps per round (default from
-    the estimated condition number). ``power_steps``: Lanczos steps of the spectrum estimate.
+    before running. ``callback(x)``: the current estimate x + eⱼ after each step. ``inner_steps``: steps
+    per round (default from the estimated condition number). ``power_steps``: Lanczos steps of the
+    spectrum estimate.
 
     ``variant="classic"``: the Koh & Liang recursion. ``rtol``/``atol`` as above, measured every
     ``check_every`` steps (``rtol=None``: :data:`LISSA_RTOL`); ``maxiter``: steps per repeat (default
