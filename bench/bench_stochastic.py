@@ -135,7 +135,7 @@ def _first_reaching(points, level, key):
     return None
 
 
-def run_problem(name, quick):
+def run_problem(name, quick, methods=None):
     import influence
     t0 = time.time()
     if name == "synthetic":
@@ -159,6 +159,8 @@ def run_problem(name, quick):
             "setup_seconds": setup}
     rows, curves = [], {}
     for label, opts in _runs(name, quick):
+        if methods and not any(label.startswith(m) for m in methods):
+            continue
         counter = _RowCounter(model)
         H = influence.HessianOperator(model, train)
         trace = _Trace(counter, n)
@@ -220,12 +222,13 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="smaller synthetic problem, fewer steps")
     parser.add_argument("--only", nargs="*", default=None, help="problems: softmax mlp mlp-damped synthetic")
     parser.add_argument("--png", default=os.path.join(HERE, "output", "stochastic.png"))
+    parser.add_argument("--methods", nargs="*", default=None, help="only these method labels (prefix match)")
     args = parser.parse_args(argv)
     results = {}
     for name in args.only or ("softmax", "mlp-damped", "mlp", "synthetic"):
         print("%s:" % name)
         sys.stdout.flush()
-        results[name] = run_problem(name, args.quick)
+        results[name] = run_problem(name, args.quick, args.methods)
         print("  (%s)" % ", ".join("%s=%s" % (k, ("%.3g" % v) if isinstance(v, float) else v)
                                    for k, v in sorted(results[name]["info"].items())))
     os.makedirs(os.path.dirname(os.path.abspath(args.png)), exist_ok=True)

@@ -39,7 +39,9 @@ that works. Momentum (heavy-ball/Chebyshev) is NOT used: on indefinite minibatch
 diverges (see docs/solvers.md).
 
 Spectrum estimate and up-front guidance: ``power_steps`` Lanczos steps (on the full operator, or on
-a fixed subsample of ESTIMATE_ROWS rows when n is larger) give Ritz values θ_max, θ_min; a few power
+a fixed subsample of ESTIMATE_ROWS rows when n is larger; again on the full operator when the
+subsample shows negative curvature, which only the full one can prove) give Ritz values θ_max,
+θ_min; a few power
 steps on fresh minibatches from the top Ritz vector estimate the minibatch top μ̂. Then
 ``s = SCALE_FACTOR·max(θ_max, μ̂)``, ``κ̂ = s/θ_min`` and the inner length
 ``m = ⌈ln(INNER_REDUCTION⁻¹)·κ̂⌉`` (at least n/batch_size, so the full product costs at most as
@@ -249,7 +251,12 @@ def _refined(H, d, b, damping, x0, rtol, atol, maxiter, callback, progress, rng,
             return np.asarray(sub.matvec(v), dtype=np.float64).reshape(-1) + total_damping * v
     else:
         estimate_product = full
-    theta_min, theta_max, u = lanczos_extremes(estimate_product, rng.standard_normal(d), min(power_steps, d))
+    start = rng.standard_normal(d)
+    theta_min, theta_max, u = lanczos_extremes(estimate_product, start, min(power_steps, d))
+    if not theta_min > 0 and estimate_product is not full:
+        # a subsample's curvature can be negative where the full one is not: only the full operator
+        # proves it (and then gives the estimate)
+        theta_min, theta_max, u = lanczos_extremes(full, start, min(power_steps, d))
     if not theta_min > 0:
         raise not_positive_definite("lissa: %d Lanczos steps found a Ritz value %.4g <= 0"
                                     % (min(power_steps, d), theta_min), theta_min, damping,
