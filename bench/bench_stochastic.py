@@ -186,10 +186,12 @@ def run_problem(name, quick, methods=None):
             row["passes_to_%g" % level] = _first_reaching(points, level, "passes")
             row["seconds_to_%g" % level] = _first_reaching(points, level, "seconds")
         rows.append(row)
-        print("  %-26s passes %8.1f  %7.2fs  s %.1e  scores %.1e  residual %.1e  %s%s" % (
-            label, final["passes"], seconds, final["s"], final["scores"], sol.residual,
-            "converged" if sol.converged else "not converged",
-            "  (up-front warning)" if row["upfront_warning"] else ""))
+        reach = ["%s" % ("-" if row["passes_to_%g" % lv] is None else "%.1f/%.1fs" % (
+            row["passes_to_%g" % lv], row["seconds_to_%g" % lv])) for lv in LEVELS]
+        print("  %-26s passes %8.1f  %7.2fs  s %.1e  scores %.1e  residual %.1e  %s%s  to 1e-2: %s  to 1e-3: %s"
+              % (label, final["passes"], seconds, final["s"], final["scores"], sol.residual,
+                 "converged" if sol.converged else "not converged",
+                 "  (up-front warning)" if row["upfront_warning"] else "", reach[0], reach[1]))
         sys.stdout.flush()
     return {"info": info, "rows": rows, "curves": curves}
 
