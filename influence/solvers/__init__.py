@@ -67,6 +67,6 @@ def solve(H, b, method="cg", *, damping=0.0, x0=None, rtol=None, atol=0.0, maxit
     unknown = sorted(set(method_options) - set(extras) - set(getattr(f, "deprecated_names", ())))
     if unknown:
         raise ValueError("option %s is not accepted by method=%r; its options: %s"
-                         % (", ".join(repr(u) for u in unknown), method, ", ".join(extras)))
+                         % (", ".join(repr(u) for u in unknown), method, ", ".join(extras) or "none beyond the common ones"))
     return f(H, b, damping=damping, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback,
              progress=progress, random_state=random_state, **method_options)
