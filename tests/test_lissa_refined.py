@@ -160,3 +160,17 @@ def test_cntk_softmax_defaults(cntk):
     assert s.converged and true <= solvers.REFINED_RTOL * (1 + 1e-3)
     assert abs(s.residual - true) <= ESTIMATE_TOL
     assert np.linalg.norm(s.x - exact) / np.linalg.norm(exact) <= 1e-3
+
+
+def test_optimistic_estimate_warns_mid_run_from_the_observed_decay():
+    """Two Lanczos steps overestimate λ_min (κ̂ far below the true ≈ 1e3 at damping 1e-3): no up-front
+    warning, but the observed decay of the true residual says ≈ 3,800 steps are needed for 1e-4."""
+    model, data, Hx, b = problem(1e5)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        s = solvers.lissa(HessianOperator(model, data), b, damping=1e-3, rtol=1e-4, maxiter=1500, batch_size=BATCH,
+                          power_steps=2)
+    messages = [str(w.message) for w in rec if issubclass(w.category, ConvergenceWarning)]
+    assert not s.converged and len(messages) == 2
+    assert messages[0].startswith("lissa: the residual falls by a factor e every")
+    assert "more than maxiter=1500" in messages[0] and "damping=" in messages[0]
