@@ -333,9 +333,9 @@ def _refined(H, d, b, damping, x0, rtol, atol, maxiter, callback, progress, rng,
             rn_new = norm(r_new)
             if rn_new < rnorm:
                 x, r, rnorm = x_new, r_new, rnorm_accepted(rn_new)
-                if not warned and rnorm > target and len(accepted) > 2:
-                    # the observed decay of the residual per step, over all rounds so far
-                    rate = math.log(accepted[0] / rnorm) / n_iter
+                # the observed decay of the residual per step, over all rounds so far
+                rate = math.log(accepted[0] / rnorm) / max(n_iter, 1)
+                if not warned and target > 0 and rnorm > target and len(accepted) > 2 and rate > 0:
                     needed = n_iter + int(math.ceil(math.log(rnorm / target) / rate))
                     if needed > EXTRAPOLATION_SLACK * maxiter:     # the estimate was optimistic: say so, once
                         warned = True
