@@ -333,11 +333,11 @@ def _refined(H, d, b, damping, x0, rtol, atol, maxiter, callback, progress, rng,
             rn_new = norm(r_new)
             if rn_new < rnorm:
                 x, r, rnorm = x_new, r_new, rnorm_accepted(rn_new)
-                # the observed decay of the residual per step, over all rounds so far
-                rate = math.log(accepted[0] / rnorm) / max(n_iter, 1)
-                if not warned and target > 0 and rnorm > target and len(accepted) > 2 and rate > 0:
-                    needed = n_iter + int(math.ceil(math.log(rnorm / target) / rate))
-                    if needed > EXTRAPOLATION_SLACK * maxiter:     # the estimate was optimistic: say so, once
+                if not warned and target > 0 and rnorm > target and len(accepted) > 2:
+                    # the observed decay of the residual per step, over all rounds so far
+                    rate = math.log(accepted[0] / rnorm) / max(n_iter, 1)
+                    needed = (n_iter + int(math.ceil(math.log(rnorm / target) / rate))) if rate > 0 else None
+                    if needed is not None and needed > EXTRAPOLATION_SLACK * maxiter:   # optimistic estimate
                         warned = True
                         _warn_unreachable("the residual falls by a factor e every %d steps (κ ≈ %.3g observed "
                                           "in the rounds so far; the Lanczos estimate was %.3g)"
