@@ -117,7 +117,8 @@ def _run_methods(model, data, b, damping, reference, rows, lissa_depth):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", solvers.ConvergenceWarning)
-                s = solvers.lissa(H, b, maxiter=lissa_depth, rtol=0, scale=scale, callback=on_lissa)
+                s = solvers.lissa(H, b, variant="classic", maxiter=lissa_depth, rtol=0, scale=scale,
+                                  callback=on_lissa)
             break
         except solvers.DivergenceError as e:     # record it, retry with the scale the error suggests
             rows.append({"method": "lissa", "setting": "s=%s DIVERGED" % label, "n_hvp": H.n_hvp,

@@ -256,6 +256,14 @@ def _part_len(a):
     return len(a) if isinstance(a, Sequences) else a.shape[0]
 
 
+def _part_nbytes(a):
+    if isinstance(a, Sequences):
+        return _part_nbytes(a.values) + a.lengths.nbytes
+    if _is_sparse(a):
+        return a.data.nbytes + a.indices.nbytes + a.indptr.nbytes
+    return np.asarray(a).nbytes
+
+
 def _part_subset(a, index):
     if isinstance(a, Sequences):
         return a.subset(index)
@@ -352,6 +360,12 @@ class Dataset(object):
 
     def _parts(self):
         return list(self.x.values()) if isinstance(self.x, dict) else [self.x]
+
+    @property
+    def nbytes(self):
+        """Bytes held by the inputs and labels (of the file, for memory-mapped arrays)."""
+        parts = self._parts() + ([] if self.y is None else [self.y])
+        return int(sum(_part_nbytes(p) for p in parts))
 
     @property
     def is_sequence(self):

@@ -39,6 +39,9 @@ GRID_START = 1.0
 GRID_POINTS = {np.dtype(np.float32): 9, np.dtype(np.float64): 13}
 #: Grid points evaluated past the best estimate before the search stops (the estimate has turned).
 PATIENCE = 2
+#: A HessianOperator converts its data once for all products (Model.prepare) up to this size (the
+#: converted copy stays in memory); larger data is converted at every pass.
+PREPARE_MAX_BYTES = 256 * 2 ** 20
 #: Seed of the pseudo-random direction on which HessianOperator calibrates its step.
 CALIBRATION_SEED = 0
 
@@ -161,6 +164,7 @@ class HessianOperator(LinearOperator):
         self.n_hvp = 0
         self.n_grad = 0
         self.calibration = None
+        self._prepared_data = None
         n = model.n_params
         super(HessianOperator, self).__init__(dtype=np.dtype(np.float64), shape=(n, n))
 
@@ -170,9 +174,18 @@ class HessianOperator(LinearOperator):
 
     def _mean_data_grad(self):
         self.n_grad += 1
-        g = self.model.grad_sum(self.data, self.batch_size)
+        g = self.model.grad_sum(self._prepared(), self.batch_size)
         g /= len(self.data)
         return g
+
+    def _prepared(self):
+        """The data, converted once for all products (:meth:`Model.prepare`) when it holds at most
+        :data:`PREPARE_MAX_BYTES`; larger data is converted batch by batch at every pass."""
+        if self._prepared_data is None:
+            nbytes = self.data.nbytes
+            self._prepared_data = (self.model.prepare(self.data, self.batch_size)
+                                   if nbytes <= PREPARE_MAX_BYTES else self.data)
+        return self._prepared_data
 
     def calibrate(self, v=None):
         """Choose ``rel_step`` by :func:`adaptive_difference` along ``v``, by default a fixed
@@ -216,10 +229,10 @@ class HessianOperator(LinearOperator):
 
     def minibatch(self, index, damping=None):
         """The operator on the training rows ``index`` (shares the calibrated step)."""
-        op = HessianOperator(self.model, self.data.subset(index), self.damping if damping is None else damping,
-                             self.batch_size, self.rel_step, self.stencil)
-        op.data._valid_for = self.model
-        return op
+        rows = self.data.subset(index)
+        rows._valid_for = self.model            # rows of validated data: no second check
+        return HessianOperator(self.model, rows, self.damping if damping is None else damping,
+                               self.batch_size, self.rel_step, self.stencil)
 
 
 def hvp(y, x, v, r=None):

@@ -117,12 +117,12 @@ def test_direct_and_lanczos_full_rank(kind, cond):
 
 
 @pytest.mark.parametrize("kind,cond", PROBLEMS)
-def test_lissa_defaults_within_tolerance(kind, cond):
+def test_lissa_classic_defaults_within_tolerance(kind, cond):
     model, data, Hx = problem(kind, cond)
     b = rhs(model)
     H = HessianOperator(model, data)
     with pytest.warns(ConvergenceWarning, match="true residual"):   # minibatch noise: it runs maxiter steps
-        s = solve(H, b, method="lissa")
+        s = solve(H, b, method="lissa", variant="classic")
     assert _rel(s.x, np.linalg.solve(Hx, b)) <= LISSA_TOL
     assert s.n_iter == solvers.LISSA_MAXITER
     # power iteration + minibatch steps + one full product per residual check + the final residual
@@ -179,16 +179,16 @@ def test_lissa_random_state_bit_for_bit():
     for _ in range(2):
         H = HessianOperator(model, data)
         with pytest.warns(ConvergenceWarning):
-            runs.append(solvers.lissa(H, b, maxiter=300, repeats=2, random_state=7).x)
+            runs.append(solvers.lissa(H, b, maxiter=300, repeats=2, random_state=7, variant="classic").x)
     assert np.array_equal(runs[0], runs[1])
     H = HessianOperator(model, data)
     with pytest.warns(ConvergenceWarning):
-        other = solvers.lissa(H, b, maxiter=300, repeats=2, random_state=8).x
+        other = solvers.lissa(H, b, maxiter=300, repeats=2, random_state=8, variant="classic").x
     assert not np.array_equal(runs[0], other)
     with pytest.warns(ConvergenceWarning):         # random_state=None is the fixed seed 0
-        default = solvers.lissa(HessianOperator(model, data), b, maxiter=300)
+        default = solvers.lissa(HessianOperator(model, data), b, maxiter=300, variant="classic")
     with pytest.warns(ConvergenceWarning):
-        zero = solvers.lissa(HessianOperator(model, data), b, maxiter=300, random_state=0)
+        zero = solvers.lissa(HessianOperator(model, data), b, maxiter=300, random_state=0, variant="classic")
     assert np.array_equal(default.x, zero.x)
 
 
@@ -419,7 +419,7 @@ def test_callbacks_see_iterates():
     assert 1 <= len(seen) <= s.n_iter and np.allclose(seen[-1], s.x)
     steps = []
     with pytest.warns(ConvergenceWarning):
-        l = solvers.lissa(HessianOperator(model, data), b, maxiter=50, callback=steps.append)
+        l = solvers.lissa(HessianOperator(model, data), b, maxiter=50, callback=steps.append, variant="classic")
     assert len(steps) == 50 and np.array_equal(steps[-1], l.x)
 
 
@@ -479,7 +479,8 @@ def test_every_solver_has_the_common_signature():
         assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in rest), f.__name__
     extras = {m: solvers._extras(m) for m in solvers.METHODS}
     assert extras == {"cg": ["stagnation", "curvature_steps"],
-                      "lissa": ["scale", "batch_size", "repeats", "power_steps", "check_every"],
+                      "lissa": ["variant", "scale", "batch_size", "repeats", "power_steps", "check_every",
+                                "inner_steps"],
                       "direct": [], "lanczos": ["k", "ncv", "eigsh_tol"]}
 
 
@@ -539,7 +540,7 @@ def test_maxiter_counts_iterations(method, maxiter, n_iter):
 def test_lissa_maxiter_is_per_repeat():
     model, data, _ = problem("logistic", 10.0)
     with pytest.warns(ConvergenceWarning):
-        s = solvers.lissa(HessianOperator(model, data), rhs(model), maxiter=7, repeats=3, rtol=0)
+        s = solvers.lissa(HessianOperator(model, data), rhs(model), maxiter=7, repeats=3, rtol=0, variant="classic")
     assert s.n_iter == 21
 
 
@@ -589,14 +590,15 @@ def test_lissa_stops_on_its_true_residual():
     H = HessianOperator(model, data)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        s = solvers.lissa(H, b, rtol=0.5, check_every=10, batch_size=64)
+        s = solvers.lissa(H, b, rtol=0.5, check_every=10, batch_size=64, variant="classic")
     assert s.converged and s.n_iter < solvers.LISSA_MAXITER and s.n_iter % 10 == 0
     true = _rel(Hx @ s.x, b)
     assert s.residual <= 0.5 and abs(s.residual - true) <= FD_TOL * 10
     # minibatch noise keeps a tight target out of reach: all steps, a warning with the true residual
     pattern = r"true residual ‖\(H\+λI\)x−b‖/‖b‖ = ([0-9][0-9.e+-]*[0-9])"
     with pytest.warns(ConvergenceWarning, match=pattern) as rec:
-        t = solvers.lissa(HessianOperator(model, data), b, rtol=1e-9, maxiter=400, check_every=50, batch_size=64)
+        t = solvers.lissa(HessianOperator(model, data), b, rtol=1e-9, maxiter=400, check_every=50, batch_size=64,
+                          variant="classic")
     assert t.n_iter == 400 and not t.converged
     reported = float(re.search(pattern, str(rec[0].message)).group(1))
     assert reported == pytest.approx(t.residual, rel=1e-2)
@@ -607,7 +609,7 @@ def test_lissa_default_check_interval_bounds_the_check_cost():
     model, data, _ = problem("logistic", 10.0)           # n = 1000, batch 8: checks every 1250 steps
     H = HessianOperator(model, data)
     with pytest.warns(ConvergenceWarning):
-        s = solvers.lissa(H, rhs(model), batch_size=8, maxiter=2500, rtol=0, scale=5.0)
+        s = solvers.lissa(H, rhs(model), batch_size=8, maxiter=2500, rtol=0, scale=5.0, variant="classic")
     assert s.n_hvp == 2500 + 2 + 1                        # steps + 2 checks + the final residual
 
 
@@ -618,16 +620,16 @@ def test_deprecated_spellings_warn_and_still_work():
     op = aslinearoperator(A)
     b = np.random.RandomState(1).standard_normal(12)
     with pytest.warns(DeprecationWarning, match=r"lissa\(depth=...\): use maxiter="):
-        old = solvers.lissa(op, b, depth=40, rtol=0)
+        old = solvers.lissa(op, b, depth=40, rtol=0, variant="classic")
     with pytest.warns(ConvergenceWarning):
-        new = solvers.lissa(op, b, maxiter=40, rtol=0)
+        new = solvers.lissa(op, b, maxiter=40, rtol=0, variant="classic")
     assert old.n_iter == 40 and np.array_equal(old.x, new.x)
     with pytest.warns(DeprecationWarning, match="depth"):
-        via_solve = solve(op, b, method="lissa", depth=40, rtol=0)
+        via_solve = solve(op, b, method="lissa", depth=40, rtol=0, variant="classic")
     assert np.array_equal(via_solve.x, new.x)
     steps = []
     with pytest.warns(DeprecationWarning, match=r"f\(step, x\)"):
-        solvers.lissa(op, b, maxiter=5, rtol=0, callback=lambda j, x: steps.append(j))
+        solvers.lissa(op, b, maxiter=5, rtol=0, callback=lambda j, x: steps.append(j), variant="classic")
     assert steps == [1, 2, 3, 4, 5]
     with pytest.warns(DeprecationWarning, match="by position"):
         pos = solvers.cg(op, b, 0.5, 1e-10)                     # the old positional (damping, rtol)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..data import as_dataset, check_batch_size
 
-__all__ = ["Model", "DEFAULT_BATCH_SIZE", "preserved_params"]
+__all__ = ["Model", "DEFAULT_BATCH_SIZE", "preserved_params", "PreparedData"]
 
 #: Rows per forward/backward pass when the caller gives no ``batch_size``.
 DEFAULT_BATCH_SIZE = 2048
@@ -91,6 +91,8 @@ class Model(object):
         """Return ``data`` as a Dataset checked for this model (cheap when already checked)."""
         if getattr(data, "_valid_for", None) is self:
             return data
+        if isinstance(data, PreparedData) and data.model is self:
+            return data.data
         dataset = as_dataset(data, name)
         self._validate(dataset)
         checked = dataset.subset(slice(None))
@@ -98,8 +100,23 @@ class Model(object):
         return checked
 
     def _batches(self, data, batch_size):
+        if isinstance(data, PreparedData) and data.model is self:
+            return data.batches
         size = self.batch_size if batch_size is None else check_batch_size(batch_size)
         return self.validate(data).batches(size)
+
+    def _prepare_batch(self, batch):
+        """Hook: convert one validated batch for repeated passes (an adapter's framework-side feed);
+        the result is stored as ``batch.prepared``. None (default) = nothing to cache."""
+        return None
+
+    def prepare(self, data, batch_size=None):
+        """``data`` split into batches once, each converted by the adapter once (:class:`PreparedData`):
+        pass it instead of the data to ``grad_sum`` & co. when the same rows are passed many times
+        (the Hessian-vector products of :class:`influence.HessianOperator`)."""
+        if isinstance(data, PreparedData) and data.model is self:
+            return data
+        return PreparedData(self, data, batch_size)
 
     def _check_vector(self, w, name="w"):
         w = np.asarray(w)
@@ -168,3 +185,21 @@ class Model(object):
         """∇ℓ(z_i, w) for every example (no L2 term), float64 array of shape (n, n_params)."""
         return np.concatenate([np.asarray(self._per_example_grads(b), dtype=np.float64)
                                for b in self._batches(data, batch_size)])
+
+
+class PreparedData(object):
+    """A dataset validated for ``model``, split into batches once and each batch converted once by the
+    adapter (``batch.prepared``, see ``Model._prepare_batch``): repeated gradient passes over the same
+    rows then skip the per-call conversion (for CNTK: the NumPy → ``Value`` copy of every input).
+    Holds the converted copy in memory; ``len()`` is the number of rows."""
+
+    def __init__(self, model, data, batch_size=None):
+        self.model = model
+        self.data = model.validate(data)
+        size = model.batch_size if batch_size is None else check_batch_size(batch_size)
+        self.batches = list(self.data.batches(size))
+        for batch in self.batches:
+            batch.prepared = model._prepare_batch(batch)
+
+    def __len__(self):
+        return len(self.data)

@@ -57,6 +57,7 @@ class ParameterVector(object):
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.offsets = np.cumsum([0] + self.sizes)
         self._nd = import_cntk().NDArrayView
+        self._staging = None
 
     @property
     def dtype(self):
@@ -77,10 +78,12 @@ class ParameterVector(object):
         if w.shape != (self.n_params,):
             raise ValueError("parameter vector has shape %s but the model has %d parameters; pass a flat "
                              "vector of length %d" % (w.shape, self.n_params, self.n_params))
-        w = w.astype(self._dtype, copy=False)
-        for p, shape, a, b in zip(self.parameters, self.shapes, self.offsets[:-1], self.offsets[1:]):
-            # borrow=True: no intermediate copy; set_value copies into the parameter synchronously
-            p.set_value(self._nd.from_dense(np.ascontiguousarray(w[a:b].reshape(shape)), borrow=True))
+        if self._staging is None:
+            self._staging = _StagingViews(self._nd, self.shapes, self._dtype)
+        for p, buf, view, a, b in zip(self.parameters, self._staging.buffers, self._staging.views,
+                                      self.offsets[:-1], self.offsets[1:]):
+            np.copyto(buf, w[a:b].reshape(buf.shape), casting="unsafe")   # cast to the parameters' dtype
+            p.set_value(view)                      # copies the staging buffer synchronously
 
     def split(self, flat):
         """Flat vector -> list of arrays shaped like the parameters."""
@@ -107,6 +110,16 @@ def _owned(a, dtype):
     is never handed to it (issue 10 item 6: "Resize: Cannot resize the matrix because it is a view").
     The copy is one batch, small next to CNTK's own work on it."""
     return np.array(a, dtype=dtype, order="C", copy=True)
+
+
+class _StagingViews(object):
+    """One NumPy buffer per parameter and an ``NDArrayView`` borrowing it, made once: ``set_params``
+    writes the new values into the buffers and hands the same views to ``Parameter.set_value`` (which
+    copies), instead of creating a new NDArrayView per parameter per call."""
+
+    def __init__(self, nd, shapes, dtype):
+        self.buffers = [np.zeros(shape, dtype=dtype) for shape in shapes]
+        self.views = [nd.from_dense(buf, borrow=True) for buf in self.buffers]
 
 
 def _check_feed_array(name, a, var, dtype):
@@ -597,7 +610,17 @@ class CNTKModel(Model):
             return [_owned(y[i], self.dtype).reshape((-1,) + tuple(self.labels.shape)) for i in range(len(y))]
         return _owned(y, self.dtype).reshape((len(batch),) + tuple(self.labels.shape))
 
+    # ------------------------------------------------------------------ prepared feeds
+    # A batch of PreparedData (adapters/base.py) carries its feed already converted to CNTK Values, so
+    # repeated gradient passes over it (every Hessian-vector product) skip the NumPy -> Value copy.
+    def _prepare_batch(self, batch):
+        return (self, {var: self._C.Value(batch=a) if isinstance(a, np.ndarray) else a
+                       for var, a in self._feed(batch).items()})     # sequences stay lists of arrays
+
     def _feed(self, batch):
+        prepared = getattr(batch, "prepared", None)
+        if prepared is not None and prepared[0] is self:
+            return prepared[1]
         feed = {self._feed_vars[v.uid]: self._input_value(v, self._part(batch, v)) for v in self.inputs}
         if self.labels is not None:
             feed[self.labels] = self._labels_value(batch)

@@ -15,8 +15,8 @@ and each method is a function with the same common parameters (``cg``, ``lissa``
 
 - ``rtol``/``atol``: the solution meets ``‖A x − b‖ <= max(rtol·‖b‖, atol)``; cg and lissa stop on it,
   direct and lanczos (no iterations toward it) check it when given. ``rtol=None``: the method's default.
-- ``maxiter``: iterations (cg iterations, lissa steps per repeat, eigsh restarts for lanczos; direct
-  refuses it). ``x0``: starting point of cg and lissa, never modified (direct and lanczos refuse it).
+- ``maxiter``: iterations (cg iterations, lissa minibatch steps — over all rounds for the default
+  refined variant, per repeat for ``variant="classic"`` — eigsh restarts for lanczos; direct refuses it). ``x0``: starting point of cg and lissa, never modified (direct and lanczos refuse it).
 - ``callback(x)``: a copy of the iterate after each iteration (once, with the result, for direct and
   lanczos). ``progress``: tqdm bar on stderr (off by default). ``random_state``: int, RandomState or
   None (= seed 0: repeatable bit for bit); deterministic methods check it and do not use it.
@@ -36,7 +36,7 @@ import inspect
 from ._common import (COMMON_PARAMETERS, ConvergenceWarning, DivergenceError, NonPositiveCurvatureError,
                       Solution)
 from .cg import cg, CG_RTOL, CG_RTOL_FLOAT32, CG_STAGNATION_FLOAT32, CURVATURE_STEPS
-from .lissa import (lissa, LISSA_MAXITER, LISSA_BATCH_SIZE, LISSA_RTOL, LISSA_CHECK_EVERY, POWER_STEPS,
+from .lissa import (lissa, REFINED_RTOL, REFINED_MAXITER, LISSA_MAXITER, LISSA_BATCH_SIZE, LISSA_RTOL, LISSA_CHECK_EVERY, POWER_STEPS,
                     AUTO_SCALE_FACTOR, DIVERGENCE_SLACK)
 from .dense import dense_matrix
 from .direct import direct

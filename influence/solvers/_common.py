@@ -240,9 +240,10 @@ def not_positive_definite(context, smallest, damping, own_damping=0.0, upper_bou
         % (context, damping, own, smallest, need, need + margin, margin, margin))
 
 
-def lanczos_ritz_min(matvec, v, steps):
-    """Smallest Ritz value of ``steps`` Lanczos steps (full reorthogonalisation) started from ``v``:
-    an upper bound on the smallest eigenvalue that is usually close to it."""
+def lanczos_extremes(matvec, v, steps):
+    """Extreme Ritz values ``(θ_min, θ_max, u_max)`` of ``steps`` Lanczos steps with full
+    reorthogonalisation started from ``v`` (``u_max``: the top Ritz vector). θ_min >= λ_min and
+    θ_max <= λ_max; the top end converges within a few steps, the bottom one more slowly."""
     q = v / norm(v)
     basis, alphas, betas = [], [], []
     for _ in range(steps):
@@ -255,13 +256,21 @@ def lanczos_ritz_min(matvec, v, steps):
         for u in basis:
             w = w - (u @ w) * u
         beta = norm(w)
-        if beta <= 1e-12 * max(abs(alpha), 1e-300) or len(basis) == v.size:
+        if not np.isfinite(beta) or beta <= 1e-12 * max(abs(alpha), 1e-300) or len(basis) == v.size:
             break
         betas.append(beta)
         q = w / beta
     k = len(alphas)
     T = np.diag(alphas) + np.diag(betas[:k - 1], 1) + np.diag(betas[:k - 1], -1)
-    return float(np.linalg.eigvalsh(T)[0])
+    theta, Y = np.linalg.eigh(T)
+    u = np.array(basis).T @ Y[:, -1]
+    return float(theta[0]), float(theta[-1]), u / norm(u)
+
+
+def lanczos_ritz_min(matvec, v, steps):
+    """Smallest Ritz value of ``steps`` Lanczos steps (full reorthogonalisation) started from ``v``:
+    an upper bound on the smallest eigenvalue that is usually close to it."""
+    return lanczos_extremes(matvec, v, steps)[0]
 
 
 # ---------------------------------------------------------------------------------------- deprecations
