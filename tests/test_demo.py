@@ -8,6 +8,11 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 
 
+#: cg vs lissa (refined, rtol 1e-4 on s_test) relative difference of the softmax's scores; scores err
+#: 2-10x more than s_test (issue 12), so 1e-2 leaves room without hiding a noise floor (classic: ~5e-2)
+DEMO_LISSA_AGREEMENT = 1e-2
+
+
 def test_demo_small(cntk, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     import demo
@@ -20,7 +25,7 @@ def test_demo_small(cntk, tmp_path, capsys):
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     for name in ("train.npz", "test.npz", "softmax.cntk", "softmax.cntk.json", "mlp.cntk", "mlp.cntk.json",
-                 "scores-softmax-cg.csv", "scores-mlp-lissa.csv"):
+                 "scores-softmax-cg.csv", "scores-softmax-lissa.csv", "scores-mlp-cg.csv"):
         assert os.path.isfile(os.path.join(out_dir, name)), name
     assert not [f for f in os.listdir(out_dir) if ".tmp" in f]
 
@@ -30,10 +35,11 @@ def test_demo_small(cntk, tmp_path, capsys):
                   "self-influence", "training loss", "summary", "total"):
         assert piece in text, piece
     for name in ("softmax", "mlp"):
-        agree = res[name]["agreement"]
-        assert agree["spearman"] > 0.7, (name, agree)
         assert len(res[name]["helpful"]) == 5 and len(res[name]["harmful"]) == 5
-    assert res["softmax"]["agreement"]["helpful_overlap"] >= 0.7
+    # the stochastic solver converges next to cg on the softmax: scores within its residual tolerance
+    agree = res["softmax"]["agreement"]
+    assert agree["rel_diff"] < DEMO_LISSA_AGREEMENT and agree["spearman"] > 0.99, agree
+    assert res["mlp"]["agreement"] is None
     assert res["loo"]["pearson"] > 0.9
     table = res["mislabeled"]
     assert set(table) == {"self-influence", "training loss", "random"}
