@@ -65,6 +65,13 @@ def directional_derivatives(model, data, directions, rel_step=None, stencil=None
     return forward_differences(model, data, directions, steps, batch_size)
 
 
+def plan_auto(H, m, damping=0.0, solver_options=None):
+    """The :class:`~influence.solvers.Plan` of ``solver="auto"`` for ``m`` test points on ``H`` (an
+    option only cg takes, such as ``maxiter``, excludes direct)."""
+    options = solver_options or {}
+    return plan_solver(H, m, damping=float(damping), allow_direct=not any(k in options for k in _CG_ONLY))
+
+
 def _check_solver(solver):
     if solver != "auto" and solver not in METHODS:
         raise ValueError("solver=%r is not one of auto, %s; pass e.g. solver='auto'"
@@ -105,8 +112,7 @@ def s_test(model, train, test, solver="cg", damping=0.0, batch_size=None, hessia
         H = _training_hessian(model, train, batch_size, hessian, check_optimum)
         g_test = model.per_example_grads(test, batch_size)
         if solver == "auto":
-            plan = plan_solver(H, len(g_test), damping=float(damping),
-                               allow_direct=not any(k in solver_options for k in _CG_ONLY))
+            plan = plan_auto(H, len(g_test), damping, solver_options)
             solver = plan.method
         solutions = solve_many(H, g_test, solver, damping=float(damping), **solver_options)
     vectors = np.array([np.asarray(sol.x, dtype=np.float64).reshape(-1) for sol in solutions])
