@@ -6,6 +6,7 @@ import pytest
 
 from influence.cli import UsageError, _test_indices, main
 from influence.data import Dataset
+from test_cli import trained, workdir  # noqa: F401 - the tiny trained model of the CLI tests
 
 
 class _Classifier(object):
@@ -58,22 +59,9 @@ def test_misclassified_needs_a_classifier_and_finds_something():
         _test_indices(["misclassified"], correct, _Classifier(), None)
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, cntk):
+def test_score_auto_with_ranges_and_misclassified(trained, workdir, capsys):
     import influence
-    d = tmp_path_factory.mktemp("cli_many")
-    x, y = influence.load_digits()
-    np.savez(str(d / "train.npz"), x=x[:300], y=y[:300])
-    np.savez(str(d / "test.npz"), x=x[1500:1530], y=y[1500:1530])
-    model = str(d / "model.cntk")
-    assert main(["train", "--data", str(d / "train.npz"), "--arch", "softmax", "--l2", "1e-2",
-                 "--out", model, "--quiet"]) == 0
-    return d, model
-
-
-def test_score_auto_with_ranges_and_misclassified(workdir, capsys):
-    import influence
-    d, model = workdir
+    d, model = workdir, trained
     base = ["score", "--model", model, "--train", str(d / "train.npz"), "--test", str(d / "test.npz")]
     code = main(base + ["--test-index", "0", "2-4", "misclassified", "--solver", "auto", "--json"])
     out, err = capsys.readouterr()
