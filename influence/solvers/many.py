@@ -37,7 +37,7 @@ __all__ = ["solve_many", "RECYCLE_MAX_BYTES", "RECYCLE_MIN_GAIN"]
 RECYCLE_MAX_BYTES = 256 * 1024 ** 2
 #: A recycled start is used only when its residual is below this fraction of ‖b‖ (else CG starts
 #: from 0 and saves the product of the initial residual).
-RECYCLE_MIN_GAIN = 0.9
+RECYCLE_MIN_GAIN = 0.5
 #: A product's direction is kept only when what is left of it after orthogonalisation against the
 #: kept ones has at least this share of its norm (the rest is already in their span).
 RECYCLE_NEW = 1e-3
