@@ -407,6 +407,10 @@ def _check_indices(indices, n, flag, what):
     return np.asarray(indices, dtype=np.int64)
 
 
+#: ``score`` prints one inverse-HVP line per test point for the first SOLUTION_LINES of them (with
+#: direct/lanczos the shared factorisation's HVPs are in the first one).
+SOLUTION_LINES = 10
+
 #: Help of ``score --test-index``; the grammar is :func:`_test_indices`.
 TEST_INDEX_HELP = ("test points to explain (default: all): indices, inclusive ranges A-B (10-20 is 10, "
                    "11, ..., 20) and 'misclassified' (the test points whose predicted class differs from "
@@ -619,9 +623,16 @@ def cmd_score(args):
     print("timing:")
     print("\n".join(timer.lines()))
     if solutions is not None:
-        for t, sl in zip(idx, solutions):
+        print("  inverse HVP for %d test point%s: %d HVPs in all, %d of %d converged, largest relative "
+              "residual %.2e%s" % (len(idx), "" if len(idx) == 1 else "s", sum(sl.n_hvp for sl in solutions),
+                                   sum(bool(sl.converged) for sl in solutions), len(solutions),
+                                   max(sl.residual for sl in solutions),
+                                   "" if plan is None else " (%s chosen by --solver auto)" % plan.method))
+        for t, sl in list(zip(idx, solutions))[:SOLUTION_LINES]:
             print("  inverse HVP for test point %d: %s, %d iterations, %d HVPs, relative residual %.2e"
                   % (t, "converged" if sl.converged else "NOT converged", sl.n_iter, sl.n_hvp, sl.residual))
+        if len(solutions) > SOLUTION_LINES:
+            print("  (one line per test point for the first %d; --json lists all)" % SOLUTION_LINES)
     else:
         print("  inverse HVP: reused from the checkpoint (--resume)")
     if args.out:
@@ -764,9 +775,9 @@ def build_parser():
         p.add_argument("--no-optimum-check", action="store_true",
                        help="skip the check that the model is at an optimum of the training objective")
         if solver:
-            p.add_argument("--solver", choices=["auto", "cg", "lissa", "direct", "lanczos"], default="cg",
-                           help="inverse-HVP solver (default cg); auto: direct or cg by a cost model of the "
-                           "parameters, training rows, test points and memory, printed before the solve")
+            p.add_argument("--solver", choices=["auto", "cg", "lissa", "direct", "lanczos"], default="auto",
+                           help="inverse-HVP solver (default auto: direct or cg by a cost model of the "
+                           "parameters, training rows, test points and memory, printed before the solve)")
             p.add_argument("--rtol", type=float, help="relative tolerance of the inverse HVP: stop when "
                            "‖(H + λI)x − g_test‖ <= RTOL·‖g_test‖ (default: the solver's)")
             p.add_argument("--maxiter", type=int, help="iterations of the solver at most (default: the solver's)")
