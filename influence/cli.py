@@ -407,6 +407,56 @@ def _check_indices(indices, n, flag, what):
     return np.asarray(indices, dtype=np.int64)
 
 
+#: ``score`` prints one inverse-HVP line per test point for the first SOLUTION_LINES of them (with
+#: direct/lanczos the shared factorisation's HVPs are in the first one).
+SOLUTION_LINES = 10
+
+#: Help of ``score --test-index``; the grammar is :func:`_test_indices`.
+TEST_INDEX_HELP = ("test points to explain (default: all): indices, inclusive ranges A-B (10-20 is 10, "
+                   "11, ..., 20) and 'misclassified' (the test points whose predicted class differs from "
+                   "their label), in any mix, e.g. --test-index 3 7 10-20 misclassified; repeats are "
+                   "kept once, in the order given")
+
+
+def _test_indices(items, test, model, batch_size):
+    """The test points selected by ``--test-index`` items (see :data:`TEST_INDEX_HELP`)."""
+    n = len(test)
+    chosen = []
+    for item in items:
+        text = item.strip()
+        m = re.match(r"^(\d+)\s*-\s*(\d+)$", text)
+        if re.match(r"^-?\d+$", text):
+            chosen.append(int(text))
+        elif m:
+            a, b = int(m.group(1)), int(m.group(2))
+            if a > b:
+                raise UsageError("--test-index %s is an empty range (ranges are inclusive, low-high); pass %d-%d"
+                                 % (text, b, a))
+            chosen.extend(range(a, b + 1))
+        elif text.lower() == "misclassified":
+            chosen.extend(_misclassified(test, model, batch_size).tolist())
+        else:
+            raise UsageError("--test-index %r is not an index, an inclusive range A-B or 'misclassified'; "
+                             "pass e.g. --test-index 3 7 10-20 misclassified" % item)
+    idx = _check_indices(chosen, n, "--test-index", "the test set")
+    _, first = np.unique(idx, return_index=True)
+    idx = idx[np.sort(first)]
+    if not idx.size:
+        raise UsageError("--test-index misclassified selects nothing: the model predicts every one of the %d "
+                         "test labels correctly; pass indices (e.g. --test-index 0 1 2)" % n)
+    return idx
+
+
+def _misclassified(test, model, batch_size):
+    labels = _labels(test)
+    if model.output is None or not model.n_classes or labels is None \
+            or not np.issubdtype(np.asarray(labels).dtype, np.integer):
+        raise UsageError("--test-index misclassified needs a classifier and integer class labels in --test "
+                         "(y of shape (n,)); pass indices instead")
+    predicted = np.argmax(model.predict(test.x, batch_size), axis=1)
+    return np.flatnonzero(predicted != np.asarray(labels))
+
+
 def _solver_options(args):
     """The solver options of --rtol/--maxiter/--seed/--k, one to one: rtol, maxiter, random_state, k."""
     opts = {"progress": not args.quiet, "random_state": args.seed}
@@ -500,8 +550,10 @@ def cmd_score(args):
         model, _ = _load_model(args)
         train = _load_split(args.train, "--train", model)
         test = _load_split(args.test, "--test", model)
-    idx = _check_indices(args.test_index if args.test_index else range(len(test)), len(test),
-                         "--test-index", "the test set")
+    if args.test_index:
+        idx = _test_indices(args.test_index, test, model, args.batch_size)
+    else:
+        idx = _check_indices(range(len(test)), len(test), "--test-index", "the test set")
     test_sel = test.subset(idx)
     n = len(train)
     client = executor = None
@@ -517,10 +569,12 @@ def cmd_score(args):
                            chunk_size=args.chunk_size, check_optimum=not args.no_optimum_check,
                            progress=not args.quiet, executor=executor,
                            inputs=_job_inputs(args, {"test_index": idx.tolist()}),
-                           solver_options=_solver_options(args))
+                           solver_options=_solver_options(args),
+                           on_plan=lambda plan: _log(args, "influence: " + str(plan)))
             with job:
                 result = job.run()
-                timer.steps.append(("test gradients + inverse HVP (%s)" % args.solver, job.seconds["s_test"]))
+                solver_used = args.solver if result.plan is None else "auto: %s" % result.plan.method
+                timer.steps.append(("test gradients + inverse HVP (%s)" % solver_used, job.seconds["s_test"]))
                 timer.steps.append(("scoring (%s, %d training points)" % (args.scoring, n), job.seconds["scoring"]))
                 scores, solutions, chunks = result.scores, result.solutions, result.chunks
                 _write_scores(args, timer, idx, n, train, scores)
@@ -529,7 +583,9 @@ def cmd_score(args):
             client.close()
     delta = predicted_loss_change(scores, n)
     train_labels = _labels(train)
+    plan = result.plan
     summary = {"n_train": n, "test_index": idx.tolist(), "solver": args.solver, "damping": args.damping,
+               "plan": None if plan is None else dict(plan._asdict()),
                "scoring": args.scoring, "seconds": timer.as_dict(), "out": args.out,
                "chunks": chunks,
                "solutions": None if solutions is None else [
@@ -567,9 +623,16 @@ def cmd_score(args):
     print("timing:")
     print("\n".join(timer.lines()))
     if solutions is not None:
-        for t, sl in zip(idx, solutions):
+        print("  inverse HVP for %d test point%s: %d HVPs in all, %d of %d converged, largest relative "
+              "residual %.2e%s" % (len(idx), "" if len(idx) == 1 else "s", sum(sl.n_hvp for sl in solutions),
+                                   sum(bool(sl.converged) for sl in solutions), len(solutions),
+                                   max(sl.residual for sl in solutions),
+                                   "" if plan is None else " (%s chosen by --solver auto)" % plan.method))
+        for t, sl in list(zip(idx, solutions))[:SOLUTION_LINES]:
             print("  inverse HVP for test point %d: %s, %d iterations, %d HVPs, relative residual %.2e"
                   % (t, "converged" if sl.converged else "NOT converged", sl.n_iter, sl.n_hvp, sl.residual))
+        if len(solutions) > SOLUTION_LINES:
+            print("  (one line per test point for the first %d; --json lists all)" % SOLUTION_LINES)
     else:
         print("  inverse HVP: reused from the checkpoint (--resume)")
     if args.out:
@@ -712,8 +775,9 @@ def build_parser():
         p.add_argument("--no-optimum-check", action="store_true",
                        help="skip the check that the model is at an optimum of the training objective")
         if solver:
-            p.add_argument("--solver", choices=["cg", "lissa", "direct", "lanczos"], default="cg",
-                           help="inverse-HVP solver (default cg)")
+            p.add_argument("--solver", choices=["auto", "cg", "lissa", "direct", "lanczos"], default="auto",
+                           help="inverse-HVP solver (default auto: direct or cg by a cost model of the "
+                           "parameters, training rows, test points and memory, printed before the solve)")
             p.add_argument("--rtol", type=float, help="relative tolerance of the inverse HVP: stop when "
                            "‖(H + λI)x − g_test‖ <= RTOL·‖g_test‖ (default: the solver's)")
             p.add_argument("--maxiter", type=int, help="iterations of the solver at most (default: the solver's)")
@@ -725,7 +789,7 @@ def build_parser():
                        "training points and a timing breakdown; --out holds every score.")
     score_flags(p)
     p.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y)")
-    p.add_argument("--test-index", type=int, nargs="+", metavar="I", help="test points to explain (default: all)")
+    p.add_argument("--test-index", nargs="+", metavar="I", help=TEST_INDEX_HELP)
     p.add_argument("--scoring", choices=["forward", "gradient"], default="forward",
                    help="forward: finite differences of batched forward passes (fast, default); gradient: "
                    "per-example gradients (reference)")

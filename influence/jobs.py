@@ -36,7 +36,8 @@ import numpy as np
 from ._files import InputChangedError, check_unchanged, file_fingerprint, write_json, write_npy
 from ._version import __version__
 from .chunks import CHUNK_RETRIES, DEFAULT_CHUNK_SIZE, ChunkRetryWarning, chunk_bounds, run_chunks
-from .scores import influence_scores, s_test, self_influence
+from .hvp import HessianOperator
+from .scores import influence_scores, plan_auto, s_test, self_influence
 from .solvers import DivergenceError, NonPositiveCurvatureError
 
 #: Errors that refuse the problem as posed (another damping or solver is needed, hence another
@@ -339,10 +340,12 @@ class _Job(object):
 
 class ScoreResult(object):
     """``scores``: (n_test, n_train) I_up,loss; ``solutions``: the solver's Solution per test point
-    (None when s_test came from the checkpoint); ``chunks``: {"chunks", "computed", "resumed"}."""
+    (None when s_test came from the checkpoint); ``chunks``: {"chunks", "computed", "resumed"};
+    ``plan``: the :class:`influence.solvers.Plan` of ``solver="auto"`` (None otherwise, or when
+    s_test came from the checkpoint)."""
 
-    def __init__(self, scores, solutions, chunks):
-        self.scores, self.solutions, self.chunks = scores, solutions, chunks
+    def __init__(self, scores, solutions, chunks, plan=None):
+        self.scores, self.solutions, self.chunks, self.plan = scores, solutions, chunks, plan
 
 
 class ScoreJob(_Job):
@@ -356,16 +359,19 @@ class ScoreJob(_Job):
     ``influence.cluster.DaskExecutor(client)`` (it is checked before the solve, and gets the training
     file's fingerprint taken here). ``folder``: the checkpoint folder (None: no checkpoint);
     ``resume``: reuse a matching folder; ``inputs``: extra JSON-able identity for the fingerprint.
+    ``solver="auto"``: the plan (:func:`influence.solvers.plan_solver`) is made before the solve and
+    handed to ``on_plan(plan)`` (e.g. to print it) before the long work starts.
     ``run()`` returns a :class:`ScoreResult` with ``scores`` always 2-D (n_test, n_train)."""
 
     kind = "score"
 
     def __init__(self, model, train, test, folder=None, resume=False, solver="cg", damping=0.0,
                  scoring="forward", batch_size=None, chunk_size=None, check_optimum=True, progress=False,
-                 executor=None, inputs=None, solver_options=None):
+                 executor=None, inputs=None, solver_options=None, on_plan=None):
         train = model.validate(train, getattr(train, "name", "training data"))
         _Job.__init__(self, model, train, folder, resume, chunk_size, progress, inputs)
         self.test = model.validate(test, getattr(test, "name", "test data"))
+        self.on_plan = on_plan
         self.solver, self.damping, self.scoring = solver, float(damping), scoring
         self.batch_size, self.check_optimum = batch_size, check_optimum
         self.executor, self.solver_options = executor, dict(solver_options or {})
@@ -381,12 +387,20 @@ class ScoreJob(_Job):
 
     def _compute(self):
         ckpt = self.checkpoint
-        solutions = None
+        solutions = plan = None
         t0 = time.perf_counter()
         vectors = ckpt.load_array("s_test") if ckpt is not None else None
         if vectors is None:
-            st = s_test(self.model, self.train, self.test, self.solver, self.damping, self.batch_size,
-                        check_optimum=self.check_optimum, **self.solver_options)
+            solver, hessian = self.solver, None
+            if solver == "auto":
+                hessian = HessianOperator(self.model, self.train, batch_size=self.batch_size)
+                with self.model.preserving_params():
+                    plan = plan_auto(hessian, len(self.test), self.damping, self.solver_options)
+                if self.on_plan is not None:
+                    self.on_plan(plan)
+                solver = plan.method
+            st = s_test(self.model, self.train, self.test, solver, self.damping, self.batch_size,
+                        hessian=hessian, check_optimum=self.check_optimum, **self.solver_options)
             vectors, solutions = st.vectors, st.solutions
             if ckpt is not None:
                 ckpt.save_array("s_test", vectors)
@@ -397,7 +411,7 @@ class ScoreJob(_Job):
                                   executor=self.executor)
         #: seconds of the last run: {"s_test", "scoring"}
         self.seconds = {"s_test": t1 - t0, "scoring": time.perf_counter() - t1}
-        return ScoreResult(np.atleast_2d(scores), solutions, self.stats)
+        return ScoreResult(np.atleast_2d(scores), solutions, self.stats, plan)
 
 
 class SelfInfluenceJob(_Job):

@@ -28,17 +28,24 @@ from .fitting import OPTIMUM_RTOL, warn_if_not_optimal
 from .hvp import HessianOperator
 from .kernels import (FORWARD_STENCIL, GRADIENT_CHUNK, ForwardStep, chunk_scores, forward_differences,
                       forward_steps, gradient_blocks, validated as _validate)
-from .solvers import dense_matrix, lanczos_inverse, solve
+from .solvers import METHODS, dense_matrix, lanczos_inverse, plan_solver, solve_many
 from .solvers.dense import cholesky
 
 __all__ = ["s_test", "STest", "influence_scores", "predicted_loss_change", "self_influence",
            "directional_derivatives", "forward_steps", "forward_differences", "ForwardStep",
            "FORWARD_STENCIL", "GRADIENT_CHUNK"]
 
-STest = collections.namedtuple("STest", "vectors solutions damping")
+STest = collections.namedtuple("STest", "vectors solutions damping plan")
+STest.__new__.__defaults__ = (None,)
 STest.__doc__ = """Result of :func:`s_test`. ``vectors``: float64 array (n_test, d), row j = (H + damping·I)⁻¹
 g_test_j (one row per test point, also for a single test point); ``solutions``: the solver's
-``Solution`` for each row (x, converged, n_iter, n_hvp, residual, seconds); ``damping``: the damping used."""
+``Solution`` for each row (x, converged, n_iter, n_hvp, residual, seconds; with direct and lanczos the
+shared factorisation's products and seconds are in the first row, see
+:func:`influence.solvers.solve_many`); ``damping``: the damping used; ``plan``: the
+:class:`influence.solvers.Plan` of ``solver="auto"`` (None otherwise)."""
+
+#: Options that only cg (of the methods "auto" chooses from) takes: given one, "auto" plans cg.
+_CG_ONLY = ("maxiter", "stagnation", "curvature_steps", "recycle")
 
 
 def directional_derivatives(model, data, directions, rel_step=None, stencil=None, batch_size=None):
@@ -58,8 +65,17 @@ def directional_derivatives(model, data, directions, rel_step=None, stencil=None
     return forward_differences(model, data, directions, steps, batch_size)
 
 
-def _solve(H, b, solver, damping, options):
-    return solve(H, b, method=solver, damping=damping, **options)
+def plan_auto(H, m, damping=0.0, solver_options=None):
+    """The :class:`~influence.solvers.Plan` of ``solver="auto"`` for ``m`` test points on ``H`` (an
+    option only cg takes, such as ``maxiter``, excludes direct)."""
+    options = solver_options or {}
+    return plan_solver(H, m, damping=float(damping), allow_direct=not any(k in options for k in _CG_ONLY))
+
+
+def _check_solver(solver):
+    if solver != "auto" and solver not in METHODS:
+        raise ValueError("solver=%r is not one of auto, %s; pass e.g. solver='auto'"
+                         % (solver, ", ".join(METHODS)))
 
 
 def _training_hessian(model, train, batch_size, hessian, check_optimum):
@@ -77,21 +93,30 @@ def s_test(model, train, test, solver="cg", damping=0.0, batch_size=None, hessia
     g_test = ∇ℓ(z_test, w) is the gradient of that point's loss WITHOUT the L2 term; several test
     points give several vectors (not the inverse-HVP of their mean). ``solver`` is a method of
     :func:`influence.solvers.solve` ("cg", "lissa", "direct", "lanczos"), with ``solver_options``
-    passed on. ``hessian``: a ready :class:`~influence.hvp.HessianOperator` on ``train`` (reuses its
+    passed on, or "auto": direct or cg by the cost model of :func:`influence.solvers.plan_solver`
+    (d, n, the number of test points, the memory, one timed product), recorded in ``STest.plan``.
+    The test points share work (:func:`influence.solvers.solve_many`): direct factorises H + damping·I
+    once, lanczos decomposes once, cg starts each solve from the Krylov vectors of the previous ones
+    (``recycle=False`` turns that off); lissa solves each point on its own. ``hessian``: a ready :class:`~influence.hvp.HessianOperator` on ``train`` (reuses its
     calibrated step across calls); by default one is built with ``batch_size``.
     Returns :class:`STest` (``vectors`` of shape (n_test, d) and the solver's ``Solution`` per row).
     Warns with :class:`~influence.fitting.NotAtOptimumWarning` when ``w`` is not a minimum of R.
     Weights are unchanged (bit-identical) afterwards.
     """
+    _check_solver(solver)
     train = _validate(model, train, "training data")
     test = _validate(model, test, "test data")
     damping = check_damping(damping)
+    plan = None
     with model.preserving_params():
         H = _training_hessian(model, train, batch_size, hessian, check_optimum)
         g_test = model.per_example_grads(test, batch_size)
-        solutions = [_solve(H, g, solver, float(damping), solver_options) for g in g_test]
+        if solver == "auto":
+            plan = plan_auto(H, len(g_test), damping, solver_options)
+            solver = plan.method
+        solutions = solve_many(H, g_test, solver, damping=float(damping), **solver_options)
     vectors = np.array([np.asarray(sol.x, dtype=np.float64).reshape(-1) for sol in solutions])
-    return STest(vectors, solutions, float(damping))
+    return STest(vectors, solutions, float(damping), plan)
 
 
 def _steps_checkpointed(model, train, directions, rel_step, stencil, batch_size, checkpoint):

@@ -29,6 +29,9 @@ solver that misses its tolerance sets ``converged=False`` and emits a :class:`Co
 ``damping=`` to pass) and :class:`DivergenceError` (lissa's ``scale``) are ValueError subclasses.
 Old argument spellings (positional options, lissa's ``depth``, lanczos' ``tol``, lissa's two-argument
 callback) still work for one release with a DeprecationWarning. Details: docs/solvers.md.
+
+Many right-hand sides: :func:`solve_many` shares the work between them (one factorisation for direct
+and lanczos, recycled Krylov vectors for cg); :func:`plan_solver` is the cost model of ``"auto"``.
 """
 import collections
 import inspect
@@ -41,10 +44,12 @@ from .lissa import (lissa, REFINED_RTOL, REFINED_MAXITER, LISSA_MAXITER, LISSA_B
 from .dense import dense_matrix
 from .direct import direct
 from .lanczos import lanczos, lanczos_inverse, LowRankInverse, LANCZOS_K
+from .many import solve_many
+from .plan import Plan, plan_solver
 
 __all__ = ["solve", "METHODS", "Solution", "ConvergenceWarning", "NonPositiveCurvatureError",
            "DivergenceError", "cg", "lissa", "direct", "lanczos", "lanczos_inverse", "LowRankInverse",
-           "dense_matrix"]
+           "dense_matrix", "solve_many", "plan_solver", "Plan"]
 
 METHODS = collections.OrderedDict([("cg", cg), ("lissa", lissa), ("direct", direct), ("lanczos", lanczos)])
 
