@@ -42,9 +42,11 @@ def test_hvp_is_linear_symmetric_and_leaves_weights(pr, a):
     scale = np.linalg.norm(hu) + np.linalg.norm(hv)
     assert np.linalg.norm(op @ (u + a * v) - (hu + a * hv)) <= tol * (1 + abs(a)) * scale
     assert abs(u @ hv - v @ hu) <= tol * np.linalg.norm(u) * np.linalg.norm(v) * scale
-    # and it is the exact Hessian's product
+    # and it is the exact Hessian's product, to the finite-difference accuracy measured against the
+    # operator's scale ‖H‖‖v‖ (float32 models compute in float32: along a direction of tiny curvature
+    # the error relative to ‖Hv‖ itself is not bounded, e.g. n=5, p=5, k=2, l2=1e-3, seed 42343)
     H = m.hessian(data)
-    assert np.linalg.norm(hv - H @ v) <= tol * np.linalg.norm(H @ v)
+    assert np.linalg.norm(hv - H @ v) <= tol * np.linalg.norm(H, 2) * np.linalg.norm(v)
     assert np.array_equal(m.get_params(), before)
 
 
