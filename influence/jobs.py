@@ -234,9 +234,15 @@ def data_identity(data):
     """The fingerprint of a Dataset: its file's :func:`file_fingerprint` when it is a whole file
     (``data.source``), else a hash of its rows."""
     if getattr(data, "source", None) is not None:
-        return dict(file_fingerprint(data.source), rows=len(data))
+        return dict(file_fingerprint(data.source), rows=len(data), **_source_options(data))
     return {"rows": len(data), "x": _array_digest(data.x),
             "y": None if data.y is None else _array_digest(data.y)}
+
+
+def _source_options(data):
+    """{"options": how the file is read (a CTF file's mapping/skip)} when it matters, else {}."""
+    options = getattr(data, "source_options", None)
+    return {"options": options} if options else {}
 
 
 def model_identity(model):
@@ -272,7 +278,8 @@ class _Job(object):
 
     def fingerprint(self):
         """Everything the results depend on (a JSON-able dict)."""
-        train = data_identity(self.train) if self._train_fp is None else dict(self._train_fp, rows=len(self.train))
+        train = data_identity(self.train) if self._train_fp is None else \
+            dict(self._train_fp, rows=len(self.train), **_source_options(self.train))
         fp = {"kind": self.kind, "version": __version__, "model": model_identity(self.model),
               "loss": getattr(self.model, "loss_name", None), "l2": getattr(self.model, "l2", None),
               "train": train, "chunk_size": self.chunk_size}
