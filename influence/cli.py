@@ -388,7 +388,9 @@ def cmd_train(args):
                          % (args.arch, args.data, tuple(x.shape)))
     with timer("build"):
         if kind == "cnn":
+            # max pooling has kinks like relu; with a smooth activation the whole network is kept smooth
             z = build_cnn(shape, n_out, channels=sizes, activation=args.activation,
+                          pooling="max" if args.activation == "relu" else "average",
                           dtype=np.dtype(args.dtype), seed=args.seed)
         else:
             z = build_network(shape if len(shape) != 1 else shape[0], n_out, hidden=sizes,
@@ -766,8 +768,9 @@ def build_parser():
     p.add_argument("--data", required=True, metavar="TRAIN.npz",
                    help="training data: .npz with arrays x (n × features) and y (labels or targets)")
     p.add_argument("--arch", default="softmax", help="'softmax' (no hidden layer), 'mlp:H1,H2,...' or "
-                   "'cnn:C1,C2,...' (3x3 convolutions + BatchNormalization + pooling per entry, then Dense; "
-                   "x of shape (n, C, H, W)) (default softmax)")
+                   "'cnn:C1,C2,...' (per entry a 3x3 convolution, BatchNormalization, the activation and 2x2 "
+                   "pooling: average, or max with relu; then Dropout and Dense; x of shape (n, C, H, W)) "
+                   "(default softmax)")
     p.add_argument("--activation", default="tanh", choices=["tanh", "relu", "sigmoid", "softplus"],
                    help="hidden-layer activation (default tanh)")
     p.add_argument("--loss", choices=["cross_entropy", "binary_cross_entropy", "squared_error"],
