@@ -237,3 +237,34 @@ def test_cli_ctf_flags_without_ctf_data_and_train_on_ctf_are_refused(cli_files, 
     assert code == 2 and "--ctf-skip apply to CTF data (.ctf or .txt files) only" in err
     code, out, err = run(["train", "--data", str(d / "train.ctf"), "--out", str(d / "m2.cntk")], capsys)
     assert code == 2 and "--data" in err and "reads .npz files only" in err and not os.path.exists(str(d / "m2.cntk"))
+
+
+def test_ctf_dataset_rows_and_batches_without_cntk(tmp_path):
+    # runs on modern Python too: the lazy rows and batch bounds are the in-memory Dataset's
+    from influence.ctf import InputSpec
+    rng = np.random.RandomState(5)
+    lengths = rng.randint(1, 5, 25)
+    steps = [rng.standard_normal((t, 2)) for t in lengths]
+    y = rng.randint(0, 2, 25)
+    path = str(tmp_path / "s.txt")
+    with open(path, "w") as f:
+        for i, s in enumerate(steps):
+            for t, row in enumerate(s):
+                f.write("%d |x %s%s\n" % (i, " ".join(_num(v) for v in row), " |y %d" % y[i] if t == 0 else ""))
+    data = influence.load_data(path, {"x": InputSpec(2, is_sequence=True), "y": 1}, labels="y")
+    ref = influence.Dataset(steps, y.reshape(-1, 1).astype(float))
+    assert len(data) == 25 and data.is_sequence and np.array_equal(data.y, ref.y)
+    got = [(len(b), b.x.n_steps) for b in data.batches(7)]
+    assert got == [(len(b), b.x.n_steps) for b in ref.batches(7)] and sum(n for n, _ in got) == 25
+    for b, r in zip(data.batches(7), ref.batches(7)):
+        np.testing.assert_array_equal(b.x.values, r.x.values)
+    idx = np.array([24, 0, 5, 5])
+    np.testing.assert_array_equal(data.subset(idx).x.values, ref.subset(idx).x.values)
+    np.testing.assert_array_equal(data.subset(idx).x.lengths, lengths[idx])
+    copy = data.subset(slice(None))
+    assert isinstance(copy, ctf_data.CTFDataset) and copy.source == data.source and len(copy) == 25
+    np.testing.assert_array_equal(data.x.values, ref.x.values)        # x: the whole file, on request
+    with pytest.raises(IndexError, match="row 25 is out of range"):
+        data.subset(np.array([25]))
+    with pytest.raises(ValueError, match="is a CTF file: its dimensions come from the model"):
+        influence.load_data(path)
