@@ -198,6 +198,11 @@ class CTFDataset(Dataset):
             raise IndexError("row %d is out of range: %s has %d rows" % (
                 int(index[(index < 0) | (index >= n)][0]), self.name, n))
         rows = np.unique(index)
+        if rows.size and rows[-1] + 1 - rows[0] <= CACHE_ROWS:
+            # a short span (pilot rows, a stochastic solver's random batches on a small set): read it
+            # whole, through the cache, and pick the rows in memory
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            return self._rows(lo, hi).subset(index - lo)
         cuts = np.flatnonzero(np.diff(rows) != 1) + 1
         outs = [self._src.reader.read(int(run[0]), int(run[-1]) + 1) for run in np.split(rows, cuts) if run.size]
         if not outs:

@@ -239,7 +239,7 @@ def test_cli_ctf_flags_without_ctf_data_and_train_on_ctf_are_refused(cli_files, 
     assert code == 2 and "--data" in err and "reads .npz files only" in err and not os.path.exists(str(d / "m2.cntk"))
 
 
-def test_ctf_dataset_rows_and_batches_without_cntk(tmp_path):
+def test_ctf_dataset_rows_and_batches_without_cntk(tmp_path, monkeypatch):
     # runs on modern Python too: the lazy rows and batch bounds are the in-memory Dataset's
     from influence.ctf import InputSpec
     rng = np.random.RandomState(5)
@@ -258,9 +258,18 @@ def test_ctf_dataset_rows_and_batches_without_cntk(tmp_path):
     assert got == [(len(b), b.x.n_steps) for b in ref.batches(7)] and sum(n for n, _ in got) == 25
     for b, r in zip(data.batches(7), ref.batches(7)):
         np.testing.assert_array_equal(b.x.values, r.x.values)
-    idx = np.array([24, 0, 5, 5])
-    np.testing.assert_array_equal(data.subset(idx).x.values, ref.subset(idx).x.values)
-    np.testing.assert_array_equal(data.subset(idx).x.lengths, lengths[idx])
+    idx = np.array([24, 0, 5, 5, 6, 7])
+    read, reads = data.reader.read, []
+    monkeypatch.setattr(data.reader, "read", lambda a, b: reads.append((a, b)) or read(a, b))
+    for cache_rows in (ctf_data.CACHE_ROWS, 2):     # one read of the span, or one read per run of rows
+        monkeypatch.setattr(ctf_data, "CACHE_ROWS", cache_rows)
+        data._src.cache.clear()
+        del reads[:]
+        np.testing.assert_array_equal(data.subset(idx).x.values, ref.subset(idx).x.values)
+        np.testing.assert_array_equal(data.subset(idx).x.lengths, lengths[idx])
+        np.testing.assert_array_equal(data.subset(idx).y, ref.y[idx])
+        assert reads[0] == ((0, 25) if cache_rows > 2 else (0, 1))
+        assert cache_rows > 2 or reads[:3] == [(0, 1), (5, 8), (24, 25)]
     copy = data.subset(slice(None))
     assert isinstance(copy, ctf_data.CTFDataset) and copy.source == data.source and len(copy) == 25
     np.testing.assert_array_equal(data.x.values, ref.x.values)        # x: the whole file, on request
