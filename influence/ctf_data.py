@@ -262,6 +262,12 @@ def load_ctf(path, model_or_inputs, mapping=None, skip=(), name=None, labels=Non
         if not features:
             raise ValueError("labels=%r leaves no feature input; give the feature inputs too" % (labels,))
         label_name, loss, dtype = labels, None, np.float64
+    renamed = {v: k for k, v in mapping.items()}
+    for stream in skip:
+        fed = [k for k in specs if renamed.get(k, k) == stream]
+        if fed:
+            raise ValueError("skip=[%r]: stream %r feeds the model's input %r; drop it from skip (or map "
+                             "another stream to %r)" % (stream, stream, fed[0], fed[0]))
     reader = CTFReader(path, specs, mapping=mapping, skip=skip, dtype=dtype)
     convert = None
     if label_name is not None:

@@ -223,6 +223,8 @@ def test_cli_score_self_verify_on_ctf_match_npz(cli_files, capsys):
                                "or ignore it with --ctf-skip label"),
     (["--ctf-map", "label=labels"], "ignore it with --ctf-skip weight"),
     (["--ctf-map", "label=labels", "--ctf-skip", "label"], "--ctf-skip label: the stream is also mapped"),
+    (["--ctf-map", "label=labels", "--ctf-skip", "weight", "--ctf-skip", "features"],
+     "--ctf-skip features: stream 'features' feeds the model's input 'features'; drop it from skip"),
 ])
 def test_cli_bad_ctf_mapping_is_one_line_exit_2(cli_files, capsys, extra, message):
     d, model = cli_files
