@@ -357,11 +357,11 @@ def cmd_train(args):
     with timer("load data"):
         data = _load_data(args.data)
     x, y = data.x, data.y
-    if isinstance(x, (dict, Sequences)):
+    if isinstance(x, (dict, Sequences)) or isinstance(y, Sequences):
         raise UsageError("--data %s holds %s; 'influence train' builds only dense MLP/CNN networks on one "
                          "array x: build and train that network with CNTK, then score it with --model"
                          % (args.data, "several inputs (x.<input name>)" if isinstance(x, dict)
-                            else "variable-length sequences"))
+                            else "variable-length sequences" if isinstance(x, Sequences) else "per-step labels"))
     if y is None:
         raise UsageError("--data %s has no 'y' array; save labels with np.savez(path, x=..., y=...)" % args.data)
     loss = args.loss
