@@ -32,9 +32,11 @@ import time
 import warnings
 
 import numpy as np
+import scipy.sparse
 
 from ._files import InputChangedError, check_unchanged, file_fingerprint, write_json, write_npy
 from ._version import __version__
+from .data import Sequences
 from .chunks import CHUNK_RETRIES, DEFAULT_CHUNK_SIZE, ChunkRetryWarning, chunk_bounds, run_chunks
 from .scores import influence_scores, s_test, self_influence
 from .solvers import DivergenceError, NonPositiveCurvatureError
@@ -235,8 +237,21 @@ def data_identity(data):
     (``data.source``), else a hash of its rows."""
     if getattr(data, "source", None) is not None:
         return dict(file_fingerprint(data.source), rows=len(data), **_source_options(data))
-    return {"rows": len(data), "x": _array_digest(data.x),
-            "y": None if data.y is None else _array_digest(data.y)}
+    return {"rows": len(data), "x": _part_digest(data.x),
+            "y": None if data.y is None else _part_digest(data.y)}
+
+
+def _part_digest(a):
+    """:func:`_array_digest` of what a Dataset holds: an array, a CSR matrix, Sequences or a dict."""
+    if isinstance(a, dict):
+        return {str(k): _part_digest(v) for k, v in sorted(a.items())}
+    if isinstance(a, Sequences):
+        return {"values": _part_digest(a.values), "lengths": _array_digest(a.lengths)}
+    if scipy.sparse.issparse(a):
+        a = a.tocsr()
+        return {"shape": list(a.shape), "data": _array_digest(a.data), "indices": _array_digest(a.indices),
+                "indptr": _array_digest(a.indptr)}
+    return _array_digest(a)
 
 
 def _source_options(data):

@@ -279,3 +279,56 @@ def test_ctf_dataset_rows_and_batches_without_cntk(tmp_path, monkeypatch):
         data.subset(np.array([25]))
     with pytest.raises(ValueError, match="is a CTF file: its dimensions come from the model"):
         influence.load_data(path)
+
+
+def test_cli_on_ctf_for_a_cnn_and_a_sparse_lstm(cntk, tmp_path, capsys):
+    # models far from an optimum, hence the large damping: this is about the plumbing of .ctf data
+    from influence.adapters.cntk import build_cnn
+    C = cntk
+    x, y = influence.load_digits()
+    images = x[:40].reshape(-1, 1, 8, 8)
+    np.savez(str(tmp_path / "img.npz"), x=images, y=y[:40])
+    write_ctf(str(tmp_path / "img.ctf"), images, y[:40], 10)      # 64 values per sample, shaped by the model
+    cnn = build_cnn((1, 8, 8), 10, channels=(2,), activation="tanh", pooling="average", dtype=np.float64, seed=1)
+    from cntk_nets import train_with_trainer
+    train_with_trainer(cnn, {cnn.arguments[0]: images}, y[:40], epochs=2)
+    cnn.save(str(tmp_path / "cnn.model"))
+    vocab = 9
+    rng = np.random.RandomState(7)
+    with open(str(tmp_path / "seq.ctf"), "w") as f:
+        for i in range(20):
+            label = i % 2
+            for t in range(1 + i % 4):
+                f.write("%d |words %d:1%s\n" % (i, rng.randint(vocab), " |labels %d %d" % (1 - label, label)
+                                                 if t == 0 else ""))
+    with C.default_options(dtype=np.float64):
+        words = C.sequence.input_variable(vocab, is_sparse=True, name="words")
+        h = C.layers.Recurrence(C.layers.LSTM(3, init=C.glorot_uniform(seed=1)))(
+            C.layers.Embedding(3, init=C.glorot_uniform(seed=2))(words))
+        C.layers.Dense(2, init=C.glorot_uniform(seed=3))(C.sequence.last(h)).save(str(tmp_path / "lstm.model"))
+    outputs = {}
+    for model, train in (("cnn.model", "img.npz"), ("cnn.model", "img.ctf"), ("lstm.model", "seq.ctf")):
+        for cmd in ("score", "self"):
+            out = str(tmp_path / ("%s-%s-%s.csv" % (model, train, cmd)))
+            argv = [cmd, "--model", str(tmp_path / model), "--train", str(tmp_path / train), "--damping", "100",
+                    "--l2", "0.01", "--no-optimum-check", "--out", out, "--quiet"]
+            if cmd == "score":
+                argv += ["--test", str(tmp_path / train), "--test-index", "0", "5"]
+            assert main(argv) == 0, (model, train, cmd, capsys.readouterr().err)
+            with open(out) as f:
+                outputs[model, train, cmd] = f.read()
+    for cmd in ("score", "self"):
+        assert outputs["cnn.model", "img.npz", cmd] == outputs["cnn.model", "img.ctf", cmd], cmd
+    assert len(outputs["lstm.model", "seq.ctf", "self"].splitlines()) == 21
+
+
+def test_job_fingerprint_of_in_memory_sequences_sparse_and_dicts():
+    # ScoreJob fingerprints in-memory test rows (e.g. --test-index rows of a .ctf file): every kind of x
+    from influence.jobs import data_identity
+    seqs = influence.Dataset(Sequences(np.arange(10.0).reshape(5, 2), [2, 3]), np.array([0, 1]))
+    other = influence.Dataset(Sequences(np.arange(10.0).reshape(5, 2), [3, 2]), np.array([0, 1]))
+    assert data_identity(seqs) != data_identity(other) and data_identity(seqs) == data_identity(seqs.subset(slice(None)))
+    csr = influence.Dataset(scipy.sparse.csr_matrix(np.eye(3)), np.arange(3))
+    assert data_identity(csr)["x"]["shape"] == [3, 3]
+    both = influence.Dataset({"a": np.zeros((2, 1)), "b": np.ones((2, 2))}, np.arange(2))
+    assert set(data_identity(both)["x"]) == {"a", "b"}
