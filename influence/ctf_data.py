@@ -168,6 +168,28 @@ class CTFDataset(Dataset):
     def is_sequence(self):
         return bool(self._lengths)
 
+    @property
+    def nbytes(self):
+        """Bytes the rows take once read, without reading them (what a caller weighs before holding
+        the data in memory): exact for dense inputs and the labels; for a sparse input a bound, 4×
+        the file's size (a nonzero takes at least 4 characters of text, ``3:1 ``, and at most 16
+        bytes once read)."""
+        itemsize = self.reader.dtype.itemsize
+        total = 0
+        for name in self._src.features:
+            spec = self.reader.specs[name]
+            if spec.is_sparse:
+                total += 4 * os.path.getsize(self.source)
+            else:
+                steps = int(self._lengths[name].sum()) if name in self._lengths else len(self)
+                total += steps * spec.dim * itemsize
+        y = self.y
+        if isinstance(y, Sequences):
+            total += y.values.nbytes + y.lengths.nbytes
+        elif y is not None:
+            total += y.nbytes
+        return int(total)
+
     def __repr__(self):
         return "CTFDataset(%s: %d rows from %s, inputs %s, y %s)" % (
             self.name, len(self), self.source, ", ".join(self._src.features),

@@ -272,6 +272,8 @@ def test_ctf_dataset_rows_and_batches_without_cntk(tmp_path, monkeypatch):
         np.testing.assert_array_equal(data.subset(idx).y, ref.y[idx])
         assert reads[0] == ((0, 25) if cache_rows > 2 else (0, 1))
         assert cache_rows > 2 or reads[:3] == [(0, 1), (5, 8), (24, 25)]
+    del reads[:]
+    assert data.nbytes == ref.x.values.nbytes + ref.y.nbytes and reads == []     # sized without reading
     copy = data.subset(slice(None))
     assert isinstance(copy, ctf_data.CTFDataset) and copy.source == data.source and len(copy) == 25
     np.testing.assert_array_equal(data.x.values, ref.x.values)        # x: the whole file, on request
