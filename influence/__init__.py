@@ -10,7 +10,8 @@ NumPy path works without it.
 from ._version import __version__
 from .adapters.base import Model
 from .adapters.cntk import CNTKModel
-from .data import Dataset, load_npz, load_digits
+from .data import Dataset, load_npz, load_data, load_digits
+from .ctf_data import load_ctf
 from .hvp import HessianOperator, hvp
 from . import models
 from .solvers import (solve, Solution, ConvergenceWarning, NonPositiveCurvatureError, DivergenceError,
@@ -20,7 +21,7 @@ from .scores import (s_test, STest, influence_scores, predicted_loss_change, sel
                      directional_derivatives)
 from .loo import verify_loo, LOOResult
 
-__all__ = ["__version__", "Model", "CNTKModel", "Dataset", "load_npz", "load_digits", "models",
+__all__ = ["__version__", "Model", "CNTKModel", "Dataset", "load_npz", "load_data", "load_ctf", "load_digits", "models",
            "HessianOperator", "hvp",
            "solve", "Solution", "ConvergenceWarning", "NonPositiveCurvatureError", "DivergenceError",
            "cg", "lissa", "direct", "lanczos", "lanczos_inverse", "LowRankInverse",

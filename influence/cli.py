@@ -181,12 +181,57 @@ def _check_numbers(args):
 
 
 def _load_data(path, flag="--data"):
-    from .data import load_npz
+    """A .npz file without a model (``influence train``): a CTF file needs the model's dimensions."""
+    from .data import is_ctf_path, load_npz
     _existing_file(path, flag)
+    if is_ctf_path(path):
+        raise UsageError("%s %s: 'influence train' reads .npz files only (a CTF file takes its dimensions "
+                         "from a model); save the data with np.savez(path, x=..., y=...)" % (flag, path))
     try:
         return load_npz(path)
     except ValueError as e:
         raise UsageError("%s %s" % (flag, e))
+
+
+#: --ctf-map / --ctf-skip of the running command, parsed and checked against the model by _load_model
+#: (the data of a command are loaded after its model, with _load_split).
+_CTF_OPTIONS = {"mapping": {}, "skip": []}
+
+
+def _ctf_options(args, model):
+    """Parse and check --ctf-map STREAM=INPUT / --ctf-skip STREAM against the model's inputs."""
+    maps, skips = getattr(args, "ctf_map", None) or [], getattr(args, "ctf_skip", None) or []
+    mapping = {}
+    for item in maps:
+        stream, sep, name = item.partition("=")
+        stream, name = stream.strip(), name.strip()
+        if not sep or not stream or not name:
+            raise UsageError("--ctf-map %r is not STREAM=INPUT; write e.g. --ctf-map features=x" % item)
+        if stream in mapping:
+            raise UsageError("--ctf-map %s is given twice; map each CTF stream once" % stream)
+        mapping[stream] = name
+    inputs = [v.name for v in model.inputs] + ([model.labels.name] if model.labels is not None else [])
+    for stream, name in mapping.items():
+        if name not in inputs:
+            raise UsageError("--ctf-map %s=%s: the model has no input %r; its inputs are %s"
+                             % (stream, name, name, ", ".join(repr(i) for i in inputs)))
+    for stream in skips:
+        if stream in mapping:
+            raise UsageError("--ctf-skip %s: the stream is also mapped by --ctf-map %s=%s; drop one"
+                             % (stream, stream, mapping[stream]))
+    if maps or skips:
+        from .data import is_ctf_path
+        files = [getattr(args, a, None) for a in ("data", "train", "test")]
+        if not any(f and is_ctf_path(f) for f in files):
+            raise UsageError("%s apply to CTF data (.ctf or .txt files) only; none of the data files is one: "
+                             "drop them" % ("--ctf-map" if maps else "--ctf-skip"))
+    return {"mapping": mapping, "skip": list(skips)}
+
+
+def _ctf_terms(text):
+    """A CTF reader's advice in the flags of the CLI."""
+    text = re.sub(r"mapping=\{'?([^:'}]+)'?: '?([^'}]+)'?\}", r"--ctf-map \1=\2", text)
+    return re.sub(r"skip=\['([^']+)'\]", r"--ctf-skip \1", text)
 
 
 def _read_meta(model_path):
@@ -218,6 +263,8 @@ def _load_model(args):
     except ValueError as e:
         text = _first_line(e)
         raise UsageError(text if args.model in text else "--model %s: %s" % (args.model, text))
+    _CTF_OPTIONS.clear()
+    _CTF_OPTIONS.update(_ctf_options(args, model))
     return model, meta
 
 
@@ -230,16 +277,19 @@ def _model_inputs(args):
 
 
 def _parse_arch(arch):
+    """--arch → (kind, sizes): ("mlp", ()) for softmax, ("mlp", hidden sizes), ("cnn", channels)."""
     if arch == "softmax":
-        return ()
-    if arch.startswith("mlp:"):
-        try:
-            hidden = tuple(int(h) for h in arch[4:].split(",") if h.strip())
-        except ValueError:
-            hidden = ()
-        if hidden and all(h > 0 for h in hidden):
-            return hidden
-    raise UsageError("--arch %r is not 'softmax' or 'mlp:H1,H2,...' (e.g. mlp:100,50)" % arch)
+        return "mlp", ()
+    for kind in ("mlp", "cnn"):
+        if arch.startswith(kind + ":"):
+            try:
+                sizes = tuple(int(h) for h in arch[4:].split(",") if h.strip())
+            except ValueError:
+                sizes = ()
+            if sizes and all(h > 0 for h in sizes):
+                return kind, sizes
+    raise UsageError("--arch %r is not 'softmax', 'mlp:H1,H2,...' (e.g. mlp:100,50) or 'cnn:C1,C2,...' "
+                     "(e.g. cnn:8,16)" % arch)
 
 
 def _common_flags():
@@ -252,6 +302,17 @@ def _common_flags():
     g.add_argument("--debug", action="store_true",
                    help="show tracebacks and CNTK's own messages on errors")
     return common
+
+
+def _ctf_flags(p):
+    g = p.add_argument_group("CTF data", "--train/--test/--data may be CNTK Text Format files (.ctf or .txt), "
+                             "read lazily in chunks; their streams map to the model's inputs by name (the "
+                             "label stream to the label input: 'labels', 'targets' with squared_error, or "
+                             "the loss Function's label input)")
+    g.add_argument("--ctf-map", action="append", metavar="STREAM=INPUT",
+                   help="read CTF stream STREAM into model input INPUT (repeatable), e.g. --ctf-map label=labels")
+    g.add_argument("--ctf-skip", action="append", metavar="STREAM",
+                   help="ignore CTF stream STREAM (repeatable), e.g. a column the model has no input for")
 
 
 def _model_flags(p, need_labels=True):
@@ -284,10 +345,11 @@ def cmd_info(args):
 
 
 def cmd_train(args):
-    from .adapters.cntk import CNTKModel, build_network
+    from .adapters.cntk import CNTKModel, build_cnn, build_network
+    from .data import Sequences
     from .fitting import fit
     from ._files import atomic_path, check_writable, write_json
-    hidden = _parse_arch(args.arch)
+    kind, sizes = _parse_arch(args.arch)
     if args.l2 < 0:
         raise UsageError("--l2 %r is negative; pass a value >= 0" % args.l2)
     check_writable(args.out)
@@ -295,6 +357,11 @@ def cmd_train(args):
     with timer("load data"):
         data = _load_data(args.data)
     x, y = data.x, data.y
+    if isinstance(x, (dict, Sequences)) or isinstance(y, Sequences):
+        raise UsageError("--data %s holds %s; 'influence train' builds only dense MLP/CNN networks on one "
+                         "array x: build and train that network with CNTK, then score it with --model"
+                         % (args.data, "several inputs (x.<input name>)" if isinstance(x, dict)
+                            else "variable-length sequences" if isinstance(x, Sequences) else "per-step labels"))
     if y is None:
         raise UsageError("--data %s has no 'y' array; save labels with np.savez(path, x=..., y=...)" % args.data)
     loss = args.loss
@@ -315,9 +382,19 @@ def cmd_train(args):
     else:
         n_out = int(np.prod(y.shape[1:])) if y.ndim > 1 else 1
     shape = tuple(x.shape[1:])
+    if kind == "cnn" and len(shape) != 3:
+        raise UsageError("--arch %s needs images of shape (n, C, H, W) but --data %s has x of shape %s; save "
+                         "x reshaped (e.g. x.reshape(-1, 1, 8, 8)) or use --arch mlp:..."
+                         % (args.arch, args.data, tuple(x.shape)))
     with timer("build"):
-        z = build_network(shape if len(shape) != 1 else shape[0], n_out, hidden=hidden,
-                          activation=args.activation, dtype=np.dtype(args.dtype), seed=args.seed)
+        if kind == "cnn":
+            # max pooling has kinks like relu; with a smooth activation the whole network is kept smooth
+            z = build_cnn(shape, n_out, channels=sizes, activation=args.activation,
+                          pooling="max" if args.activation == "relu" else "average",
+                          dtype=np.dtype(args.dtype), seed=args.seed)
+        else:
+            z = build_network(shape if len(shape) != 1 else shape[0], n_out, hidden=sizes,
+                              activation=args.activation, dtype=np.dtype(args.dtype), seed=args.seed)
         model = CNTKModel(z, loss=loss, l2=args.l2, batch_size=args.batch_size)
         if loss == "squared_error" and y.ndim == 1:
             data.y = y.reshape(-1, 1)
@@ -392,10 +469,24 @@ def cmd_hvp(args):
 
 
 def _load_split(path, flag, model):
-    data = _load_data(path, flag)
-    data.name = "%s %s" % (flag, path)
+    """--train/--test/--data for ``model``: a .npz file, or a CTF file (.ctf/.txt) read lazily with the
+    --ctf-map/--ctf-skip of the command (see _load_model)."""
+    from .data import is_ctf_path
+    name = "%s %s" % (flag, path)
+    if is_ctf_path(path):
+        from .ctf_data import load_ctf
+        _existing_file(path, flag)
+        try:
+            data = load_ctf(path, model, mapping=_CTF_OPTIONS.get("mapping"), skip=_CTF_OPTIONS.get("skip", ()),
+                            name=name)
+        except ValueError as e:
+            text = _ctf_terms(_first_line(e)).replace(os.path.abspath(path), path)
+            raise UsageError("%s %s" % (flag, text) if text.startswith(path) else "%s %s: %s" % (flag, path, text))
+    else:
+        data = _load_data(path, flag)
+        data.name = name
     try:
-        return model.validate(data, "%s %s" % (flag, path))
+        return model.validate(data, name)
     except ValueError as e:
         raise UsageError(str(e))
 
@@ -472,6 +563,11 @@ def _solver_options(args):
     return opts
 
 
+#: numpy's import-time note about compiled extensions built against another numpy (scipy.stats on
+#: numpy 1.19 under "always"): harmless and not about the user's run, so not printed.
+_BINARY_NOISE = re.compile(r"numpy\.(ufunc|dtype|ndarray) size changed")
+
+
 class _Warnings(object):
     """Collect warnings during a command and print each once, in one line, on stderr."""
 
@@ -487,7 +583,8 @@ class _Warnings(object):
         seen = set()
         for w in self.caught:
             text = "%s: %s" % (w.category.__name__, _first_line(w.message))
-            if text not in seen and not issubclass(w.category, (DeprecationWarning, ImportWarning)):
+            if text not in seen and not issubclass(w.category, (DeprecationWarning, ImportWarning)) \
+                    and not _BINARY_NOISE.match(str(w.message)):
                 seen.add(text)
                 print("influence: warning: %s" % text, file=sys.stderr)
 
@@ -739,7 +836,9 @@ def build_parser():
                        "Function.save plus a .json file of metadata (loss, l2, arch) beside it.")
     p.add_argument("--data", required=True, metavar="TRAIN.npz",
                    help="training data: .npz with arrays x (n × features) and y (labels or targets)")
-    p.add_argument("--arch", default="softmax", help="'softmax' (no hidden layer) or 'mlp:H1,H2,...' "
+    p.add_argument("--arch", default="softmax", help="'softmax' (no hidden layer), 'mlp:H1,H2,...' or "
+                   "'cnn:C1,C2,...' (per entry a 3x3 convolution, BatchNormalization, the activation and 2x2 "
+                   "pooling: average, or max with relu; then Dropout and Dense; x of shape (n, C, H, W)) "
                    "(default softmax)")
     p.add_argument("--activation", default="tanh", choices=["tanh", "relu", "sigmoid", "softplus"],
                    help="hidden-layer activation (default tanh)")
@@ -758,7 +857,8 @@ def build_parser():
                        description="Compute (H + damping·I)·v for the mean training objective of a model "
                        "on a dataset, by central finite differences, and report its time.")
     _model_flags(p)
-    p.add_argument("--data", required=True, metavar="D.npz", help=".npz with x and y")
+    p.add_argument("--data", required=True, metavar="D.npz", help=".npz with x and y, or a .ctf file")
+    _ctf_flags(p)
     p.add_argument("--vector", required=True, metavar="v.npy", help="flat vector (.npy), one entry per parameter")
     p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
     p.add_argument("--out", metavar="hv.npy", help="save H·v here (.npy)")
@@ -766,7 +866,8 @@ def build_parser():
 
     def score_flags(p, solver=True):
         _model_flags(p)
-        p.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y)")
+        p.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y, or .ctf)")
+        _ctf_flags(p)
         p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian: (H + λI)⁻¹ (default 0)")
         p.add_argument("--chunk-size", type=int, default=10000, metavar="C",
                        help="training rows per chunk: the unit of progress and of --resume (default 10000)")
@@ -820,6 +921,7 @@ def build_parser():
     p.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y)")
     p.add_argument("--test-index", type=int, nargs="+", required=True, metavar="I", help="test point(s)")
     p.add_argument("--k", type=int, default=30, help="training points to retrain without (default 30)")
+    _ctf_flags(p)
     p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
     p.add_argument("--solver", choices=["cg", "lissa", "direct", "lanczos"], default="cg", help="default cg")
     p.add_argument("--top", type=int, default=5, help="worst disagreements to print (default 5)")

@@ -12,10 +12,11 @@ What travels, and how often (see docs/cluster.md):
   pickle. Each worker process loads the model once per job content (a module-level cache keyed by a
   hash of the model bytes and options), not once per task, and checks that the loaded weights are
   bit-identical to the client's.
-- The training data does not travel: every task opens the ``.npz`` file the client loaded it from
-  (:attr:`influence.data.Dataset.source`, a path all workers must be able to read, e.g. a shared
-  file system) with :func:`influence.data.load_npz` (memory-mapped, once per worker) and reads its
-  chunk of rows. Before that, every task checks that the file still has the content fingerprint
+- The training data does not travel: every task opens the ``.npz`` or ``.ctf`` file the client
+  loaded it from (:attr:`influence.data.Dataset.source`, a path all workers must be able to read,
+  e.g. a shared file system) with :func:`influence.data.load_data` (``.npz`` memory-mapped; ``.ctf``
+  indexed and read lazily with the client's ``mapping``/``skip``, ``Dataset.source_options``; once
+  per worker) and reads its chunk of rows. Before that, every task checks that the file still has the content fingerprint
   (size, modification time, sampled bytes) the client took: a file rewritten meanwhile is refused.
   Workers cache the loaded data per (model, path, fingerprint), so a long-lived ``tcp://`` worker
   never serves an old file's rows.
@@ -42,7 +43,7 @@ import numpy as np
 
 from ._files import check_unchanged, file_fingerprint
 from .adapters.cntk import CNTKModel
-from .data import load_npz
+from .data import load_data
 from .kernels import ForwardStep, chunk_scores
 
 __all__ = ["connect", "check_reachable", "import_distributed", "parse_spec", "check_inputs",
@@ -129,16 +130,31 @@ def check_inputs(client, model, train):
     """Raise a one-line ValueError unless ``train`` comes from a file and ``model`` can be shipped."""
     if getattr(train, "source", None) is None:
         raise ValueError("scoring on a cluster needs training data the workers can read themselves: "
-                         "load it with influence.load_npz(path) from a path all workers can read "
-                         "(in-memory arrays are not shipped)")
+                         "load it with influence.load_npz(path) or influence.load_ctf(path, model) from "
+                         "a path all workers can read (in-memory arrays are not shipped)")
     if not os.path.isfile(train.source):
-        raise ValueError("the training data file %s no longer exists; reload it with influence.load_npz"
+        raise ValueError("the training data file %s no longer exists; reload it with influence.load_data"
                          % train.source)
     if not hasattr(client, "submit"):
         raise ValueError("DaskExecutor(%r): not a distributed.Client; pass influence.cluster.connect('local:2') "
                          "or distributed.Client('tcp://host:port')" % (client,))
     if not _is_cntk(model):
         _model_spec(model)     # a CNTKModel always ships (Function.save); anything else must pickle
+    else:
+        _exclude_names(model)
+
+
+def _exclude_names(model):
+    """The parameter names a CNTKModel was built with ``exclude=`` (None without); a predicate cannot
+    travel to the workers and is refused."""
+    exclude = getattr(model, "exclude", None)
+    if exclude is None:
+        return None
+    if callable(exclude):
+        raise ValueError("the model was built with a predicate exclude=%r, which cannot be sent to the cluster "
+                         "workers; build it with exclude= parameter names (e.g. exclude=['scale', 'bias'])"
+                         % (exclude,))
+    return sorted({exclude} if isinstance(exclude, str) else {str(e) for e in exclude})
 
 
 def _is_cntk(model):
@@ -157,6 +173,9 @@ def _model_spec(model):
         finally:
             os.remove(path)
         options = {"loss": model.loss_name, "l2": model.l2, "batch_size": model.batch_size}
+        exclude = _exclude_names(model)
+        if exclude is not None:
+            options["exclude"] = exclude
         if model.loss_name is None:
             options["features"] = model.features.name or None
             options["labels"] = None if model.labels is None else (model.labels.name or None)
@@ -187,6 +206,7 @@ class _Job(object):
         self.data_path = train.source
         self.data_fingerprint = data_fingerprint
         self.data_name = train.name
+        self.data_options = dict(getattr(train, "source_options", None) or {})
         self.n_rows = len(train)
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float64)
         self.steps = None if steps is None else [tuple(s) for s in steps]
@@ -327,7 +347,7 @@ def _worker_data(job, model):
         if data is not None:
             _DATA.move_to_end(key)
             return data
-    data = model.validate(load_npz(job.data_path, name=job.data_name), job.data_name)
+    data = model.validate(load_data(job.data_path, model, name=job.data_name, **job.data_options), job.data_name)
     if len(data) != job.n_rows:
         raise ValueError("the training data %s on %s has %d rows, the client's %d; all workers must read "
                          "the same file" % (job.data_path, here, len(data), job.n_rows))

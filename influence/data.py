@@ -34,7 +34,8 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["Dataset", "Sequences", "as_dataset", "load_npz", "save_npz", "load_digits"]
+__all__ = ["Dataset", "Sequences", "as_dataset", "load_npz", "save_npz", "load_data", "load_digits",
+           "batch_bounds"]
 
 #: Rows checked at once for NaN/Inf, so validation of a memory-mapped file stays bounded in memory.
 _CHECK_ROWS = 65536
@@ -304,12 +305,15 @@ class Dataset(object):
     ``x`` must be numeric and finite; ``y`` (optional) numeric and finite. Model-specific checks
     (feature shape, label range) belong to the model adapter's ``validate``.
 
-    ``source``: the absolute path of the ``.npz`` file the rows come from (set by :func:`load_npz`,
-    kept by ``subset(slice(None))``, dropped by any other subset), so that workers of a cluster can
-    read the same rows themselves (:mod:`influence.cluster`); None for in-memory data.
+    ``source``: the absolute path of the ``.npz`` or ``.ctf`` file the rows come from (set by
+    :func:`load_npz` and :func:`influence.ctf_data.load_ctf`, kept by ``subset(slice(None))``, dropped
+    by any other subset), so that workers of a cluster can read the same rows themselves
+    (:mod:`influence.cluster`); None for in-memory data. ``source_options``: the keywords of
+    :func:`load_data` that read it again the same way (a CTF file's ``mapping``, ``skip``, ``labels``).
     """
 
     source = None
+    source_options = None
 
     def __init__(self, x, y=None, name="data", _checked=False):
         self.name = name
@@ -406,20 +410,25 @@ class Dataset(object):
                     release_rows(part, start, stop)
 
     def _batch_bounds(self, size):
-        n = len(self)
-        seqs = [p for p in self._parts() if isinstance(p, Sequences)]
-        if not seqs or size >= sum(p.n_steps for p in seqs):
-            return [(a, min(a + size, n)) for a in range(0, n, size)] if not seqs else [(0, n)]
-        steps = np.max([p.lengths for p in seqs], axis=0)
-        ends = np.cumsum(steps)
-        bounds, start = [], 0
-        while start < n:
-            base = ends[start - 1] if start else 0
-            stop = int(np.searchsorted(ends, base + size, side="right"))
-            stop = max(stop, start + 1)
-            bounds.append((start, stop))
-            start = stop
-        return bounds
+        return batch_bounds(len(self), [p.lengths for p in self._parts() if isinstance(p, Sequences)], size)
+
+
+def batch_bounds(n, lengths, size):
+    """[(start, stop), ...] of the batches of :meth:`Dataset.batches` over ``n`` rows: ``size`` rows per
+    batch, or, when ``lengths`` (the step counts of each sequence input, a list of (n,) arrays) is not
+    empty, at most ``size`` total steps (of the longest input) per batch, at least one sequence each."""
+    if not lengths or size >= sum(int(np.sum(a)) for a in lengths):
+        return [(a, min(a + size, n)) for a in range(0, n, size)] if not lengths else [(0, n)]
+    steps = np.max(lengths, axis=0)
+    ends = np.cumsum(steps)
+    bounds, start = [], 0
+    while start < n:
+        base = ends[start - 1] if start else 0
+        stop = int(np.searchsorted(ends, base + size, side="right"))
+        stop = max(stop, start + 1)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
 
 
 def first_bad(y, is_bad):
@@ -617,6 +626,28 @@ def save_npz(path, x, y=None):
     np.savez(path, **members)
 
 
+
+
+def load_data(path, model_or_inputs=None, mapping=None, skip=(), name=None, labels=None):
+    """A Dataset from a data file, by its extension: ``.ctf``/``.txt`` (CNTK Text Format) is read
+    lazily with :func:`influence.ctf_data.load_ctf` (``model_or_inputs``, ``mapping``, ``skip`` and
+    ``labels`` as there; dimensions from the model), anything else with :func:`load_npz` (then
+    ``mapping``/``skip`` must not be given; ``model_or_inputs`` is not needed)."""
+    if is_ctf_path(path):
+        from .ctf_data import load_ctf
+        if model_or_inputs is None:
+            raise ValueError("%s is a CTF file: its dimensions come from the model; pass the model (or "
+                             "{input name: InputSpec}) as model_or_inputs" % (path,))
+        return load_ctf(path, model_or_inputs, mapping=mapping, skip=skip, name=name, labels=labels)
+    if mapping or skip:
+        raise ValueError("%s is not a CTF file (.ctf or .txt): mapping= and skip= apply to CTF streams "
+                         "only; drop them" % (path,))
+    return load_npz(path, name=name)
+
+
+def is_ctf_path(path):
+    """Is ``path`` named like a CNTK Text Format file (``.ctf`` or ``.txt``, any case)?"""
+    return str(path).lower().endswith((".ctf", ".txt"))
 
 
 def load_digits():

@@ -32,9 +32,11 @@ import time
 import warnings
 
 import numpy as np
+import scipy.sparse
 
 from ._files import InputChangedError, check_unchanged, file_fingerprint, write_json, write_npy
 from ._version import __version__
+from .data import Sequences
 from .chunks import CHUNK_RETRIES, DEFAULT_CHUNK_SIZE, ChunkRetryWarning, chunk_bounds, run_chunks
 from .hvp import HessianOperator
 from .scores import influence_scores, plan_auto, s_test, self_influence
@@ -235,9 +237,28 @@ def data_identity(data):
     """The fingerprint of a Dataset: its file's :func:`file_fingerprint` when it is a whole file
     (``data.source``), else a hash of its rows."""
     if getattr(data, "source", None) is not None:
-        return dict(file_fingerprint(data.source), rows=len(data))
-    return {"rows": len(data), "x": _array_digest(data.x),
-            "y": None if data.y is None else _array_digest(data.y)}
+        return dict(file_fingerprint(data.source), rows=len(data), **_source_options(data))
+    return {"rows": len(data), "x": _part_digest(data.x),
+            "y": None if data.y is None else _part_digest(data.y)}
+
+
+def _part_digest(a):
+    """:func:`_array_digest` of what a Dataset holds: an array, a CSR matrix, Sequences or a dict."""
+    if isinstance(a, dict):
+        return {str(k): _part_digest(v) for k, v in sorted(a.items())}
+    if isinstance(a, Sequences):
+        return {"values": _part_digest(a.values), "lengths": _array_digest(a.lengths)}
+    if scipy.sparse.issparse(a):
+        a = a.tocsr()
+        return {"shape": list(a.shape), "data": _array_digest(a.data), "indices": _array_digest(a.indices),
+                "indptr": _array_digest(a.indptr)}
+    return _array_digest(a)
+
+
+def _source_options(data):
+    """{"options": how the file is read (a CTF file's mapping/skip)} when it matters, else {}."""
+    options = getattr(data, "source_options", None)
+    return {"options": options} if options else {}
 
 
 def model_identity(model):
@@ -273,7 +294,8 @@ class _Job(object):
 
     def fingerprint(self):
         """Everything the results depend on (a JSON-able dict)."""
-        train = data_identity(self.train) if self._train_fp is None else dict(self._train_fp, rows=len(self.train))
+        train = data_identity(self.train) if self._train_fp is None else \
+            dict(self._train_fp, rows=len(self.train), **_source_options(self.train))
         fp = {"kind": self.kind, "version": __version__, "model": model_identity(self.model),
               "loss": getattr(self.model, "loss_name", None), "l2": getattr(self.model, "l2", None),
               "train": train, "chunk_size": self.chunk_size}

@@ -196,3 +196,28 @@ def test_cntk_model_bit_identical(client, cntk, tmp_path):
     assert np.array_equal(model.get_params(), w0)
     loads = client.run(lambda: dict(__import__("influence.cluster", fromlist=["LOADS"]).LOADS))
     assert all(count == 1 for per_worker in loads.values() for count in per_worker.values()), loads
+
+
+def test_cntk_model_with_exclude_on_a_ctf_training_file(client, cntk, tmp_path):
+    # the workers rebuild the model with the same exclude= names and reopen the .ctf file themselves
+    from influence.adapters.cntk import CNTKModel, build_network
+    x, y = make_classification(600, 6, 3, seed=3)
+    path = str(tmp_path / "train.ctf")
+    with open(path, "w") as f:
+        for xi, yi in zip(x, y):
+            f.write("|features %s |label %s\n" % (" ".join(repr(float(v)) for v in xi),
+                                                  " ".join("1" if j == yi else "0" for j in range(3))))
+    model = CNTKModel(build_network(6, 3, hidden=(5,)), loss="cross_entropy", l2=1e-3, batch_size=100,
+                      exclude=["b"])
+    assert model.n_params == 6 * 5 + 5 * 3
+    train = influence.load_ctf(path, model, mapping={"label": "labels"})
+    s = np.random.RandomState(1).standard_normal((1, model.n_params))
+    test = (x[:1].astype(np.float32), y[:1])
+    ref = influence.influence_scores(model, train, test, s=s, chunk_size=200, check_optimum=False)
+    got = influence.influence_scores(model, train, test, s=s, chunk_size=200, check_optimum=False,
+                                     executor=cluster.DaskExecutor(client))
+    assert np.array_equal(got, ref)
+    pred = CNTKModel(build_network(6, 3, hidden=(5,)), exclude=lambda p: p.name == "b")
+    with pytest.raises(ValueError, match="predicate exclude=.*cannot be sent to the cluster workers; build it "
+                                         "with exclude= parameter names"):
+        cluster.DaskExecutor(client).check(pred, influence.load_ctf(path, pred, mapping={"label": "labels"}))

@@ -94,7 +94,11 @@ class Model(object):
         if isinstance(data, PreparedData) and data.model is self:
             return data.data
         dataset = as_dataset(data, name)
-        self._validate(dataset)
+        lazy = getattr(dataset, "validate_chunks", None)   # rows kept in a file: checked chunk by chunk
+        if lazy is not None:
+            lazy(self._validate)
+        else:
+            self._validate(dataset)
         checked = dataset.subset(slice(None))
         checked._valid_for = self
         return checked

@@ -349,6 +349,8 @@ class CNTKModel(Model):
         self._lock = threading.RLock()
         from .cntk_graph import inference_graph
         self._params = ParameterVector(_select_parameters(function.parameters, exclude))
+        #: ``exclude=`` as given (names or a predicate; the cluster ships names to its workers)
+        self.exclude = exclude
         self.excluded = [p for p in function.parameters
                          if not any(p.uid == q.uid for q in self._params.parameters)]
         w = self._params.get_params()
