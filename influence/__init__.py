@@ -10,8 +10,8 @@ NumPy path works without it.
 from ._version import __version__
 from .adapters.base import Model
 from .adapters.cntk import CNTKModel
-from .data import Dataset, load_npz, load_data, load_digits
-from .ctf_data import load_ctf
+from .data import Dataset, load_npz, load_digits
+from .ctf_data import load_ctf, load_data
 from .hvp import HessianOperator, hvp
 from . import models
 from .solvers import (solve, Solution, ConvergenceWarning, NonPositiveCurvatureError, DivergenceError,

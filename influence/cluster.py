@@ -14,7 +14,7 @@ What travels, and how often (see docs/cluster.md):
   bit-identical to the client's.
 - The training data does not travel: every task opens the ``.npz`` or ``.ctf`` file the client
   loaded it from (:attr:`influence.data.Dataset.source`, a path all workers must be able to read,
-  e.g. a shared file system) with :func:`influence.data.load_data` (``.npz`` memory-mapped; ``.ctf``
+  e.g. a shared file system) with :func:`influence.load_data` (``.npz`` memory-mapped; ``.ctf``
   indexed and read lazily with the client's ``mapping``/``skip``, ``Dataset.source_options``; once
   per worker) and reads its chunk of rows. Before that, every task checks that the file still has the content fingerprint
   (size, modification time, sampled bytes) the client took: a file rewritten meanwhile is refused.
@@ -43,7 +43,7 @@ import numpy as np
 
 from ._files import check_unchanged, file_fingerprint
 from .adapters.cntk import CNTKModel
-from .data import load_data
+from .ctf_data import load_data
 from .kernels import ForwardStep, chunk_scores
 
 __all__ = ["connect", "check_reachable", "import_distributed", "parse_spec", "check_inputs",

@@ -24,9 +24,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from .ctf import CTFError, CTFReader, InputSpec, _as_specs
-from .data import Dataset, Sequences, _part_subset, batch_bounds, check_batch_size
+from .data import Dataset, Sequences, _part_subset, batch_bounds, check_batch_size, is_ctf_path, load_npz
 
-__all__ = ["CTFDataset", "load_ctf", "LOAD_CHUNK", "CACHE_ROWS"]
+__all__ = ["CTFDataset", "load_ctf", "load_data", "LOAD_CHUNK", "CACHE_ROWS"]
 
 #: Sequences per read when the file is checked at load time (and by ``validate`` of another model).
 LOAD_CHUNK = 2048
@@ -318,3 +318,19 @@ def load_ctf(path, model_or_inputs, mapping=None, skip=(), name=None, labels=Non
     if model is not None:
         data._valid_for = model
     return data
+
+
+def load_data(path, model_or_inputs=None, mapping=None, skip=(), name=None, labels=None):
+    """A Dataset from a data file, by its extension: ``.ctf``/``.txt`` (CNTK Text Format) is read
+    lazily with :func:`influence.ctf_data.load_ctf` (``model_or_inputs``, ``mapping``, ``skip`` and
+    ``labels`` as there; dimensions from the model), anything else with :func:`load_npz` (then
+    ``mapping``/``skip`` must not be given; ``model_or_inputs`` is not needed)."""
+    if is_ctf_path(path):
+        if model_or_inputs is None:
+            raise ValueError("%s is a CTF file: its dimensions come from the model; pass the model (or "
+                             "{input name: InputSpec}) as model_or_inputs" % (path,))
+        return load_ctf(path, model_or_inputs, mapping=mapping, skip=skip, name=name, labels=labels)
+    if mapping or skip:
+        raise ValueError("%s is not a CTF file (.ctf or .txt): mapping= and skip= apply to CTF streams "
+                         "only; drop them" % (path,))
+    return load_npz(path, name=name)

@@ -34,7 +34,7 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["Dataset", "Sequences", "as_dataset", "load_npz", "save_npz", "load_data", "load_digits",
+__all__ = ["Dataset", "Sequences", "as_dataset", "load_npz", "save_npz", "load_digits",
            "batch_bounds"]
 
 #: Rows checked at once for NaN/Inf, so validation of a memory-mapped file stays bounded in memory.
@@ -309,7 +309,7 @@ class Dataset(object):
     :func:`load_npz` and :func:`influence.ctf_data.load_ctf`, kept by ``subset(slice(None))``, dropped
     by any other subset), so that workers of a cluster can read the same rows themselves
     (:mod:`influence.cluster`); None for in-memory data. ``source_options``: the keywords of
-    :func:`load_data` that read it again the same way (a CTF file's ``mapping``, ``skip``, ``labels``).
+    :func:`influence.ctf_data.load_data` that read it again the same way (a CTF file's ``mapping``, ``skip``, ``labels``).
     """
 
     source = None
@@ -624,25 +624,6 @@ def save_npz(path, x, y=None):
         else:
             put(prefix, value)
     np.savez(path, **members)
-
-
-
-
-def load_data(path, model_or_inputs=None, mapping=None, skip=(), name=None, labels=None):
-    """A Dataset from a data file, by its extension: ``.ctf``/``.txt`` (CNTK Text Format) is read
-    lazily with :func:`influence.ctf_data.load_ctf` (``model_or_inputs``, ``mapping``, ``skip`` and
-    ``labels`` as there; dimensions from the model), anything else with :func:`load_npz` (then
-    ``mapping``/``skip`` must not be given; ``model_or_inputs`` is not needed)."""
-    if is_ctf_path(path):
-        from .ctf_data import load_ctf
-        if model_or_inputs is None:
-            raise ValueError("%s is a CTF file: its dimensions come from the model; pass the model (or "
-                             "{input name: InputSpec}) as model_or_inputs" % (path,))
-        return load_ctf(path, model_or_inputs, mapping=mapping, skip=skip, name=name, labels=labels)
-    if mapping or skip:
-        raise ValueError("%s is not a CTF file (.ctf or .txt): mapping= and skip= apply to CTF streams "
-                         "only; drop them" % (path,))
-    return load_npz(path, name=name)
 
 
 def is_ctf_path(path):

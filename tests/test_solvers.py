@@ -477,7 +477,7 @@ def test_every_solver_has_the_common_signature():
         rest = [p for p in params[2:] if p.name != "method"]
         assert [(p.name, p.default) for p in rest[:len(common)]] == common, f.__name__
         assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in rest), f.__name__
-    extras = {m: solvers._extras(m) for m in solvers.METHODS}
+    extras = {m: solvers.dispatch._extras(m) for m in solvers.METHODS}
     assert extras == {"cg": ["stagnation", "curvature_steps"],
                       "lissa": ["variant", "scale", "batch_size", "repeats", "power_steps", "check_every",
                                 "inner_steps"],

@@ -9,7 +9,6 @@ one-element ``wrt`` returns a bare array rather than a dict.
 import os
 import sys
 import threading
-import warnings
 
 import numpy as np
 
@@ -17,24 +16,14 @@ from ..data import (Dataset, Sequences, _is_sparse, check_binary_labels, check_c
                     first_bad)
 from .base import Model
 
+from ._cntk_runtime import import_cntk
+from .cntk_graph import constants_to_parameters, inference_graph, kinks
+
 __all__ = ["CNTKModel", "FunctionGradient", "ParameterVector", "import_cntk", "LOSSES", "build_network",
            "build_cnn", "load_onnx"]
 
 #: Loss names accepted by :class:`CNTKModel` for a network output (see its docstring).
 LOSSES = ("cross_entropy", "binary_cross_entropy", "squared_error")
-
-
-def import_cntk():
-    """Import CNTK with its start-up warnings silenced; a clear error when it is unavailable."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import cntk
-    except ImportError as e:
-        raise ImportError(
-            "CNTK is not importable (%s); it needs Python 3.5/3.6 with cntk==2.7.post2 and OpenMPI: "
-            "run 'make venv' and use .venv/bin/python (see docs/installing.md)" % e)
-    return cntk
 
 
 class ParameterVector(object):
@@ -149,7 +138,6 @@ class FunctionGradient(ParameterVector):
 
     def __init__(self, y, x):
         super(FunctionGradient, self).__init__(y.parameters)
-        from .cntk_graph import inference_graph, kinks
         self.y = y
         self.y_inference = inference_graph(y)[0]
         self.smooth = not kinks(self.y_inference)
@@ -263,7 +251,6 @@ def load_onnx(path):
     file's (1, ...) shape; the output's leading 1 is dropped. A graph that cannot run on a batch
     (e.g. CNTK's ONNX convolutions, built on ToBatchAxis/UnpackBatchAxis) is refused."""
     C = import_cntk()
-    from .cntk_graph import constants_to_parameters
     try:
         with _Quiet():
             f = C.Function.load(str(path), format=C.ModelFormat.ONNX)
@@ -347,7 +334,6 @@ class CNTKModel(Model):
         # one CNTK evaluation at a time per model: a Function evaluated from two threads at once fails
         # in CNTK 2.7 ("This Value object is invalid ...", measured), see _owned for the other half
         self._lock = threading.RLock()
-        from .cntk_graph import inference_graph
         self._params = ParameterVector(_select_parameters(function.parameters, exclude))
         #: ``exclude=`` as given (names or a predicate; the cluster ships names to its workers)
         self.exclude = exclude
@@ -377,7 +363,6 @@ class CNTKModel(Model):
         if _is_sequence(self.loss_function.output):
             # per-step losses (a tagger): the example's loss is the sum over its steps
             self.loss_function = C.sequence.reduce_sum(self.loss_function)
-        from .cntk_graph import kinks
         self.smooth = not kinks(self.loss_function)
         shape = tuple(self.loss_function.output.shape)
         if int(np.prod(shape)) != 1:

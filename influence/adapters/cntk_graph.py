@@ -27,7 +27,7 @@ cannot be cut without opening the block.
 imports ONNX initializers as Constants) into Parameters, keeping the running statistics of
 BatchNormalization as Constants.
 """
-from .cntk import import_cntk
+from ._cntk_runtime import import_cntk
 
 __all__ = ["inference_graph", "constants_to_parameters", "kinks", "TRAINING_OPS", "RANDOM_OPS", "KINK_OPS"]
 

@@ -33,9 +33,6 @@ callback) still work for one release with a DeprecationWarning. Details: docs/so
 Many right-hand sides: :func:`solve_many` shares the work between them (one factorisation for direct
 and lanczos, recycled Krylov vectors for cg); :func:`plan_solver` is the cost model of ``"auto"``.
 """
-import collections
-import inspect
-
 from ._common import (COMMON_PARAMETERS, ConvergenceWarning, DivergenceError, NonPositiveCurvatureError,
                       Solution)
 from .cg import cg, CG_RTOL, CG_RTOL_FLOAT32, CG_STAGNATION_FLOAT32, CURVATURE_STEPS
@@ -44,34 +41,10 @@ from .lissa import (lissa, REFINED_RTOL, REFINED_MAXITER, LISSA_MAXITER, LISSA_B
 from .dense import dense_matrix
 from .direct import direct
 from .lanczos import lanczos, lanczos_inverse, LowRankInverse, LANCZOS_K
+from .dispatch import METHODS, solve
 from .many import solve_many
 from .plan import Plan, plan_solver
 
 __all__ = ["solve", "METHODS", "Solution", "ConvergenceWarning", "NonPositiveCurvatureError",
            "DivergenceError", "cg", "lissa", "direct", "lanczos", "lanczos_inverse", "LowRankInverse",
            "dense_matrix", "solve_many", "plan_solver", "Plan"]
-
-METHODS = collections.OrderedDict([("cg", cg), ("lissa", lissa), ("direct", direct), ("lanczos", lanczos)])
-
-
-def _extras(method):
-    """The extras of ``method`` (keyword-only parameters beyond the common ones)."""
-    params = inspect.signature(METHODS[method]).parameters
-    return [p for p in params if p not in ("H", "b") and p not in COMMON_PARAMETERS]
-
-
-def solve(H, b, method="cg", *, damping=0.0, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None,
-          progress=False, random_state=None, **method_options):
-    """Solve ``(H + damping·I) x = b`` with ``method`` in ``METHODS`` ('cg', 'lissa', 'direct',
-    'lanczos'); the common arguments mean the same for every method (see the module docstring),
-    ``method_options`` are that method's extras. Returns a :class:`Solution`."""
-    if method not in METHODS:
-        raise ValueError("method=%r is not one of %s; pass e.g. method='cg'" % (method, ", ".join(METHODS)))
-    f = METHODS[method]
-    extras = _extras(method)
-    unknown = sorted(set(method_options) - set(extras) - set(getattr(f, "deprecated_names", ())))
-    if unknown:
-        raise ValueError("option %s is not accepted by method=%r; its options: %s"
-                         % (", ".join(repr(u) for u in unknown), method, ", ".join(extras) or "none beyond the common ones"))
-    return f(H, b, damping=damping, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback,
-             progress=progress, random_state=random_state, **method_options)

@@ -27,7 +27,10 @@ import scipy.linalg
 import scipy.sparse.linalg as spla
 
 from .._numeric import check_damping, norm
-from ._common import Solution, check_common, check_operator, judge, operator_damping, refuse
+from ._common import (Products, Solution, check_common, check_operator, judge, operator_damping, refuse,
+                      relative_residual)
+from .cg import cg
+from .dispatch import METHODS, _extras, solve
 from .dense import check_dense_memory, cholesky, dense_matrix
 from .lanczos import lanczos_inverse
 
@@ -163,7 +166,6 @@ def _direct_many(H, B, d, damping, rtol, atol, progress):
 
 
 def _lanczos_many(H, B, d, damping, rtol, atol, maxiter, progress, random_state, options):
-    from ._common import Products, relative_residual
     t0 = time.time()
     if not B.any():
         return [Solution(np.zeros(d), True, 0, 0, 0.0, 0.0) for _ in B]
@@ -189,7 +191,6 @@ def _lanczos_many(H, B, d, damping, rtol, atol, maxiter, progress, random_state,
 
 
 def _cg_many(H, B, d, damping, common, options, recycle):
-    from .cg import cg
     span = RecycledSpan(d) if recycle else None
     last = {}
 
@@ -223,7 +224,6 @@ def solve_many(H, B, method="cg", *, damping=0.0, rtol=None, atol=0.0, maxiter=N
     every solve starts from 0).
     ``method_options``: the method's extras. A single row behaves as ``solve`` does.
     """
-    from . import METHODS, solve, _extras
     if method not in METHODS:
         raise ValueError("method=%r is not one of %s; pass e.g. method='cg'" % (method, ", ".join(METHODS)))
     H, d = check_operator(H)
