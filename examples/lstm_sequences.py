@@ -6,7 +6,10 @@ A sequence-to-one classifier (``C.sequence.input_variable``, ``Recurrence(LSTM)`
 (``x.steps`` = all steps concatenated, ``x.lengths`` = steps per sequence; no pickled objects) and
 read back memory-mapped by ``influence.load_npz``. The per-example loss is the loss of a whole
 sequence; batches are formed by total steps. Then: fit, influence of every training sequence on a
-test sequence, self-influence with a few labels flipped.
+test sequence, self-influence with a few labels flipped. Finally the same training sequences are
+written in CNTK Text Format (one line per step, the sequence id first, the one-hot label on the first
+line of each sequence), read back with ``influence.load_data(path, model)`` and scored again: the
+scores equal those from the ``.npz``.
 
     python examples/lstm_sequences.py [--small]
 """
@@ -28,6 +31,23 @@ def make_data(n, seed=0):
     seqs = [rng.standard_normal((t, 3)) for t in rng.randint(2, 10, n)]
     labels = np.array([int(s[:, 0].sum() > 0) for s in seqs])
     return seqs, labels
+
+
+#: Scores from the .ctf vs from the .npz: the same float64 values (written with repr, exact) and the
+#: same computation, so they agree to rounding.
+CTF_NPZ_RTOL = 1e-10
+
+
+def write_ctf(path, seqs, labels, n_classes=2, feature="steps", label="labels"):
+    """Sequences in CNTK Text Format: one line per step, ``<id> |steps v1 v2 v3``; the label
+    (one-hot, the stream named after the model's label input) once, on a sequence's first line."""
+    with open(path, "w") as f:
+        for i, (s, c) in enumerate(zip(seqs, labels)):
+            for t, step in enumerate(s):
+                line = "%d |%s %s" % (i, feature, " ".join(repr(float(v)) for v in step))
+                if t == 0:
+                    line += " |%s %s" % (label, " ".join("1" if k == c else "0" for k in range(n_classes)))
+                f.write(line + "\n")
 
 
 def main(argv=None):
@@ -67,7 +87,18 @@ def main(argv=None):
     top = np.argsort(-si)[:len(flipped)]
     found = len(set(top.tolist()) & set(flipped.tolist()))
     print("self-influence: %d of the %d flipped labels among the %d highest" % (found, len(flipped), len(top)))
-    return {"scores": scores, "self_influence": si, "found": found, "fit": fit}
+
+    ctf_path = os.path.join(folder, "train.ctf")           # the same sequences in CNTK Text Format
+    write_ctf(ctf_path, seqs[:n], labels[:n], label=model.labels.name)
+    train_ctf = influence.load_data(ctf_path, model)        # streams matched to the inputs by name
+    scores_ctf = influence.influence_scores(model, train_ctf, test, damping=0.01, check_optimum=False)
+    diff = np.abs(scores_ctf - scores).max() / np.abs(scores).max()
+    print("CTF: %d sequences from %s, scores equal the .npz ones (max rel. difference %.1e)"
+          % (len(train_ctf), os.path.basename(ctf_path), diff))
+    if diff > CTF_NPZ_RTOL:
+        raise RuntimeError("scores from %s differ from the .npz ones by %.1e" % (ctf_path, diff))
+    return {"scores": scores, "self_influence": si, "found": found, "fit": fit,
+            "scores_ctf": scores_ctf, "ctf_npz_difference": diff}
 
 
 if __name__ == "__main__":

@@ -38,7 +38,10 @@ def test_lstm_sequences_small(cntk, capsys):
     out = lstm_sequences.main(["--small"])
     assert out["scores"].shape == (24,) and np.all(np.isfinite(out["scores"]))
     assert out["self_influence"].shape == (24,) and np.all(out["self_influence"] > 0)
-    assert "Sequences(24 sequences" in capsys.readouterr().out
+    np.testing.assert_allclose(out["scores_ctf"], out["scores"], rtol=lstm_sequences.CTF_NPZ_RTOL,
+                               atol=lstm_sequences.CTF_NPZ_RTOL * np.abs(out["scores"]).max())
+    text = capsys.readouterr().out
+    assert "Sequences(24 sequences" in text and "CTF: 24 sequences from train.ctf" in text
 
 
 def test_onnx_model_small(cntk, capsys):
