@@ -90,6 +90,19 @@ def test_a_solver_refusal_writes_nothing(files, tmp_path, capsys, solver):
     assert os.listdir(str(tmp_path)) == []                  # no y.csv, no y.csv.partial/
 
 
+def test_a_self_influence_refusal_writes_nothing(files, tmp_path, capsys):
+    """self --method exact on an indefinite H: the dense Hessian was already built (and checkpointed)
+    when the Cholesky factorisation refuses it; the refusal still exits 2 and leaves no folder."""
+    d, _, raw = files
+    out = str(tmp_path / "r.csv")
+    code, _, err = run(["self", "--model", raw, "--train", str(d / "train.npz"), "--no-optimum-check",
+                        "--quiet", "--out", out], capsys)
+    assert code == 2, err
+    assert "not positive definite" in err and "--damping" in err and "damping=" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert os.listdir(str(tmp_path)) == []
+
+
 def test_unreachable_scheduler_is_refused_before_any_solve(files, tmp_path, capsys, monkeypatch):
     d, model, _ = files
     monkeypatch.setattr(influence.jobs, "s_test", lambda *a, **k: pytest.fail("solved before the check"))

@@ -405,7 +405,7 @@ def test_progress_bar_writes_to_stderr(capsys):
     H = HessianOperator(model, data)
     s = solvers.cg(H, rhs(model), progress=True)
     out, err = capsys.readouterr()
-    assert s.converged and out == ""
+    assert s.converged and out == "" and "cg:" in err
     quiet = solvers.cg(HessianOperator(model, data), rhs(model))
     out, err2 = capsys.readouterr()
     assert err2 == "" and np.array_equal(quiet.x, s.x)
