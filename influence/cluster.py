@@ -42,6 +42,7 @@ import warnings
 import numpy as np
 
 from ._files import check_unchanged, file_fingerprint
+from .adapters.base import weights_digest
 from .adapters.cntk import CNTKModel
 from .ctf_data import load_data
 from .kernels import ForwardStep, chunk_scores
@@ -188,11 +189,6 @@ def _model_spec(model):
     return "pickle", blob, {}
 
 
-def _params_digest(model):
-    w = np.ascontiguousarray(model.get_params())
-    return hashlib.sha256(w.dtype.str.encode() + w.tobytes()).hexdigest()
-
-
 class _Job(object):
     """Everything a task needs besides its row range; shipped once per worker."""
 
@@ -202,7 +198,7 @@ class _Job(object):
         h = hashlib.sha256(blob)
         h.update(repr(sorted(options.items())).encode())
         self.model_key = h.hexdigest()[:24]
-        self.params_digest = _params_digest(model)
+        self.params_digest = weights_digest(model)
         self.data_path = train.source
         self.data_fingerprint = data_fingerprint
         self.data_name = train.name
@@ -317,7 +313,7 @@ def _worker_model(job):
         entry = _MODELS.get(job.model_key)
         if entry is None:
             model = _load_model(job)
-            if _params_digest(model) != job.params_digest:
+            if weights_digest(model) != job.params_digest:
                 raise RuntimeError("the model loaded on worker pid %d has weights that differ from the "
                                    "client's; check that the workers run the same influence/CNTK versions"
                                    % os.getpid())

@@ -37,6 +37,7 @@ import scipy.sparse
 from ._files import InputChangedError, check_unchanged, file_fingerprint, write_json, write_npy
 from ._version import __version__
 from .data import Sequences
+from .adapters.base import weights_digest
 from .chunks import CHUNK_RETRIES, DEFAULT_CHUNK_SIZE, ChunkRetryWarning, chunk_bounds, run_chunks
 from .hvp import HessianOperator
 from .scores import influence_scores, plan_auto, s_test, self_influence
@@ -263,9 +264,7 @@ def _source_options(data):
 
 def model_identity(model):
     """Class, size and a hash of the current weights of ``model``."""
-    w = np.ascontiguousarray(model.get_params())
-    return {"class": type(model).__name__, "n_params": int(model.n_params),
-            "weights": hashlib.sha256(w.dtype.str.encode() + w.tobytes()).hexdigest()[:32]}
+    return {"class": type(model).__name__, "n_params": int(model.n_params), "weights": weights_digest(model)}
 
 
 def _plain_options(options):

@@ -11,12 +11,13 @@ Subclasses implement five primitives on one validated batch (sums over the batch
 base class owns the batch loop, weights batches by size and accumulates in float64.
 """
 import contextlib
+import hashlib
 
 import numpy as np
 
 from ..data import as_dataset, check_batch_size
 
-__all__ = ["Model", "DEFAULT_BATCH_SIZE", "preserved_params", "PreparedData"]
+__all__ = ["Model", "DEFAULT_BATCH_SIZE", "preserved_params", "weights_digest", "PreparedData"]
 
 #: Rows per forward/backward pass when the caller gives no ``batch_size``.
 DEFAULT_BATCH_SIZE = 2048
@@ -35,6 +36,13 @@ def preserved_params(params):
         yield saved
     finally:
         params.set_params(saved)
+
+
+def weights_digest(params):
+    """sha256 (32 hex digits) of the dtype and bytes of ``params.get_params()``: the identity of the
+    current weights, for job fingerprints and the cluster workers' check."""
+    w = np.ascontiguousarray(params.get_params())
+    return hashlib.sha256(w.dtype.str.encode() + w.tobytes()).hexdigest()[:32]
 
 
 class Model(object):
