@@ -193,11 +193,6 @@ def _load_data(path, flag="--data"):
         raise UsageError("%s %s" % (flag, e))
 
 
-#: --ctf-map / --ctf-skip of the running command, parsed and checked against the model by _load_model
-#: (the data of a command are loaded after its model, with _load_split).
-_CTF_OPTIONS = {"mapping": {}, "skip": []}
-
-
 def _ctf_options(args, model):
     """Parse and check --ctf-map STREAM=INPUT / --ctf-skip STREAM against the model's inputs."""
     maps, skips = getattr(args, "ctf_map", None) or [], getattr(args, "ctf_skip", None) or []
@@ -263,8 +258,7 @@ def _load_model(args):
     except ValueError as e:
         text = _first_line(e)
         raise UsageError(text if args.model in text else "--model %s: %s" % (args.model, text))
-    _CTF_OPTIONS.clear()
-    _CTF_OPTIONS.update(_ctf_options(args, model))
+    args.ctf_options = _ctf_options(args, model)      # checked against the model before any data loads
     return model, meta
 
 
@@ -432,7 +426,7 @@ def cmd_hvp(args):
     with timer("load model"):
         model, _ = _load_model(args)
     with timer("load data"):
-        data = _load_split(args.data, "--data", model)
+        data = _load_split(args.data, "--data", model, args.ctf_options)
     _existing_file(args.vector, "--vector")
     with open(args.vector, "rb") as f:
         magic = f.read(6)
@@ -468,16 +462,16 @@ def cmd_hvp(args):
     return EXIT_OK
 
 
-def _load_split(path, flag, model):
-    """--train/--test/--data for ``model``: a .npz file, or a CTF file (.ctf/.txt) read lazily with the
-    --ctf-map/--ctf-skip of the command (see _load_model)."""
+def _load_split(path, flag, model, ctf_options):
+    """--train/--test/--data for ``model``: a .npz file, or a CTF file (.ctf/.txt) read lazily with
+    ``ctf_options`` ({"mapping", "skip"}: the command's --ctf-map/--ctf-skip, from _load_model)."""
     from .data import is_ctf_path
     name = "%s %s" % (flag, path)
     if is_ctf_path(path):
         from .ctf_data import load_ctf
         _existing_file(path, flag)
         try:
-            data = load_ctf(path, model, mapping=_CTF_OPTIONS.get("mapping"), skip=_CTF_OPTIONS.get("skip", ()),
+            data = load_ctf(path, model, mapping=ctf_options["mapping"], skip=ctf_options["skip"],
                             name=name)
         except ValueError as e:
             text = _ctf_terms(_first_line(e)).replace(os.path.abspath(path), path)
@@ -645,8 +639,8 @@ def cmd_score(args):
     timer = _Timer()
     with timer("load model and data"):
         model, _ = _load_model(args)
-        train = _load_split(args.train, "--train", model)
-        test = _load_split(args.test, "--test", model)
+        train = _load_split(args.train, "--train", model, args.ctf_options)
+        test = _load_split(args.test, "--test", model, args.ctf_options)
     if args.test_index:
         idx = _test_indices(args.test_index, test, model, args.batch_size)
     else:
@@ -744,7 +738,7 @@ def cmd_self(args):
     timer = _Timer()
     with timer("load model and data"):
         model, _ = _load_model(args)
-        train = _load_split(args.train, "--train", model)
+        train = _load_split(args.train, "--train", model, args.ctf_options)
     n = len(train)
     options = {"k": args.k, "random_state": args.seed} if args.method == "lanczos" else {}
     labels = _labels(train)
@@ -789,8 +783,8 @@ def cmd_verify(args):
     timer = _Timer()
     with timer("load model and data"):
         model, _ = _load_model(args)
-        train = _load_split(args.train, "--train", model)
-        test = _load_split(args.test, "--test", model)
+        train = _load_split(args.train, "--train", model, args.ctf_options)
+        test = _load_split(args.test, "--test", model, args.ctf_options)
     idx = _check_indices(args.test_index, len(test), "--test-index", "the test set")
     if args.k < 1:
         raise UsageError("--k %d: pass at least 1 training point to retrain without" % args.k)
