@@ -83,3 +83,23 @@ def test_known_renderers():
     text = run_all.render(entries, info, quick=True)
     assert "HVP ÷ gradient (float32, 79,510 parameters): **2.20**" in text
     assert "**30.0×**" in text and "## Summary" in text
+
+
+def test_merge_keeps_earlier_sections(stubs, tmp_path):
+    page, raw = str(tmp_path / "perf.md"), str(tmp_path / "results.json")
+    assert run_all.main(["--bench-dir", str(stubs), "--only", "alpha", "--out", page, "--json", raw]) == 0
+    first = json.load(open(raw))["benchmarks"][0]
+    assert first["name"] == "alpha" and "measured" in first and "load_before" in first
+    assert run_all.main(["--bench-dir", str(stubs), "--only", "beta", "--merge", "--out", page,
+                         "--json", raw]) == 0
+    data = json.load(open(raw))
+    assert [b["name"] for b in data["benchmarks"]] == ["alpha", "beta"]
+    assert data["benchmarks"][0]["measured"] == first["measured"]      # the earlier section is kept as it was
+    text = open(page).read()
+    assert '"rows"' in text and '"ratio": 2.05' in text and "load before" in text
+
+
+def test_merge_needs_raw_results(stubs, tmp_path, capsys):
+    assert run_all.main(["--bench-dir", str(stubs), "--only", "beta", "--merge",
+                         "--out", str(tmp_path / "p.md")]) == 2
+    assert "--json" in capsys.readouterr().err
