@@ -288,12 +288,29 @@ def render_stochastic(res):
     return lines[:-1]
 
 
-RENDERERS = {"hvp": render_hvp, "step": render_step, "solvers": render_solvers, "scores": render_scores,
+def render_many_tests(res):
+    lines = ["s_test for m test points on the digits MLP (d = {:,}, n = {:,}, float64), one HessianOperator for "
+             "every run; *× m = 1*: seconds ÷ the same solver's one-point run (target ≤ 3 at m = 100). "
+             "cg warm starts each point from the Galerkin projection on the earlier solutions; cold "
+             "starts from 0.".format(res["d"], res["n"]), ""]
+    lines += _table(["solver", "m", "seconds", "products", "max residual", "converged", "× m = 1"],
+                    [[r["solver"], r["m"], _g(r["seconds"], "%.2f"), r["n_hvp"], _g(r["max_residual"], "%.1e"),
+                      "%d/%d" % (r["converged"], r["m"]), _g(r.get("ratio_vs_m1"), "%.2f")] for r in res["rows"]])
+    plans = res.get("plans") or []
+    if plans:
+        lines += ["", "What `solver=\"auto\"` plans for each m:", ""]
+        lines += ["- " + ", ".join("%s=%s" % (k, _g(v) if isinstance(v, float) else v)
+                                   for k, v in sorted(p.items())) for p in plans]
+    return lines
+
+
+RENDERERS = {"hvp": render_hvp, "many_tests": render_many_tests, "step": render_step, "solvers": render_solvers, "scores": render_scores,
              "stochastic": render_stochastic}
 TITLES = {"hvp": "HVP cost (bench_hvp.py)", "step": "Finite-difference step (bench_step.py)",
           "solvers": "Inverse-HVP solvers (bench_solvers.py)",
           "scores": "Scoring: forward vs gradient, and accuracy on the digits (bench_scores.py)",
-          "stochastic": "Stochastic inverse-HVPs: cg, classic and refined LiSSA (bench_stochastic.py)"}
+          "stochastic": "Stochastic inverse-HVPs: cg, classic and refined LiSSA (bench_stochastic.py)",
+          "many_tests": "Many test points: s_test for 1, 10, 100 points (bench_many_tests.py)"}
 
 
 def _json_default(o):
@@ -338,6 +355,20 @@ def summary_lines(entries):
                            % (part["info"].get("problem", key), cg[-1]["error"], cg[-1]["n_hvp"],
                               li[-1]["error"], li[-1]["n_hvp"]))
     except (KeyError, TypeError):
+        pass
+    try:
+        for name, part in by["stochastic"]["stochastic"].items():
+            out.append("stochastic inverse-HVP, %s: " % name + "; ".join(
+                "%s %.1e scores error in %.1f s (%.0f passes)" % (r["method"], r["error_scores"], r["seconds"],
+                                                                  r["passes"]) for r in part["rows"]))
+    except (KeyError, TypeError, AttributeError):
+        pass
+    try:
+        rows = by["many_tests"]["rows"]
+        top = max(r["m"] for r in rows)
+        out.append("s_test for %d test points ÷ one, digits MLP: " % top + ", ".join(
+            "%s %.2f×" % (r["solver"], r["ratio_vs_m1"]) for r in rows if r["m"] == top and r.get("ratio_vs_m1")))
+    except (KeyError, TypeError, ValueError):
         pass
     try:
         for m, r in sorted(by["scores"]["digits_loo"].items()):
@@ -431,13 +462,24 @@ def main(argv=None):
     p.add_argument("--merge", action="store_true",
                    help="keep the sections of the benchmarks not run now from the raw results of earlier "
                         "runs (--json); each section states when it was measured")
+    p.add_argument("--render", action="store_true",
+                   help="run nothing: write the page again from the raw results (--json)")
     args = p.parse_args(argv)
     json_path = args.json
     if json_path is None and os.path.abspath(args.out) == os.path.join(ROOT, "docs", "performance.md"):
         json_path = os.path.join(HERE, "results.json")
-    if args.merge and not json_path:
-        print("run_all: --merge needs the raw results of the earlier runs; pass --json PATH", file=sys.stderr)
+    if (args.merge or args.render) and not json_path:
+        print("run_all: --merge and --render need the raw results of the earlier runs; pass --json PATH",
+              file=sys.stderr)
         return 2
+    if args.render:
+        entries = merged([], json_path)
+        if not entries:
+            print("run_all: no raw results in %s; run the benchmarks first" % json_path, file=sys.stderr)
+            return 2
+        write_atomic(args.out, render(entries, machine_info(), any(e.get("quick") for e in entries)))
+        print("wrote %s from %s (%d benchmarks)" % (args.out, json_path, len(entries)))
+        return 0
     benches = discover(args.bench_dir, args.only)
     if not benches:
         print("run_all: no bench_*.py%s in %s" % (" matching --only" if args.only else "", args.bench_dir),

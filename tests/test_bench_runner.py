@@ -103,3 +103,28 @@ def test_merge_needs_raw_results(stubs, tmp_path, capsys):
     assert run_all.main(["--bench-dir", str(stubs), "--only", "beta", "--merge",
                          "--out", str(tmp_path / "p.md")]) == 2
     assert "--json" in capsys.readouterr().err
+
+
+def test_render_only_rewrites_the_page_from_raw_results(stubs, tmp_path, capsys):
+    page, raw = str(tmp_path / "perf.md"), str(tmp_path / "results.json")
+    assert run_all.main(["--render", "--out", page, "--json", raw]) == 2          # nothing measured yet
+    assert "run the benchmarks first" in capsys.readouterr().err
+    assert run_all.main(["--bench-dir", str(stubs), "--only", "alpha", "--out", page, "--json", raw]) == 0
+    os.remove(page)
+    assert run_all.main(["--render", "--out", page, "--json", raw]) == 0
+    assert '"rows"' in open(page).read()
+
+
+def test_many_tests_renderer_and_summary():
+    res = {"d": 2410, "n": 1200, "plans": [{"method": "direct", "m": 100, "seconds": 12.5, "reason": "why"}],
+           "rows": [{"solver": "direct", "m": 1, "seconds": 10.0, "n_hvp": 2410, "max_residual": 1e-12,
+                     "converged": 1, "ratio_vs_m1": 1.0},
+                    {"solver": "direct", "m": 100, "seconds": 10.6, "n_hvp": 2410, "max_residual": 2e-12,
+                     "converged": 100, "ratio_vs_m1": 1.06}]}
+    entries = [{"name": "many_tests", "path": "bench/bench_many_tests.py", "seconds": 30.0, "quick": False,
+                "result": res}]
+    info = dict(date="2024-01-01 00:00", cores=2, cpu="CPU", os="Linux", python="3.6", numpy="1", scipy="1",
+                cntk="2.7", influence="0.1")
+    text = run_all.render(entries, info, quick=False)
+    assert "| direct | 100 | 10.60 | 2410 | 2.0e-12 | 100/100 | 1.06 |" in text
+    assert "s_test for 100 test points ÷ one, digits MLP: direct 1.06×" in text and "reason=why" in text
