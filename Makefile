@@ -2,7 +2,8 @@
 #   make venv        both environments (.venv: Python 3.6 + CNTK; .venv-modern: python3, no CNTK)
 #   make test        pytest in both environments (PYTEST_ARGS="-k foo" passes arguments through)
 #   make demo        examples/demo.py in .venv (DEMO_ARGS=--small for a short run)
-#   make bench       bench/run_all.py in .venv: writes docs/performance.md (BENCH_ARGS=--quick)
+#   make bench       bench/run_all.py in .venv: writes docs/performance.md (BENCH_ARGS=--quick;
+#                    BENCH_ARGS="--only hvp --merge" reruns one benchmark and keeps the others)
 #   make clean       remove both environments
 # The setup scripts are idempotent: each keeps a stamp in its venv keyed on the
 # hash of setup.cfg/setup.py/pyproject.toml and the scripts, so a second run is
