@@ -412,14 +412,23 @@ class PerExamplePlan(object):
         return grads, outs
 
     # ------------------------------------------------------------------ evaluation
+    def row_bytes(self):
+        """Bytes of intermediates per row: layer inputs and pre-activation gradients (float64
+        copies), unfolded convolution patches, per-example copies of the direct parameters."""
+        if self._graph is None:
+            return 8 * sum(int(np.prod(p.shape)) for p in self._loop)
+        size = sum(int(np.prod(p.shape)) for p in self._params if self._route[p.uid] == DIRECT)
+        for kuid, e in self._deltas.items():
+            fn, data = self._operands[kuid]
+            kind, kernel = self._layers[kuid][:2]
+            size += 2 * (int(np.prod(data.shape)) + int(np.prod(e.shape)))
+            if kind == "Convolution":
+                size += 2 * int(np.prod(fn.output.shape[1:])) * int(np.prod(kernel.shape[1:]))
+        return 8 * max(size, 1)
+
     def rows_per_block(self):
         """Rows per batched pass so that the intermediates stay under :data:`BLOCK_BYTES`."""
-        per_row = 8 * sum(int(np.prod(p.shape)) for p in self._params if self._route[p.uid] == DIRECT)
-        for kuid, (kind, kernel, bias, where) in self._layers.items():
-            if kuid in self._deltas and kind == "Convolution":
-                fn, data = self._operands[kuid]
-                per_row += 8 * int(np.prod(fn.output.shape[1:])) * int(np.prod(kernel.shape[1:])) * 2
-        return max(1, BLOCK_BYTES // max(per_row, 1))
+        return max(1, BLOCK_BYTES // self.row_bytes())
 
     def __call__(self, batch, out=None):
         """(len(batch), n_params) float64 per-example gradients of a validated batch (written into
