@@ -496,7 +496,7 @@ class PerExamplePlan(object):
                 xs = x.reshape(n, -1, kk)
                 ds = delta.reshape(n, -1, oo)
                 if xs.shape[1] == 1:
-                    np.multiply(xs[:, 0, :, None], ds[:, 0, None, :], out=target.reshape(n, kk, oo))
+                    np.einsum("ni,nj->nij", xs[:, 0, :], ds[:, 0, :], out=target.reshape(n, kk, oo))
                 else:
                     target[...] = np.matmul(xs.transpose(0, 2, 1), ds).reshape(n, -1)
             else:
