@@ -6,8 +6,9 @@ n rows).
 The output is float64 (n, d) with d = 79,510, 6.4 GB for all 10,000 rows, so both paths are timed as
 callers use them (``gradient_blocks`` in scoring): ``per_example_grads`` on consecutive chunks of
 ``--chunk`` rows, each result dropped. The loop costs ~1 ms a row, so it is timed on the first
-``--loop-rows`` rows and scaled to n (printed as such). Batched and floor: median (and minimum) of
-``--repeats`` runs; the loop: one run. The machine's load average is printed before and after.
+``--loop-rows`` rows and scaled to n (printed as such), in ``--repeats`` slices interleaved with the
+``--repeats`` runs of the batched pass and the floor (median and minimum reported), so that changes of
+the machine's load hit all alike. The load average is printed before and after.
 """
 import argparse
 import os
@@ -56,21 +57,29 @@ def run(n=10000, loop_rows=1000, chunk=1000, repeats=3, seed=0, dtype=np.float32
 
     model.per_example_grads(chunks[0])              # warm-up (first touch of the output memory)
     floor()
-    tb, tf, to = [], [], []
-    for _ in range(repeats):
-        tb.append(_timed(batched))
-        tf.append(_timed(floor))
-        to.append(_timed(output_only))
     sub = data.subset(slice(0, loop_rows))
     got = model.per_example_grads(sub)
     model.per_example_method = "loop"
-    try:
-        model.per_example_grads(data.subset(slice(0, min(10, loop_rows))))      # warm-up
-        loop_s = _timed(lambda: [model.per_example_grads(data.subset(slice(a, min(loop_rows, a + chunk))))
-                                 for a in range(0, loop_rows, chunk)])
-        reference = model.per_example_grads(sub)
-    finally:
-        model.per_example_method = "batched"
+    model.per_example_grads(data.subset(slice(0, min(10, loop_rows))))          # warm-up
+    model.per_example_method = "batched"
+    # interleaved: each repeat times the batched pass, the floor, the output alone and one slice of
+    # the loop's rows, so that a change of the machine's load hits all of them alike
+    bounds = np.linspace(0, loop_rows, repeats + 1).astype(int)
+    tb, tf, to, tl, parts = [], [], [], [], []
+    for k in range(repeats):
+        tb.append(_timed(batched))
+        tf.append(_timed(floor))
+        to.append(_timed(output_only))
+        model.per_example_method = "loop"
+        try:
+            tl.append(_timed(lambda: parts.extend(
+                model.per_example_grads(data.subset(slice(a, min(bounds[k + 1], a + chunk))))
+                for a in range(bounds[k], bounds[k + 1], chunk))))
+        finally:
+            model.per_example_method = "batched"
+    loop_s = float(np.sum(tl))
+    reference = np.concatenate(parts)
+    del parts
     # float32 rounding: both paths against the float64 gradients at the same weights
     model64 = influence.CNTKModel(build_network(784, 10, hidden=(100,), dtype=np.float64, seed=seed))
     model64.set_params(model.get_params().astype(np.float64))
