@@ -247,3 +247,21 @@ def test_s_test_and_gradient_scoring_use_the_batched_path(mlp, monkeypatch):
         model.per_example_method = "batched"
     assert np.asarray(scores).shape == (3, 100)
     assert np.linalg.norm(scores - reference) <= 10 * PEX_TOL[dtype] * np.linalg.norm(reference)
+
+
+def test_top_level_times_with_map_axes(cntk):
+    """C.times outside any layer block, on an input (3, 4) with W (4, 5): a bias broadcast over the
+    map axis; the weight gradient sums the outer products over it."""
+    C = cntk
+    dtype = np.float64
+    with C.default_options(dtype=dtype):
+        x = C.input_variable((3, 4), dtype=dtype, name="features")
+        W = C.parameter((4, 5), init=C.glorot_uniform(seed=2), dtype=dtype, name="Wm")
+        b = C.parameter(5, init=0.1, dtype=dtype, name="bm")
+        z = C.layers.Dense(3, init=C.glorot_uniform(seed=3), name="out")(C.tanh(C.times(x, W) + b))
+    model = influence.CNTKModel(z)
+    assert set(_routes(model).values()) == {"layer"}
+    assert any(layer.startswith("Times node") for layer in model.per_example_plan().layers)
+    rng = np.random.RandomState(4)
+    data = (rng.standard_normal((9, 3, 4)), rng.randint(0, 3, 9))
+    assert row_error(model.per_example_grads(data), loop_grads(model, data)) <= PEX_TOL[dtype]

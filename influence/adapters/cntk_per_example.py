@@ -268,9 +268,9 @@ class PerExamplePlan(object):
         self._layers = layers
         direct = [u for u, r in route.items() if r == DIRECT]
         error = self._try(route)
-        if error is not None and direct:
+        layer_only = dict((u, LOOP if r == DIRECT else r) for u, r in route.items())
+        if error is not None and direct and self._try(layer_only) is None:
             # find the parameters CNTK refuses a per-example copy of, one trial each
-            layer_only = dict((u, LOOP if r == DIRECT else r) for u, r in route.items())
             for u in direct:
                 alone = dict(layer_only)
                 alone[u] = DIRECT
@@ -458,7 +458,7 @@ class PerExamplePlan(object):
         return out
 
     def _fill(self, rows, out, index, offsets):
-        model, C = self.model, self._C
+        model = self.model
         n = len(rows)
         feed = {}
         given = model._feed(rows)
