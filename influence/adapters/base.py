@@ -94,6 +94,11 @@ class Model(object):
     def _per_example_grads(self, batch):
         return np.stack([self._grad_sum(batch.subset(slice(i, i + 1))) for i in range(len(batch))])
 
+    def _per_example_grads_into(self, batch, out):
+        """Write the batch's per-example gradients into ``out`` (float64, (len(batch), n_params));
+        adapters that compute them in place override it (no per-batch copy)."""
+        out[...] = self._per_example_grads(batch)
+
     # ------------------------------------------------------------------ shared machinery
     def validate(self, data, name="data"):
         """Return ``data`` as a Dataset checked for this model (cheap when already checked)."""
@@ -195,8 +200,14 @@ class Model(object):
 
     def per_example_grads(self, data, batch_size=None):
         """∇ℓ(z_i, w) for every example (no L2 term), float64 array of shape (n, n_params)."""
-        return np.concatenate([np.asarray(self._per_example_grads(b), dtype=np.float64)
-                               for b in self._batches(data, batch_size)])
+        batches = self._batches(data, batch_size)
+        n = len(data) if isinstance(data, PreparedData) and data.model is self else len(self.validate(data))
+        out = np.empty((n, self.n_params))
+        a = 0
+        for b in batches:
+            self._per_example_grads_into(b, out[a:a + len(b)])
+            a += len(b)
+        return out
 
 
 class PreparedData(object):

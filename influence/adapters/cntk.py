@@ -317,7 +317,15 @@ class CNTKModel(Model):
     ``bias`` stay parameters of the influence computation (they are trained weights); ``exclude``
     leaves parameters out of w, H and the gradients: parameter names (e.g. ``["scale", "bias"]``;
     names repeat, every parameter of that name is excluded) or a predicate ``exclude(parameter)``.
+
+    ``per_example_grads`` runs one forward/backward pass per block of rows (see
+    :meth:`per_example_plan`; exact, the same numbers as one gradient call per row up to rounding);
+    set ``per_example_method = "loop"`` for one gradient call per row.
     """
+
+    #: ``"batched"`` (default): per-example gradients from one pass per block of rows (see
+    #: :meth:`per_example_plan`); ``"loop"``: one CNTK gradient call per row.
+    per_example_method = "batched"
 
     def __init__(self, function, loss="cross_entropy", l2=0.0, batch_size=None, features=None, labels=None,
                  exclude=None):
@@ -334,6 +342,7 @@ class CNTKModel(Model):
         # one CNTK evaluation at a time per model: a Function evaluated from two threads at once fails
         # in CNTK 2.7 ("This Value object is invalid ...", measured), see _owned for the other half
         self._lock = threading.RLock()
+        self._pex_plan = None
         self._params = ParameterVector(_select_parameters(function.parameters, exclude))
         #: ``exclude=`` as given (names or a predicate; the cluster ships names to its workers)
         self.exclude = exclude
@@ -621,6 +630,34 @@ class CNTKModel(Model):
 
     def _loss_sum(self, batch):
         return float(self._per_example_losses(batch).sum())
+
+    # ------------------------------------------------------------------ per-example gradients
+    def per_example_plan(self):
+        """How :meth:`per_example_grads` computes each parameter's per-example gradient (built once):
+        a :class:`~influence.adapters.cntk_per_example.PerExamplePlan` whose ``routes`` give every
+        parameter's route (``"layer"``: Dense/Convolution weights and biases from one batched
+        forward/backward pass; ``"direct"``: other parameters from the same pass; ``"loop"``: one
+        gradient call per row) and whose ``fallback`` names the parameters left to the loop and why.
+        ``str()`` of it is a one-line summary. With ``per_example_method = "loop"`` every parameter
+        takes the loop."""
+        with self._lock:
+            if self._pex_plan is None:
+                from .cntk_per_example import PerExamplePlan
+                self._pex_plan = PerExamplePlan(self)
+        return self._pex_plan
+
+    def _per_example_grads(self, batch, out=None):
+        if self.per_example_method == "loop":
+            return super(CNTKModel, self)._per_example_grads(batch)
+        if self.per_example_method != "batched":
+            raise ValueError("per_example_method=%r is not 'batched' or 'loop'; set one of them"
+                             % (self.per_example_method,))
+        return self.per_example_plan()(batch, out)
+
+    def _per_example_grads_into(self, batch, out):
+        g = self._per_example_grads(batch, out)      # the batched plan writes into ``out`` itself
+        if g is not out:
+            out[...] = g
 
     def _grad_sum(self, batch):
         feed = self._feed(batch)
