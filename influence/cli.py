@@ -1059,7 +1059,9 @@ def build_parser():
                        description="Influence of every training point on the loss at test points: "
                        "I_up,loss = -g_testᵀ H⁻¹ g_i and the predicted test-loss change if the point were "
                        "removed, -I_up,loss/n (positive: it helped). Prints the most helpful and harmful "
-                       "training points and a timing breakdown; --out holds every score.")
+                       "training points (per test point; with more than %d test points their sums and means "
+                       "over the test points, overall and per class, and the whole score matrix goes to "
+                       ".npy) and a timing breakdown; --out holds every score." % MATRIX_TEST_POINTS)
     score_flags(p)
     p.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y)")
     p.add_argument("--test-index", nargs="+", metavar="I", help=TEST_INDEX_HELP)
