@@ -209,8 +209,8 @@ def influence_scores(model, train, test, solver="cg", scoring="forward", damping
         raise ValueError("s has shape %s but %d test points and %d parameters need (%d, %d)"
                          % (vectors.shape, len(test), model.n_params, len(test), model.n_params))
     if sink is not None:
-        def to_sink(a, b, dots):
-            sink(a, b, np.negative(dots))
+        def to_sink(a, b, dots):        # this chunk's own array, already checkpointed: negated in place
+            sink(a, b, np.negative(dots, out=dots if dots.flags.writeable else None))
         _score_rows(model, train, vectors, scoring, rel_step, stencil, batch_size, chunk_size,
                     checkpoint, progress, executor, to_sink)
         return None
