@@ -161,3 +161,13 @@ def test_matrix_run_without_a_locale(trained, workdir, tmp_path):
     assert "influence: cost: all 20 test points" in err and "x 300 training points" in err
     assert "ranked by the mean" in proc.stdout.decode("ascii")
     assert np.load(str(tmp_path / "s.npy")).shape == (20, 300)
+
+
+def test_matrix_on_a_local_cluster_is_identical(trained, workdir, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    single, clustered = str(tmp_path / "single.csv"), str(tmp_path / "clustered.csv")
+    assert run(_base(workdir, trained, "--out", single), capsys)[0] == 0
+    code, _, err = run(_base(workdir, trained, "--out", clustered, "--cluster", "local:2"), capsys)
+    assert code == 0, err
+    assert open(str(tmp_path / "single.npy"), "rb").read() == open(str(tmp_path / "clustered.npy"), "rb").read()
+    assert open(single, "rb").read() == open(clustered, "rb").read()
