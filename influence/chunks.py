@@ -57,10 +57,14 @@ def _with_retries(compute, a, b, retries):
 
 
 def run_chunks(compute, n, chunk_size=DEFAULT_CHUNK_SIZE, checkpoint=None, progress=False,
-               desc="scoring", executor=None, retries=CHUNK_RETRIES):
+               desc="scoring", executor=None, retries=CHUNK_RETRIES, sink=None):
     """Compute ``compute(start, stop)`` for every chunk of ``range(n)`` and concatenate the results
     along their last axis (rows). Returns ``(values, info)`` with ``info`` = {"chunks", "computed",
     "resumed"}.
+
+    ``sink``: a callable ``sink(start, stop, values)`` that receives every chunk (resumed ones as
+    they are loaded, computed ones as they finish, in no set order) instead of the assembly: then
+    nothing is concatenated, ``values`` is None and memory holds one chunk at a time.
 
     ``checkpoint``: an object with ``load_chunk(start, stop)`` (None when absent) and
     ``save_chunk(start, stop, values)``, e.g. :class:`influence.jobs.Checkpoint`; finished chunks are
@@ -74,6 +78,10 @@ def run_chunks(compute, n, chunk_size=DEFAULT_CHUNK_SIZE, checkpoint=None, progr
     out = [None]        # the (..., n) result, allocated at the first chunk and filled in place
 
     def store(a, b, values):
+        if sink is not None:
+            sink(a, b, values)
+            done.add((a, b))
+            return
         if out[0] is None:
             out[0] = np.empty(values.shape[:-1] + (n,), dtype=values.dtype)
         out[0][..., a:b] = values
@@ -84,6 +92,7 @@ def run_chunks(compute, n, chunk_size=DEFAULT_CHUNK_SIZE, checkpoint=None, progr
             got = checkpoint.load_chunk(a, b)
             if got is not None and got.shape[-1] == b - a and (out[0] is None or got.shape[:-1] == out[0].shape[:-1]):
                 store(a, b, got)
+            got = None
     resumed = len(done)
     missing = [ab for ab in bounds if ab not in done]
     bar = _bar(progress, len(bounds), desc)
@@ -109,7 +118,7 @@ def run_chunks(compute, n, chunk_size=DEFAULT_CHUNK_SIZE, checkpoint=None, progr
     finally:
         if bar is not None:
             bar.close()
-    values = out[0] if out[0] is not None else np.zeros((0,))
+    values = None if sink is not None else out[0] if out[0] is not None else np.zeros((0,))
     info = {"chunks": len(bounds), "computed": len(missing), "resumed": resumed}
     if checkpoint is not None and isinstance(getattr(checkpoint, "stats", None), dict):
         for key, value in info.items():

@@ -40,6 +40,7 @@ from .data import Sequences
 from .adapters.base import weights_digest
 from .chunks import CHUNK_RETRIES, DEFAULT_CHUNK_SIZE, ChunkRetryWarning, chunk_bounds, run_chunks
 from .hvp import HessianOperator
+from .matrix import MatrixCheckpoint, ScoreAggregates
 from .scores import influence_scores, plan_auto, s_test, self_influence
 from .solvers import DivergenceError, NonPositiveCurvatureError
 
@@ -198,6 +199,12 @@ class Checkpoint(object):
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         write_json(os.path.join(self.folder, self.MANIFEST), {"key": self.key, "fingerprint": self.fingerprint})
         self._prepared = True
+
+    def prepared_folder(self):
+        """The folder, emptied and given its manifest first when this is a fresh job (as before any
+        save): for files a job builds there itself (the memory-mapped score matrix)."""
+        self._prepare()
+        return self.folder
 
     def _chunk_path(self, start, stop):
         return os.path.join(self.folder, "chunk-%012d-%012d.npy" % (start, stop))
@@ -360,13 +367,16 @@ class _Job(object):
 
 
 class ScoreResult(object):
-    """``scores``: (n_test, n_train) I_up,loss; ``solutions``: the solver's Solution per test point
-    (None when s_test came from the checkpoint); ``chunks``: {"chunks", "computed", "resumed"};
-    ``plan``: the :class:`influence.solvers.Plan` of ``solver="auto"`` (None otherwise, or when
-    s_test came from the checkpoint)."""
+    """``scores``: (n_test, n_train) I_up,loss (None with ``aggregate``/``matrix``); ``solutions``:
+    the solver's Solution per test point (None when s_test came from the checkpoint); ``chunks``:
+    {"chunks", "computed", "resumed"}; ``plan``: the :class:`influence.solvers.Plan` of
+    ``solver="auto"`` (None otherwise, or when s_test came from the checkpoint); ``aggregates``: the
+    :class:`influence.matrix.ScoreAggregates` (with ``aggregate``/``matrix``, else None);
+    ``matrix``: the path the score matrix file is moved to when the job finishes (else None)."""
 
-    def __init__(self, scores, solutions, chunks, plan=None):
+    def __init__(self, scores, solutions, chunks, plan=None, aggregates=None, matrix=None):
         self.scores, self.solutions, self.chunks, self.plan = scores, solutions, chunks, plan
+        self.aggregates, self.matrix = aggregates, matrix
 
 
 class ScoreJob(_Job):
@@ -382,16 +392,33 @@ class ScoreJob(_Job):
     ``resume``: reuse a matching folder; ``inputs``: extra JSON-able identity for the fingerprint.
     ``solver="auto"``: the plan (:func:`influence.solvers.plan_solver`) is made before the solve and
     handed to ``on_plan(plan)`` (e.g. to print it) before the long work starts.
-    ``run()`` returns a :class:`ScoreResult` with ``scores`` always 2-D (n_test, n_train)."""
+    ``run()`` returns a :class:`ScoreResult` with ``scores`` always 2-D (n_test, n_train).
+
+    Many test points: ``aggregate=True`` keeps no matrix in memory and returns instead the running
+    sums over the test points (``result.aggregates``, a :class:`influence.matrix.ScoreAggregates`;
+    per class of ``groups``, one label per test point, when given). ``matrix``: a path: the whole
+    (n_test, n_train) float64 matrix is also written there as ``.npy``, chunk by chunk into a
+    memory-mapped file in ``folder`` (a :class:`influence.matrix.MatrixCheckpoint`: resumable, the
+    same bits as an uninterrupted run), moved to ``matrix`` when the job finishes (the end of the
+    ``with`` block); it needs ``folder`` and implies ``aggregate``. Peak memory then holds a chunk
+    (n_test × ``chunk_size`` scores) and a few (n_train,) vectors, not the matrix."""
 
     kind = "score"
 
     def __init__(self, model, train, test, folder=None, resume=False, solver="cg", damping=0.0,
                  scoring="forward", batch_size=None, chunk_size=None, check_optimum=True, progress=False,
-                 executor=None, inputs=None, solver_options=None, on_plan=None):
+                 executor=None, inputs=None, solver_options=None, on_plan=None, aggregate=False, matrix=None,
+                 groups=None):
         train = model.validate(train, getattr(train, "name", "training data"))
+        if matrix is not None and folder is None:
+            raise ValueError("matrix=%r needs folder= (the matrix file is built there and moved to %s at "
+                             "the end)" % (matrix, matrix))
         _Job.__init__(self, model, train, folder, resume, chunk_size, progress, inputs)
         self.test = model.validate(test, getattr(test, "name", "test data"))
+        self.matrix = None if matrix is None else os.path.abspath(matrix)
+        self.aggregate = bool(aggregate) or matrix is not None
+        self.groups = groups
+        self._matrix_store = None
         self.on_plan = on_plan
         self.solver, self.damping, self.scoring = solver, float(damping), scoring
         self.batch_size, self.check_optimum = batch_size, check_optimum
@@ -403,11 +430,18 @@ class ScoreJob(_Job):
 
     def _settings(self):
         return {"test": data_identity(self.test), "solver": self.solver, "damping": self.damping,
-                "scoring": self.scoring, "batch_size": self.batch_size,
+                "scoring": self.scoring, "batch_size": self.batch_size, "matrix_file": self.matrix is not None,
                 "solver_options": _plain_options(dict(self.solver_options, progress=None))}
+
+    def _finish(self):
+        store, self._matrix_store = self._matrix_store, None
+        if store is not None and self.checkpoint is not None:
+            store.publish(self.matrix)
+        _Job._finish(self)
 
     def _compute(self):
         ckpt = self.checkpoint
+        self._matrix_store = None
         solutions = plan = None
         t0 = time.perf_counter()
         vectors = ckpt.load_array("s_test") if ckpt is not None else None
@@ -426,13 +460,21 @@ class ScoreJob(_Job):
             if ckpt is not None:
                 ckpt.save_array("s_test", vectors)
         t1 = time.perf_counter()
+        aggregates = store = None
+        if self.aggregate:
+            aggregates = ScoreAggregates(len(self.test), len(self.train), self.groups)
+            if self.matrix is not None:
+                store = MatrixCheckpoint(ckpt, len(self.test), len(self.train))
         scores = influence_scores(self.model, self.train, self.test, scoring=self.scoring, s=vectors,
                                   batch_size=self.batch_size, check_optimum=False,
-                                  chunk_size=self.chunk_size, checkpoint=ckpt, progress=self.progress,
-                                  executor=self.executor)
+                                  chunk_size=self.chunk_size, checkpoint=ckpt if store is None else store,
+                                  progress=self.progress, executor=self.executor,
+                                  sink=None if aggregates is None else aggregates.add)
         #: seconds of the last run: {"s_test", "scoring"}
         self.seconds = {"s_test": t1 - t0, "scoring": time.perf_counter() - t1}
-        return ScoreResult(np.atleast_2d(scores), solutions, self.stats, plan)
+        self._matrix_store = store
+        return ScoreResult(None if scores is None else np.atleast_2d(scores), solutions, self.stats, plan,
+                           aggregates, self.matrix)
 
 
 class SelfInfluenceJob(_Job):

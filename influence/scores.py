@@ -141,9 +141,10 @@ def _chunk_runner(executor, model, train, vectors, steps, scoring, batch_size):
 
 
 def _score_rows(model, train, vectors, scoring, rel_step, stencil, batch_size, chunk_size, checkpoint,
-                progress, executor):
+                progress, executor, sink=None):
     """(m, n) array of g_iᵀ vectors[j] over all training rows, chunk by chunk (by ``executor`` when
-    given, see :func:`influence_scores`)."""
+    given, see :func:`influence_scores`); with ``sink``, each chunk goes to ``sink(start, stop, dots)``
+    instead and None is returned."""
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     steps = None
     if scoring == "forward":
@@ -152,14 +153,14 @@ def _score_rows(model, train, vectors, scoring, rel_step, stencil, batch_size, c
     def compute(a, b):
         return chunk_scores(model, train, vectors, scoring, steps, a, b, batch_size)
     runner = _chunk_runner(executor, model, train, vectors, steps, scoring, batch_size)
-    dots, _ = run_chunks(compute, len(train), chunk_size, checkpoint, progress, "scoring", runner)
+    dots, _ = run_chunks(compute, len(train), chunk_size, checkpoint, progress, "scoring", runner, sink=sink)
     return dots
 
 
 def influence_scores(model, train, test, solver="cg", scoring="forward", damping=0.0, batch_size=None,
                      s=None, hessian=None, rel_step=None, stencil=None,
                      check_optimum=True, chunk_size=None, checkpoint=None, progress=False, executor=None,
-                     client=None, **solver_options):
+                     client=None, sink=None, **solver_options):
     """I_up,loss(z_i, z_test) = −g_testᵀ (H + damping·I)⁻¹ g_i for every training point z_i.
 
     This is the derivative of the test loss when z_i is up-weighted by ε in R (Koh & Liang 2017).
@@ -183,6 +184,10 @@ def influence_scores(model, train, test, solver="cg", scoring="forward", damping
     Dask workers (s_test and the steps are computed here; ``train`` must come from
     :func:`influence.load_npz`, a path every worker can read; same numbers to the bit as without it).
     ``client=`` (before 0.2) is replaced by ``executor=DaskExecutor(client)``.
+    ``sink``: a callable ``sink(start, stop, scores)`` receiving each chunk of the scores, float64
+    (n_test, stop − start) also for one test point, instead of the whole matrix (then the function
+    returns None and memory holds one chunk at a time: :class:`influence.matrix.ScoreAggregates`
+    sums them, :class:`influence.jobs.ScoreJob` with ``matrix=`` writes them to a ``.npy`` file).
     Other arguments as in :func:`s_test`. Weights are unchanged (bit-identical) afterwards.
     """
     if scoring not in ("forward", "gradient"):
@@ -203,6 +208,12 @@ def influence_scores(model, train, test, solver="cg", scoring="forward", damping
     if vectors.shape != (len(test), model.n_params):
         raise ValueError("s has shape %s but %d test points and %d parameters need (%d, %d)"
                          % (vectors.shape, len(test), model.n_params, len(test), model.n_params))
+    if sink is not None:
+        def to_sink(a, b, dots):        # this chunk's own array, already checkpointed: negated in place
+            sink(a, b, np.negative(dots, out=dots if dots.flags.writeable else None))
+        _score_rows(model, train, vectors, scoring, rel_step, stencil, batch_size, chunk_size,
+                    checkpoint, progress, executor, to_sink)
+        return None
     dots = _score_rows(model, train, vectors, scoring, rel_step, stencil, batch_size, chunk_size,
                        checkpoint, progress, executor)
     scores = np.negative(dots, out=dots)       # in place: no second (n_test, n) array
