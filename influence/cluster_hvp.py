@@ -188,7 +188,10 @@ def _shard_bounds(bounds, n_shards):
     cuts = [0]
     starts = np.array([a for a, _ in bounds])
     for k in range(1, n_shards):
-        j = int(np.searchsorted(starts, k * n / float(n_shards)))
+        target = k * n / float(n_shards)
+        j = int(np.searchsorted(starts, target))         # the batch boundary nearest to the target
+        if j > 0 and (j == n_batches or target - starts[j - 1] <= starts[j] - target):
+            j -= 1
         j = min(max(j, cuts[-1] + 1), n_batches - (n_shards - k))
         cuts.append(j)
     cuts.append(n_batches)
