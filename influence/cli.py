@@ -891,7 +891,7 @@ def build_parser():
     p.add_argument("--k", type=int, default=50, help="rank of the lanczos solver (default 50)")
     p.add_argument("--top", type=int, default=10, help="rows of each ranked table (default 10)")
     p.add_argument("--out", metavar="scores.csv|scores.json", help="write every score here")
-    p.add_argument("--cluster", metavar="SPEC", help="score the training points on a Dask cluster: local:N "
+    p.add_argument("--cluster", metavar="SPEC", help="solve s_test and score the training points on a Dask cluster: local:N "
                    "(N worker processes on this machine) or tcp://HOST:PORT (a running dask-scheduler; "
                    "--train must be readable at the same path by every worker); see docs/cluster.md")
     p.set_defaults(func=cmd_score)

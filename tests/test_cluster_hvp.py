@@ -200,3 +200,37 @@ def test_cntk_float64_network_equal_to_the_single_process_operator(client, cntk,
     ref = influence.s_test(model, train, (x[:2], y[:2]), damping=1.0, check_optimum=False)
     assert _rel(got.vectors, ref.vectors) <= CLUSTER_RTOL
     assert np.array_equal(model.get_params(), w0)
+
+
+def test_score_command_solves_s_test_on_the_cluster(client, cntk, tmp_path, capsys, monkeypatch):
+    """`influence score --cluster local:2` with batches small enough for two shards: the same table
+    as one process (s_test to CLUSTER_RTOL, then scoring to the bit for that s_test)."""
+    import json
+    from influence.cli import main
+    x, y = influence.load_digits()
+    np.savez(str(tmp_path / "train.npz"), x=x[:600], y=y[:600])
+    np.savez(str(tmp_path / "test.npz"), x=x[1500:1505], y=y[1500:1505])
+    trained = str(tmp_path / "model.cntk")
+    assert main(["train", "--data", str(tmp_path / "train.npz"), "--arch", "softmax", "--l2", "1e-2",
+                 "--out", trained, "--quiet"]) == 0
+    base = ["score", "--model", trained, "--train", str(tmp_path / "train.npz"), "--test",
+            str(tmp_path / "test.npz"), "--test-index", "1", "--batch-size", "100", "--quiet", "--json"]
+    capsys.readouterr()
+    rounds = []
+    real = DaskHessianOperator._grad_sums
+
+    def counted(self, weights):
+        rounds.append(len(self.shard_bounds))
+        return real(self, weights)
+    monkeypatch.setattr(DaskHessianOperator, "_grad_sums", counted)
+    tables = []
+    for extra in ([], ["--cluster", "local:2"]):
+        out = str(tmp_path / ("scores%d.csv" % len(extra)))
+        assert main(base + ["--out", out] + extra) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["solutions"][0]["converged"]
+        tables.append(np.genfromtxt(out, delimiter=",", names=True))
+    single, clustered = tables
+    assert rounds and set(rounds) == {2}             # the products ran on two shards
+    assert np.array_equal(single["train_index"], clustered["train_index"])
+    assert _rel(clustered["influence"], single["influence"]) <= CLUSTER_RTOL
