@@ -159,14 +159,13 @@ class DaskHessianOperator(HessianOperator):
         """All the shifted weights of this product evaluated in one round of tasks."""
         self._check_client_weights()
         v = np.asarray(v, dtype=np.float64)
-        with preserved_params(self.model) as w0:       # never moved here; restored if anything did
-            w0 = w0.astype(np.float64)
-            scale = _step_scale(w0, v)
-            rs = [float(t * scale) for t in rel_steps]
-            weights = []
-            for r in rs:
-                weights.extend(shifted_weights(w0, v, r, self.model.dtype))
-            sums = self._grad_sums(weights)
+        w0 = self.model.get_params().astype(np.float64)      # the client's weights are not moved
+        scale = _step_scale(w0, v)
+        rs = [float(t * scale) for t in rel_steps]
+        weights = []
+        for r in rs:
+            weights.extend(shifted_weights(w0, v, r, self.model.dtype))
+        sums = self._grad_sums(weights)
         n = float(len(self.data))
         return [combine_central(sums[2 * j] / n, sums[2 * j + 1] / n, r) for j, r in enumerate(rs)]
 

@@ -234,3 +234,22 @@ def test_score_command_solves_s_test_on_the_cluster(client, cntk, tmp_path, caps
     assert rounds and set(rounds) == {2}             # the products ran on two shards
     assert np.array_equal(single["train_index"], clustered["train_index"])
     assert _rel(clustered["influence"], single["influence"]) <= CLUSTER_RTOL
+
+
+def test_cntk_model_on_a_ctf_training_file(client, cntk, tmp_path):
+    """The workers reopen the .ctf file with the client's mapping and read their shard themselves."""
+    from influence.adapters.cntk import CNTKModel, build_network
+    x, y = make_classification(700, 6, 3, seed=7)
+    path = str(tmp_path / "train.ctf")
+    with open(path, "w") as f:
+        for xi, yi in zip(x, y):
+            f.write("|features %s |label %s\n" % (" ".join(repr(float(v)) for v in xi),
+                                                  " ".join("1" if j == yi else "0" for j in range(3))))
+    model = CNTKModel(build_network(6, 3, hidden=(5,), dtype=np.float64), loss="cross_entropy", l2=1e-2,
+                      batch_size=100)
+    train = influence.load_ctf(path, model, mapping={"label": "labels"})
+    local = influence.HessianOperator(model, train)
+    with DaskHessianOperator(client, model, train) as H:
+        assert H.shard_bounds == [(0, 300), (300, 700)] or H.shard_bounds == [(0, 400), (400, 700)]
+        v = np.random.RandomState(2).standard_normal(model.n_params)
+        assert _rel(H.matvec(v), local.matvec(v)) <= CLUSTER_RTOL
