@@ -12,8 +12,11 @@ shard of rows per worker.
 Each cluster run is timed end to end from an already started cluster: building the operator
 (fingerprint of the file, shipping the model), CNTK import / model load / data check on each worker,
 the calibration and the solve. The single-process run (no Dask) is the reference: every cluster
-result is compared with it (relative 2-norm difference of s_test). Every process runs with
-OMP_NUM_THREADS=1 (the script reruns itself so).
+result is compared with it (relative 2-norm difference of s_test). Then the calibrated operators
+multiply the same vector ``--repeats`` times, alternating between the 1- and the 2-worker cluster
+(both started up front), so that both see the same machine load: on a shared machine the load
+changes over the minutes of the end-to-end runs, and the ratio of the alternating products is the
+steadier figure. Every process runs with OMP_NUM_THREADS=1 (the script reruns itself so).
 
     .venv/bin/python bench/bench_cluster_hvp.py            # n = 1,000,000 (a few minutes on 2 idle cores)
     .venv/bin/python bench/bench_cluster_hvp.py --quick    # n = 100,000
@@ -75,6 +78,7 @@ def main(argv=None):
     ap.add_argument("--maxiter", type=int, default=8, help="cg iterations (default 8)")
     ap.add_argument("--damping", type=float, default=1.0)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeats", type=int, default=5, help="alternating timed products per cluster (default 5)")
     ap.add_argument("--result-json", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if os.environ.get("OMP_NUM_THREADS") != "1":
@@ -101,28 +105,48 @@ def main(argv=None):
         out["runs"].append({"mode": "single process", "workers": 0, "startup_s": 0.0, "seconds": sec,
                             "grad_passes": H.n_grad, "n_hvp": H.n_hvp, "s_per_pass": sec / H.n_grad,
                             "rel_diff": 0.0})
-        for w in args.workers:
-            t = time.time()
-            client = cluster.connect("local:%d" % w)
-            try:
-                client.wait_for_workers(w)
-                startup = time.time() - t
+        clients, operators = {}, {}
+        try:
+            for w in args.workers:                   # every cluster started first (idle workers cost nothing)
                 t = time.time()
-                with DaskHessianOperator(client, model, train) as H:
-                    got, _ = _solve(model, train, test, H, args)
+                clients[w] = cluster.connect("local:%d" % w)
+                clients[w].wait_for_workers(w)
+                clients[w] = (clients[w], time.time() - t)
+            for w in args.workers:
+                client, startup = clients[w]
+                t = time.time()
+                H = operators[w] = DaskHessianOperator(client, model, train)
+                got, _ = _solve(model, train, test, H, args)
                 sec = time.time() - t
-            finally:
+                diff = np.linalg.norm(got.vectors - ref.vectors) / np.linalg.norm(ref.vectors)
+                out["runs"].append({"mode": "LocalCluster", "workers": w, "startup_s": startup, "seconds": sec,
+                                    "grad_passes": H.n_grad, "n_hvp": H.n_hvp, "s_per_pass": sec / H.n_grad,
+                                    "rel_diff": float(diff)})
+            # the same products again, alternating between the clusters: a load that changes over the
+            # minutes of the runs above skews their ratio; alternating products see the same load
+            v = np.random.RandomState(2).standard_normal(model.n_params)
+            times = {w: [] for w in args.workers}
+            for _ in range(args.repeats):
+                for w in args.workers:
+                    t = time.time()
+                    operators[w].matvec(v)
+                    times[w].append(time.time() - t)
+            out["alternating_products"] = {str(w): times[w] for w in args.workers}
+        finally:
+            for H in operators.values():
+                H.close()
+            for client, _ in [c for c in clients.values() if isinstance(c, tuple)]:
                 client.close()
-            diff = np.linalg.norm(got.vectors - ref.vectors) / np.linalg.norm(ref.vectors)
-            out["runs"].append({"mode": "LocalCluster", "workers": w, "startup_s": startup, "seconds": sec,
-                                "grad_passes": H.n_grad, "n_hvp": H.n_hvp, "s_per_pass": sec / H.n_grad,
-                                "rel_diff": float(diff)})
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     out["load_average_after"] = list(os.getloadavg())
     by_workers = {r["workers"]: r for r in out["runs"]}
     if 1 in by_workers and 2 in by_workers:
         out["ratio_2_vs_1"] = by_workers[1]["seconds"] / by_workers[2]["seconds"]
+        alt = out.get("alternating_products", {})
+        if alt.get("1") and alt.get("2"):
+            out["product_ratio_median"] = float(np.median(alt["1"]) / np.median(alt["2"]))
+            out["product_ratio_min"] = float(min(alt["1"]) / min(alt["2"]))
     print("\ns_test (cg, %d iterations, damping %g) on a Dask LocalCluster: n = %d, %d-%d-%d tanh CNTK MLP "
           "(d = %d, float32), %d cores, data file %.0f MB"
           % (args.maxiter, args.damping, n, args.features, args.hidden, args.classes, out["d"],
@@ -139,6 +163,11 @@ def main(argv=None):
     if "ratio_2_vs_1" in out:
         print("scaling 2 vs 1 workers: %.2fx (target >= 1.7x); every process with OMP_NUM_THREADS=1"
               % out["ratio_2_vs_1"])
+    if "product_ratio_median" in out:
+        print("alternating products (%d each): 1 worker %s s, 2 workers %s s; ratio of medians %.2fx, of minima %.2fx"
+              % (args.repeats, ", ".join("%.2f" % x for x in out["alternating_products"]["1"]),
+                 ", ".join("%.2f" % x for x in out["alternating_products"]["2"]),
+                 out["product_ratio_median"], out["product_ratio_min"]))
     if args.result_json:
         import json
         with open(args.result_json, "w") as f:

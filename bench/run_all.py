@@ -292,6 +292,10 @@ def render_cluster_hvp(res):
                      "rel. diff"], rows)
     if "ratio_2_vs_1" in res:
         lines += ["", "Scaling 2 vs 1 workers: **%.2f×** (target ≥ 1.7×)." % res["ratio_2_vs_1"]]
+    if "product_ratio_median" in res:
+        lines += ["", "The same products alternating between the two clusters (same load): 2 vs 1 workers "
+                  "**%.2f×** (ratio of medians), %.2f× (ratio of minima)."
+                  % (res["product_ratio_median"], res["product_ratio_min"])]
     return lines
 
 
@@ -320,8 +324,9 @@ def summary_lines(entries):
     out = []
     try:
         r = by["cluster_hvp"]
-        out.append("cluster s_test, 2 vs 1 workers (n = {:,}): **%.2f×** (load average %.1f)".format(r["n"])
-                   % (r["ratio_2_vs_1"], r["load_average_before"][0]))
+        out.append("cluster s_test, 2 vs 1 workers (n = {:,}): **%.2f×** end to end, %.2f× alternating products "
+                   "(load average %.1f)".format(r["n"])
+                   % (r["ratio_2_vs_1"], r.get("product_ratio_median", float("nan")), r["load_average_before"][0]))
     except (KeyError, TypeError):
         pass
     try:
