@@ -31,7 +31,7 @@ import numpy as np
 
 from .adapters.base import preserved_params, weights_digest
 from .cluster import DEFAULT_RETRIES, _Job, _identity, _worker_data, _worker_model, check_inputs, file_fingerprint
-from .data import batch_bounds
+from .data import batch_bounds, check_batch_size
 from .hvp import PREPARE_MAX_BYTES, HessianOperator, _step_scale, combine_central, shifted_weights
 
 __all__ = ["DaskHessianOperator"]
@@ -52,10 +52,10 @@ class DaskHessianOperator(HessianOperator):
     :class:`~influence.hvp.HessianOperator`, and so are the numbers: the same step rule and
     calibration, the same batches, sums added in a different order (equal to ≤ 1e-10 relative in
     float64). ``minibatch(index)`` (LiSSA's small stochastic products) returns a single-process
-    operator on those rows, computed on the client. Shards are converted once per worker for repeated
-    passes (``Model.prepare``) when the whole training data would be on one machine
-    (``nbytes ≤`` :data:`influence.hvp.PREPARE_MAX_BYTES`), so the number of workers changes nothing
-    but the speed.
+    operator on those rows, computed on the client. Each worker converts its shard once for all
+    products (``Model.prepare``) when the single-process operator would convert the whole data (its
+    ``nbytes ≤`` :data:`influence.hvp.PREPARE_MAX_BYTES`), so the number of workers changes the speed
+    only by splitting the work.
 
     The client's weights are never moved by a product (only the one-time calibration moves them, and
     restores them bit-identically); each worker checks before every task that its model's weights are
@@ -74,8 +74,7 @@ class DaskHessianOperator(HessianOperator):
         self.retries = retries
         if data_fingerprint is None or data_fingerprint.get("path") != self.data.source:
             data_fingerprint = file_fingerprint(self.data.source)
-        size = model.batch_size if batch_size is None else batch_size
-        self._size = size
+        size = model.batch_size if batch_size is None else check_batch_size(batch_size)
         self._job = _Job(model, self.data, np.zeros((0, model.n_params)), None, "gradient", size, data_fingerprint)
         self._digest = self._job.params_digest
         self._prepare = self.data.nbytes <= PREPARE_MAX_BYTES
