@@ -16,7 +16,10 @@ result is compared with it (relative 2-norm difference of s_test). Then the cali
 multiply the same vector ``--repeats`` times, alternating between the 1- and the 2-worker cluster
 (both started up front), so that both see the same machine load: on a shared machine the load
 changes over the minutes of the end-to-end runs, and the ratio of the alternating products is the
-steadier figure. Every process runs with OMP_NUM_THREADS=1 (the script reruns itself so).
+steadier figure. Every process runs with OMP_NUM_THREADS=1 (the script reruns itself so). On a
+machine busy with other sessions the ratio is depressed beyond the plain load: with the kernel's
+autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled) the client and its workers are one
+session and share one session's CPU time, however many workers there are. Run it on idle cores.
 
     .venv/bin/python bench/bench_cluster_hvp.py            # n = 1,000,000 (a few minutes on 2 idle cores)
     .venv/bin/python bench/bench_cluster_hvp.py --quick    # n = 100,000
