@@ -105,7 +105,8 @@ def s_test(model, train, test, solver="cg", damping=0.0, batch_size=None, hessia
     The test points share work (:func:`influence.solvers.solve_many`): direct factorises H + damping·I
     once, lanczos decomposes once, cg starts each solve from the Galerkin projection of its right-hand
     side on the previous solutions when that lowers the residual (``recycle=False`` turns that off); lissa solves each point on its own. ``hessian``: a ready :class:`~influence.hvp.HessianOperator` on ``train`` (reuses its
-    calibrated step across calls); by default one is built with ``batch_size``.
+    calibrated step across calls), or an :class:`influence.cluster_hvp.DaskHessianOperator` to run the
+    products on a Dask cluster; by default one is built with ``batch_size``.
     Returns :class:`STest` (``vectors`` of shape (n_test, d) and the solver's ``Solution`` per row).
     Warns with :class:`~influence.fitting.NotAtOptimumWarning` when ``w`` is not a minimum of R.
     Weights are unchanged (bit-identical) afterwards.
