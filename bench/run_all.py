@@ -338,6 +338,33 @@ TITLES = {"pexgrads": "Per-example gradients: batched vs loop (bench_pexgrads.py
           "many_tests": "Many test points: s_test for 1, 10, 100 points (bench_many_tests.py)"}
 
 
+def render_cluster_hvp(res):
+    lines = ["s_test by cg (%d iterations at most, damping %g) on a Dask LocalCluster: n = {:,}, %d-%d-%d tanh "
+             "CNTK MLP (d = {:,}, float32, random weights), every process with OMP_NUM_THREADS=1; each cluster "
+             "run timed end to end from a started cluster (operator, worker start-up, step calibration, solve). "
+             "*rel. diff*: ‖s_cluster − s_single‖/‖s_single‖. Load average (1 min) before / after: %s / %s on "
+             "%s cores.".format(res["n"], res["d"])
+             % (res["maxiter"], res["damping"], res["features"], res["hidden"], res["classes"],
+                _g(res["load_average_before"][0], "%.2f"), _g(res["load_average_after"][0], "%.2f"),
+                res.get("cores")), ""]
+    rows = [[r["mode"], r["workers"] or "–", _g(r["startup_s"], "%.2f"), _g(r["seconds"], "%.1f"),
+             r["grad_passes"], r["n_hvp"], _g(r["s_per_pass"], "%.3f"), _g(r["rel_diff"], "%.1e")]
+            for r in res["runs"]]
+    lines += _table(["mode", "workers", "start-up s", "seconds", "gradient passes", "HVPs", "s / pass",
+                     "rel. diff"], rows)
+    if "ratio_2_vs_1" in res:
+        lines += ["", "Scaling 2 vs 1 workers: **%.2f×** (target ≥ 1.7×)." % res["ratio_2_vs_1"]]
+    if "product_ratio_median" in res:
+        lines += ["", "The same products alternating between the two clusters (same load): 2 vs 1 workers "
+                  "**%.2f×** (ratio of medians), %.2f× (ratio of minima)."
+                  % (res["product_ratio_median"], res["product_ratio_min"])]
+    return lines
+
+
+RENDERERS["cluster_hvp"] = render_cluster_hvp
+TITLES["cluster_hvp"] = "s_test on a Dask cluster: 2 workers vs 1 (bench_cluster_hvp.py)"
+
+
 def _json_default(o):
     if hasattr(o, "tolist"):
         return o.tolist()
@@ -353,6 +380,13 @@ def summary_lines(entries):
     """The headline ratios of this run, one bullet each, for the benches that produced them."""
     by = {e["name"]: e.get("result") for e in entries if e.get("result")}
     out = []
+    try:
+        r = by["cluster_hvp"]
+        out.append("cluster s_test, 2 vs 1 workers (n = {:,}): **%.2f×** end to end, %.2f× alternating products "
+                   "(load average %.1f)".format(r["n"])
+                   % (r["ratio_2_vs_1"], r.get("product_ratio_median", float("nan")), r["load_average_before"][0]))
+    except (KeyError, TypeError):
+        pass
     try:
         for r in by["hvp"]["hvp"]:
             out.append("HVP ÷ gradient (%s, %s parameters): **%.2f** (naive: %.2f)"

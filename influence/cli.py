@@ -1078,8 +1078,8 @@ def build_parser():
                    "points, I_up,loss, float64) here, chunk by chunk through a memory-mapped file in "
                    "M.partial/ or OUT.partial/ (resumable), also for %d test points or fewer; default with more: "
                    "OUT.npy" % MATRIX_TEST_POINTS)
-    p.add_argument("--cluster", metavar="SPEC", help="score the training points on a Dask cluster: local:N "
-                   "(N worker processes on this machine) or tcp://HOST:PORT (a running dask-scheduler; "
+    p.add_argument("--cluster", metavar="SPEC", help="solve s_test and score the training points on a Dask "
+                   "cluster: local:N (N worker processes on this machine) or tcp://HOST:PORT (a running dask-scheduler; "
                    "--train must be readable at the same path by every worker); see docs/cluster.md")
     p.set_defaults(func=cmd_score)
 

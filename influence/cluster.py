@@ -224,11 +224,16 @@ class DaskExecutor(object):
     given (e.g. the one :class:`influence.jobs.ScoreJob` took when it started). Every worker
     verifies that fingerprint before it reads a row, so a file rewritten after the client looked at
     it is refused naming it. ``bind(...)`` returns the ``executor(missing, on_done)`` callable of
-    :func:`influence.chunks.run_chunks`; failed tasks are retried ``retries`` times by Dask."""
+    :func:`influence.chunks.run_chunks`; failed tasks are retried ``retries`` times by Dask.
+    ``hessian=True`` (default): s_test's Hessian-vector products run on the workers as well
+    (:meth:`hessian_operator`, a :class:`influence.cluster_hvp.DaskHessianOperator`); ``False`` solves
+    s_test on the client."""
 
-    def __init__(self, client, retries=DEFAULT_RETRIES, data_fingerprint=None):
+    def __init__(self, client, retries=DEFAULT_RETRIES, data_fingerprint=None, hessian=True):
         self.client = client
         self.retries = retries
+        #: whether s_test's Hessian-vector products run on the workers too (hessian_operator)
+        self.hessian = bool(hessian)
         #: the training file's fingerprint the workers verify: pinned when given, else taken by check()
         self.data_fingerprint = data_fingerprint
         self._taken = None
@@ -238,6 +243,18 @@ class DaskExecutor(object):
         pinned = self.data_fingerprint
         self._taken = pinned if pinned is not None and pinned.get("path") == train.source \
             else file_fingerprint(train.source)
+
+    def hessian_operator(self, model, train, batch_size=None):
+        """The :class:`influence.cluster_hvp.DaskHessianOperator` of ``train`` on this client's
+        workers (None when built with ``hessian=False``: s_test is then solved on the client);
+        :func:`influence.influence_scores` and :class:`influence.jobs.ScoreJob` solve s_test on it."""
+        if not self.hessian:
+            return None
+        from .cluster_hvp import DaskHessianOperator       # it builds on this module
+        if self._taken is None or self._taken.get("path") != getattr(train, "source", None):
+            self.check(model, train)
+        return DaskHessianOperator(self.client, model, train, batch_size=batch_size, retries=self.retries,
+                                   data_fingerprint=self._taken)
 
     def bind(self, model, train, vectors, steps=None, scoring="forward", batch_size=None):
         if scoring not in ("forward", "gradient"):

@@ -54,18 +54,27 @@ def _step_scale(w0, v):
     return (1.0 + norm(np.asarray(w0, dtype=np.float64))) / norm(v)
 
 
-def _difference(f, params, w0, v, r):
-    """(f(w0 + r v) − f(w0 − r v)) / 2r; the caller restores the weights."""
-    dtype = params.dtype
+def shifted_weights(w0, v, r, dtype):
+    """The two weight vectors of a central difference, ``w0 + r v`` and ``w0 − r v``: formed in float64
+    from ``w0`` (float64), then rounded once to the model's ``dtype`` (what the model is set to)."""
     step = r * v
-    shifted = w0 + step                         # in float64, then rounded once to the model's dtype
-    params.set_params(shifted.astype(dtype, copy=False))
-    f_plus = np.asarray(f(), dtype=np.float64)
-    np.subtract(w0, step, out=shifted)
-    params.set_params(shifted.astype(dtype, copy=False))
-    diff = f_plus - np.asarray(f(), dtype=np.float64)
+    return (w0 + step).astype(dtype, copy=False), (w0 - step).astype(dtype, copy=False)
+
+
+def combine_central(f_plus, f_minus, r):
+    """(f_plus − f_minus) / 2r in float64 (a new array)."""
+    diff = np.asarray(f_plus, dtype=np.float64) - np.asarray(f_minus, dtype=np.float64)
     diff *= 0.5 / r
     return diff
+
+
+def _difference(f, params, w0, v, r):
+    """(f(w0 + r v) − f(w0 − r v)) / 2r; the caller restores the weights."""
+    w_plus, w_minus = shifted_weights(w0, v, r, params.dtype)
+    params.set_params(w_plus)
+    f_plus = np.asarray(f(), dtype=np.float64)
+    params.set_params(w_minus)
+    return combine_central(f_plus, f(), r)
 
 
 def central_difference(f, params, v, r=None, rel_step=None):
@@ -203,11 +212,17 @@ class HessianOperator(LinearOperator):
     def _data_term(self, v):
         if self.rel_step is None:
             self.calibrate()
-        d1 = central_difference(self._mean_data_grad, self.model, v, rel_step=self.rel_step)
+        rel_steps = [self.rel_step] if self.stencil == "central" else [self.rel_step, self.rel_step * GRID_RATIO]
+        diffs = self._central_differences(v, rel_steps)
         if self.stencil == "central":
-            return d1
-        d2 = central_difference(self._mean_data_grad, self.model, v, rel_step=self.rel_step * GRID_RATIO)
+            return diffs[0]
+        d1, d2 = diffs
         return (d2 - GRID_RATIO ** 2 * d1) / (1.0 - GRID_RATIO ** 2)
+
+    def _central_differences(self, v, rel_steps):
+        """The central difference of the mean data gradient along ``v`` at each relative step (the
+        hook a distributed operator overrides to evaluate all the shifted weights in one round)."""
+        return [central_difference(self._mean_data_grad, self.model, v, rel_step=t) for t in rel_steps]
 
     def _matvec(self, v):
         v = np.asarray(v, dtype=np.float64).reshape(-1)

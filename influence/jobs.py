@@ -41,7 +41,7 @@ from .adapters.base import weights_digest
 from .chunks import CHUNK_RETRIES, DEFAULT_CHUNK_SIZE, ChunkRetryWarning, chunk_bounds, run_chunks
 from .hvp import HessianOperator
 from .matrix import MatrixCheckpoint, ScoreAggregates
-from .scores import influence_scores, plan_auto, s_test, self_influence
+from .scores import executor_hessian, influence_scores, plan_auto, s_test, self_influence
 from .solvers import DivergenceError, NonPositiveCurvatureError
 
 #: Errors that refuse the problem as posed (another damping or solver is needed, hence another
@@ -446,16 +446,22 @@ class ScoreJob(_Job):
         t0 = time.perf_counter()
         vectors = ckpt.load_array("s_test") if ckpt is not None else None
         if vectors is None:
-            solver, hessian = self.solver, None
-            if solver == "auto":
-                hessian = HessianOperator(self.model, self.train, batch_size=self.batch_size)
-                with self.model.preserving_params():
-                    plan = plan_auto(hessian, len(self.test), self.damping, self.solver_options)
-                if self.on_plan is not None:
-                    self.on_plan(plan)
-                solver = plan.method
-            st = s_test(self.model, self.train, self.test, solver, self.damping, self.batch_size,
-                        hessian=hessian, check_optimum=self.check_optimum, **self.solver_options)
+            solver = self.solver
+            hessian = executor_hessian(self.executor, self.model, self.train, self.batch_size)
+            try:
+                if solver == "auto":
+                    if hessian is None:
+                        hessian = HessianOperator(self.model, self.train, batch_size=self.batch_size)
+                    with self.model.preserving_params():
+                        plan = plan_auto(hessian, len(self.test), self.damping, self.solver_options)
+                    if self.on_plan is not None:
+                        self.on_plan(plan)
+                    solver = plan.method
+                st = s_test(self.model, self.train, self.test, solver, self.damping, self.batch_size,
+                            hessian=hessian, check_optimum=self.check_optimum, **self.solver_options)
+            finally:
+                if hasattr(hessian, "close"):
+                    hessian.close()       # a cluster operator releases its job on the workers
             vectors, solutions = st.vectors, st.solutions
             if ckpt is not None:
                 ckpt.save_array("s_test", vectors)
