@@ -124,11 +124,13 @@ class DaskHessianOperator(HessianOperator):
         futures = []
         try:
             for k, (a, b) in enumerate(self.shard_bounds):
-                pin = [workers[k % len(workers)]] if workers else None
+                # pinned to the k-th live worker (any other may take it over); with no worker yet
+                # registered (a cluster still starting) the task waits for the first one
+                placement = dict(workers=[workers[k % len(workers)]], allow_other_workers=True) if workers else {}
                 futures.append(self.client.submit(
                     _shard_grad_sums, job, a, b, weights, self._prepare,
                     key="influence-hvp-%s-%d-%d" % (self._token, self._n_round, k),
-                    workers=pin, allow_other_workers=True, retries=self.retries, pure=False))
+                    retries=self.retries, pure=False, **placement))
             parts = self.client.gather(futures)
         finally:
             unfinished = [f for f in futures if f.status != "finished"]

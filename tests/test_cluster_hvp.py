@@ -253,3 +253,14 @@ def test_cntk_model_on_a_ctf_training_file(client, cntk, tmp_path):
         assert H.shard_bounds == [(0, 300), (300, 700)] or H.shard_bounds == [(0, 400), (400, 700)]
         v = np.random.RandomState(2).standard_normal(model.n_params)
         assert _rel(H.matvec(v), local.matvec(v)) <= CLUSTER_RTOL
+
+
+def test_products_run_when_no_worker_is_listed_yet(client, tmp_path, monkeypatch):
+    """A cluster still starting (or a stale scheduler listing) names no worker: the shard tasks are then
+    submitted without a placement instead of failing (Dask refuses allow_other_workers without workers)."""
+    model, train, _ = _problem(tmp_path, n=600)
+    local = influence.HessianOperator(model, train, batch_size=BATCH)
+    with DaskHessianOperator(client, model, train, batch_size=BATCH, shards=2) as H:
+        monkeypatch.setattr(H, "_workers", lambda: [])
+        v = np.random.RandomState(1).standard_normal(model.n_params)
+        assert _rel(H.matvec(v), local.matvec(v)) <= CLUSTER_RTOL
