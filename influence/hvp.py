@@ -15,7 +15,7 @@ R_k = (16·D_{k+1} − D_k)/15 (truncation O(r⁴)), estimates each one's error 
 keeps the best. For a model whose gradient jumps (``model.smooth`` false: ReLU, max pooling), a
 difference that straddles a kink picks up jump/r, so estimates at large steps are noise that can
 look stable by chance: the whole grid is then searched (no early stop), where the small steps that
-straddle no kink agree to rounding. The same evaluations give the plain central step (error estimate
+straddle no kink agree to rounding. The same evaluations give the best plain central step (error estimate
 ‖D_k − R_k‖), which :class:`HessianOperator` calibrates once and then reuses at 2 gradients a product.
 
 Weights are always restored from an exact saved copy in ``finally`` (bit-identical, also on
@@ -39,13 +39,6 @@ GRID_START = 1.0
 GRID_POINTS = {np.dtype(np.float32): 9, np.dtype(np.float64): 13}
 #: Grid points evaluated past the best estimate before the search stops (the estimate has turned).
 PATIENCE = 2
-#: The calibrated central step is the SMALLEST grid step whose estimated error is within this factor
-#: of the best estimate: truncation error (∝ r², through the third derivative along the direction)
-#: varies between directions by orders of magnitude while rounding error does not, so where the
-#: calibration direction cannot tell two steps apart the smaller one is safer for the other
-#: directions (float32 softmax, n=24, p=3: the best-estimate step 0.0625 was 3.6e-3 off along
-#: another direction, 4x smaller steps 1.6e-5).
-CENTRAL_TIE = 2.0
 #: A HessianOperator converts its data once for all products (Model.prepare) up to this size (the
 #: converted copy stays in memory); larger data is converted at every pass.
 PREPARE_MAX_BYTES = 256 * 2 ** 20
@@ -122,7 +115,7 @@ def adaptive_difference(f, params, v):
     with preserved_params(params) as w0:
         w0 = w0.astype(np.float64)
         scale = _step_scale(w0, v)
-        ts, ds, central = [], [], []        # central[k]: (estimated error of D_k, D_k)
+        ts, ds = [], []
         best_r = best_c = None            # (error, k)
         for k in range(n_points):
             t = GRID_START * GRID_RATIO ** k
@@ -131,7 +124,6 @@ def adaptive_difference(f, params, v):
             if k >= 1:                      # R_{k-1} and the central estimate of D_{k-1}
                 r_prev = (ds[k] - GRID_RATIO ** 2 * ds[k - 1]) / (1.0 - GRID_RATIO ** 2)
                 c_err = _rel_err(ds[k - 1], r_prev)
-                central.append((c_err, ds[k - 1]))
                 if best_c is None or c_err < best_c[0]:
                     best_c = (c_err, k - 1, ds[k - 1])
             if k >= 2:                      # error of R_{k-2} from R_{k-1}
@@ -145,8 +137,7 @@ def adaptive_difference(f, params, v):
         n_evals = 2 * len(ds)
     err, k, value = best_r
     step = Step(ts[k], ts[k] * scale, err, n_evals)
-    kc = max(j for j, (e, _) in enumerate(central) if e <= CENTRAL_TIE * best_c[0])
-    c_err, c_value = central[kc]
+    c_err, kc, c_value = best_c
     central = Step(ts[kc], ts[kc] * scale, c_err, 0)
     return value, step, (central, c_value)
 

@@ -1,7 +1,7 @@
 """Property tests (hypothesis) on the NumPy reference models: the finite-difference HVP is linear and
 symmetric for random sizes, dtypes, seeds and conditioning."""
 import numpy as np
-from hypothesis import given, settings, strategies as st, HealthCheck
+from hypothesis import example, given, settings, strategies as st, HealthCheck
 
 from influence.hvp import HessianOperator
 from influence.models import SoftmaxRegression, LogisticRegression
@@ -9,6 +9,12 @@ from conftest import make_classification
 
 #: Relative tolerance of linearity/symmetry per dtype (float32 weights: FD error ~1e-4 at worst).
 PROPERTY_TOL = {np.float64: 1e-7, np.float32: 2e-3}
+#: ‖Hv − H_exact v‖ ≤ tol·‖H‖‖v‖. The step is calibrated along one pseudo-random direction; along a
+#: direction whose third derivative is far larger the truncation error is too: in float32 that reached
+#: 3.6e-3 (the @example below; 800 random float32 problems stayed under 4.5e-4). Smaller steps, which
+#: would help there, raised rounding errors elsewhere (a float32 CNN's dense H) - so this is a stated
+#: limit of the float32 operator (docs/concepts-hvp.md), not a target.
+EXACT_TOL = {np.float64: 1e-7, np.float32: 5e-3}
 
 problems = st.fixed_dictionaries({
     "n": st.integers(5, 60), "p": st.integers(1, 6), "k": st.integers(2, 4),
@@ -31,6 +37,8 @@ def _build(pr):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pr=problems, a=st.floats(-3, 3).filter(lambda a: abs(a) > 1e-2))
+@example(pr={"n": 24, "p": 3, "k": 2, "dtype": np.float32, "seed": 769, "l2": 1e-3, "cond": 10.0,
+             "logistic": False, "batch": 14}, a=-3.0)
 def test_hvp_is_linear_symmetric_and_leaves_weights(pr, a):
     m, data = _build(pr)
     before = m.get_params()
@@ -46,7 +54,7 @@ def test_hvp_is_linear_symmetric_and_leaves_weights(pr, a):
     # operator's scale ‖H‖‖v‖ (float32 models compute in float32: along a direction of tiny curvature
     # the error relative to ‖Hv‖ itself is not bounded, e.g. n=5, p=5, k=2, l2=1e-3, seed 42343)
     H = m.hessian(data)
-    assert np.linalg.norm(hv - H @ v) <= tol * np.linalg.norm(H, 2) * np.linalg.norm(v)
+    assert np.linalg.norm(hv - H @ v) <= EXACT_TOL[pr["dtype"]] * np.linalg.norm(H, 2) * np.linalg.norm(v)
     assert np.array_equal(m.get_params(), before)
 
 
