@@ -64,7 +64,7 @@ from .scores import influence_scores, s_test, self_influence
 
 __all__ = ["lds", "loo", "mislabel", "LDSResult", "LOOEvaluation", "MislabelResult", "draw_subsets",
            "subset_predictions", "linear_datamodeling_score", "mean_and_error", "baseline_scores",
-           "flip_labels", "detection_curve", "plot", "METHODS", "LDS_GTOL", "MISLABEL_TOP",
+           "flip_labels", "detection_curve", "plot", "summary", "METHODS", "LDS_GTOL", "MISLABEL_TOP",
            "RETRAIN_MAXITER"]
 
 #: Score methods of lds/loo, in report order: the influence scores and the baselines.
@@ -596,6 +596,46 @@ def mislabel(model, train, fraction=0.1, seed=0, top=MISLABEL_TOP, method="exact
     auc = {m: float(np.mean(c)) for m, c in curves.items()}
     seconds["total"] = time.perf_counter() - start
     return MislabelResult(flipped, rankings, curves, found, auc, top, float(fraction), grad_norm, seconds)
+
+
+# ------------------------------------------------------------------------------------ reports
+def summary(result, details=False):
+    """A JSON-able dict of ``result`` (of :func:`lds`, :func:`loo` or :func:`mislabel`): the headline
+    numbers of every method; ``details=True`` adds the per-test-point values, predictions,
+    measurements and subsets (what ``influence evaluate --out`` writes)."""
+    def plain(d):
+        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in d.items()}
+    if isinstance(result, LDSResult):
+        out = {"metric": "lds", "target": result.target, "subsets": int(result.subsets.shape[0]),
+               "subset_size": int(result.subsets.shape[1]), "n_train": result.n_train,
+               "n_test": int(result.actual.shape[0]), "mean": plain(result.mean), "stderr": plain(result.stderr),
+               "finite": {m: int(np.isfinite(result.lds[m]).sum()) for m in METHODS}, "gtol": result.gtol,
+               "max_grad_norm": float(np.max(result.grad_norms)), "seconds": result.seconds}
+        if details:
+            out.update(lds={m: result.lds[m].tolist() for m in METHODS}, subset_rows=result.subsets.tolist(),
+                       predicted={m: result.predicted[m].tolist() for m in METHODS},
+                       actual=result.actual.tolist(), base=result.base.tolist())
+    elif isinstance(result, LOOEvaluation):
+        out = {"metric": "loo", "k": int(len(result.indices)), "n_train": result.n_train,
+               "n_test": int(result.actual.shape[0]), "pearson": plain(result.pearson),
+               "spearman": plain(result.spearman), "pooled_pearson": plain(result.pooled_pearson),
+               "pooled_spearman": plain(result.pooled_spearman),
+               "max_grad_norm": float(np.max(result.grad_norms)), "seconds": result.seconds}
+        if details:
+            out.update(indices=result.indices.tolist(), actual=result.actual.tolist(),
+                       predicted={m: result.predicted[m].tolist() for m in METHODS})
+    elif isinstance(result, MislabelResult):
+        out = {"metric": "mislabel", "fraction": result.fraction, "flipped_count": int(result.flipped.size),
+               "n_train": int(result.curves["random"].size), "top": list(result.top),
+               "found": result.found, "auc": result.auc, "refit_grad_norm": result.refit_grad_norm,
+               "seconds": result.seconds}
+        if details:
+            out.update(flipped=result.flipped.tolist(),
+                       rankings={m: r.tolist() for m, r in result.rankings.items()})
+    else:
+        raise ValueError("summary(result=%s): pass the result of influence.evaluate.lds, loo or mislabel"
+                         % type(result).__name__)
+    return out
 
 
 # ------------------------------------------------------------------------------------ pictures
