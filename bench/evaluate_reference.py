@@ -58,7 +58,8 @@ def run_model(name, hidden, train, test, args):
     model = CNTKModel(build_network(64, 10, hidden, "tanh", dtype=np.float64, seed=args.seed), l2=L2)
     t = time.time()
     fit = influence.fit(model, train, gtol=1e-7, maxiter=5000)
-    out = {"model": "%s (%d parameters, tanh, float64, l2=%g)" % (name, model.n_params, L2),
+    arch = "no hidden layer" if not hidden else "hidden %s, tanh" % ",".join(str(h) for h in hidden)
+    out = {"model": "%s (%d parameters, %s, float64, l2=%g)" % (name, model.n_params, arch, L2),
            "fit": {"seconds": time.time() - t, "grad_norm": fit.grad_norm, "converged": fit.converged}}
     m = 10 if args.quick else args.subsets
     loads = {"before": loadavg()}
@@ -108,7 +109,7 @@ def tables(results, meta):
                      res["load"]["before"], res["load"]["lds"]), "",
                   "| scores | mean LDS | standard error |", "|---|---|---|"]
         for m in ev.METHODS:
-            lines.append("| %s | %s | %s |" % (NAMES[m], _f(lds["mean"][m]), _f(lds["stderr"][m])))
+            lines.append("| %s | %s | %s |" % (NAMES[m], _f(lds["mean"][m], 4), _f(lds["stderr"][m], 4)))
         lines += ["", "**Leave-one-out** — %d removed points (half the most influential), %d test points: "
                   "%.1f s (scores %.1f s, retraining %.1f s), load → %s."
                   % (loo["k"], loo["n_test"], loo["wall"], loo["seconds"]["scores"], loo["seconds"]["retraining"],
@@ -148,7 +149,15 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="10 subsets, 6 removed points, 20 LOO test points")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/evaluation.md alone")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--render", action="store_true", help="no runs: rewrite the page from %s" % RESULTS)
     args = p.parse_args(argv)
+    if args.render:
+        with open(RESULTS, encoding="utf-8") as f:
+            saved = json.load(f)
+        block = tables(saved["results"], saved["meta"])
+        write_page(block)
+        print(block)
+        return saved["results"]
     train, test = load(args.seed)
     saved = {}
     if os.path.isfile(RESULTS):

@@ -202,7 +202,7 @@ def baseline_scores(model, train, test, seed=0, solver="auto", damping=0.0, scor
     (the same :func:`influence.influence_scores` call with g_t in place of s_test) and random."""
     test = model.validate(test, getattr(test, "name", "test data"))
     st = s_test(model, train, test, solver, damping, batch_size, check_optimum=check_optimum,
-                **solver_options)
+                **dict(solver_options, progress=progress))
     with model.preserving_params():
         g_test = model.per_example_grads(test, batch_size)
     out = {}
