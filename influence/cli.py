@@ -887,7 +887,7 @@ def _evaluate_print(args, res, timer):
 
 def cmd_evaluate(args):
     from . import evaluate
-    from ._files import write_json, atomic_path
+    from ._files import atomic_path, to_json, write_json
     folder = _evaluate_check(args)
     if getattr(args, "cluster", None):
         from .cluster import check_reachable
@@ -946,7 +946,7 @@ def cmd_evaluate(args):
         out = evaluate.summary(res)
         out.update(seed=args.seed, out=args.out, plot=args.plot, timing=timer.as_dict(),
                    test_index=None if idx is None else idx.tolist())
-        print(json.dumps(out, indent=2, sort_keys=True))
+        print(to_json(out))                   # NaN (e.g. an LDS without finite values) as null
         return EXIT_OK
     _evaluate_print(args, res, timer)
     return EXIT_OK
