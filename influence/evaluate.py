@@ -235,7 +235,8 @@ def _retrain_task(job, start, stop):
     model, lock = _worker_model(job)
     data = _worker_data(job, model)
     with lock:
-        return _retrain_columns(model, data, job.test, job.w0, job.kept[start:stop], job.norm, job.gtol,
+        test = model.validate(job.test, job.test.name)
+        return _retrain_columns(model, data, test, job.w0, job.kept[start:stop], job.norm, job.gtol,
                                 job.maxiter, job.batch_size)
 
 
@@ -247,7 +248,12 @@ def _dask_runner(executor, model, train, test, w0, kept, norm, gtol, maxiter, ba
         executor.check(model, train)
     job = cluster._Job(model, train, np.zeros((0, model.n_params)), None, "gradient", batch_size,
                        executor._taken)
-    job.test, job.w0, job.kept, job.norm = test, np.asarray(w0), np.asarray(kept), norm
+    from .data import Dataset
+    # the test rows travel as plain arrays (a validated Dataset remembers the client's model, which
+    # does not pickle) and are validated again by the worker's model
+    plain = Dataset(test.x if not hasattr(test.x, "filename") else np.array(test.x),
+                    None if test.y is None else np.array(test.y), test.name)
+    job.test, job.w0, job.kept, job.norm = plain, np.asarray(w0), np.asarray(kept), norm
     job.gtol, job.maxiter = gtol, maxiter
     client, retries = executor.client, executor.retries
 

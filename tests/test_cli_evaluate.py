@@ -133,3 +133,15 @@ def test_runs_without_a_locale(files, tmp_path):
     assert proc.returncode == 0, err
     text = proc.stdout.decode("ascii")
     assert "||grad R_S||" in text and "mean LDS" in text
+
+
+def test_cluster_retrains_a_cntk_model_on_dask_workers(files, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    d, model = files
+    here, there = str(tmp_path / "here.json"), str(tmp_path / "there.json")
+    assert run(_lds(d, model, "--subsets", "3", "--out", here), capsys)[0] == 0
+    code, _, err = run(_lds(d, model, "--subsets", "3", "--out", there, "--cluster", "local:1"), capsys)
+    assert code == 0, err
+    a, b = json.load(open(here, encoding="utf-8")), json.load(open(there, encoding="utf-8"))
+    assert np.allclose(a["actual"], b["actual"], rtol=0, atol=1e-12)
+    assert a["lds"] == b["lds"]
