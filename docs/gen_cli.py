@@ -137,12 +137,35 @@ def render_reference(parser):
     if _flags(parser):
         lines += _table(parser, prog) + [""]
     for name, h, sub in subs:
-        lines += ["### `%s %s`" % (prog, name), ""]
-        if sub.description or h:
-            lines += [" ".join((sub.description or h).split()), ""]
-        lines += ["```text", _usage("%s %s" % (prog, name), sub), "```", ""]
-        lines += _table(sub, "%s %s" % (prog, name)) + [""]
+        lines += _section("%s %s" % (prog, name), h, sub)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _section(command, h, sub):
+    """The section of one command; a command with sub-commands of its own (``influence evaluate lds``)
+    lists them and is followed by a section for each."""
+    lines = ["### `%s`" % command, ""]
+    if sub.description or h:
+        lines += [" ".join((sub.description or h).split()), ""]
+    nested = _subcommands(sub)
+    lines += ["```text", _usage(command, sub, "%s [options]" % _nested_metavar(sub) if nested else ""), "```", ""]
+    if nested:
+        lines += ["| command | does |", "|---|---|"]
+        lines += ["| [`%s %s`](#%s) | %s |" % (command, name, "-".join((command + " " + name).split()),
+                                                _cell(" ".join((nh or "").split()))) for name, nh, _ in nested]
+        lines.append("")
+    if _flags(sub) or not nested:
+        lines += _table(sub, command) + [""]
+    for name, nh, nsub in nested:
+        lines += _section("%s %s" % (command, name), nh, nsub)
+    return lines
+
+
+def _nested_metavar(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.metavar or "COMMAND"
+    return "COMMAND"
 
 
 def render_page(text, parser):

@@ -20,6 +20,7 @@ from .fitting import fit, FitResult, check_optimum, NotAtOptimumWarning
 from .scores import (s_test, STest, influence_scores, predicted_loss_change, self_influence,
                      directional_derivatives)
 from .loo import verify_loo, LOOResult
+from . import evaluate
 
 __all__ = ["__version__", "Model", "CNTKModel", "Dataset", "load_npz", "load_data", "load_ctf", "load_digits", "models",
            "HessianOperator", "hvp",
