@@ -223,7 +223,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller synthetic problem, fewer steps")
     parser.add_argument("--only", nargs="*", default=None, help="problems: softmax mlp mlp-damped synthetic")
-    parser.add_argument("--png", default=os.path.join(HERE, "output", "stochastic.png"))
+    parser.add_argument("--png", default=os.path.join(HERE, "..", "docs", "img", "stochastic.png"),
+                        help="where to draw the plot (default docs/img/stochastic.png, shown in docs/performance.md)")
     parser.add_argument("--methods", nargs="*", default=None, help="only these method labels (prefix match)")
     args = parser.parse_args(argv)
     results = {}

@@ -267,7 +267,11 @@ def render_stochastic(res):
     lines = ["Relative error of the influence scores G·s (what users see) and of s = (H+λI)⁻¹b against cg "
              "at rtol 1e-9 in float64, versus work in full-data passes (a minibatch product of B rows = "
              "B/n) and seconds; *to 1e-2* / *to 1e-3*: first checkpoint at which the scores error is at "
-             "most that (passes / seconds). Plot: `%s`." % res.get("png", "bench/output/stochastic.png"), ""]
+             "most that (passes / seconds).", ""]
+    png = res.get("png")
+    if png:   # a path from the repository root; the page lives in docs/
+        link = png[len("docs/"):] if png.startswith("docs/") else os.path.join("..", png)
+        lines += ["![relative error of the scores vs full-data passes and seconds](%s)" % link, ""]
     for name, part in res["stochastic"].items():
         info = part["info"]
         lines += ["**%s** (n = {:,}, d = {:,}, %s, damping %g; reference residual %s)".format(info["n"], info["d"])
