@@ -16,7 +16,7 @@ from ..data import (Dataset, Sequences, _is_sparse, check_binary_labels, check_c
                     first_bad)
 from .base import Model
 
-from ._cntk_runtime import import_cntk
+from ._cntk_runtime import _cntk_call, import_cntk
 from .cntk_graph import constants_to_parameters, inference_graph, kinks
 
 __all__ = ["CNTKModel", "FunctionGradient", "ParameterVector", "import_cntk", "LOSSES", "build_network",
@@ -625,7 +625,7 @@ class CNTKModel(Model):
     def _per_example_losses(self, batch):
         feed = self._feed(batch)
         with self._lock:
-            out = self.loss_function.eval(feed)
+            out = _cntk_call(lambda: self.loss_function.eval(feed))
         return np.asarray(out, dtype=np.float64).reshape(len(batch))
 
     def _loss_sum(self, batch):
@@ -662,7 +662,7 @@ class CNTKModel(Model):
     def _grad_sum(self, batch):
         feed = self._feed(batch)
         with self._lock:
-            g = self.loss_function.grad(feed, wrt=self._params.parameters)
+            g = _cntk_call(lambda: self.loss_function.grad(feed, wrt=self._params.parameters))
         return self._params.flatten_grads(g)
 
     def _loss_and_grad_sum(self, batch):
@@ -670,7 +670,7 @@ class CNTKModel(Model):
         f = self.loss_function
         feed = self._feed(batch)
         with self._lock:
-            g, losses = f.grad(feed, wrt=self._params.parameters, outputs=[f.output])
+            g, losses = _cntk_call(lambda: f.grad(feed, wrt=self._params.parameters, outputs=[f.output]))
         return float(np.sum(np.asarray(losses, dtype=np.float64))), self._params.flatten_grads(g)
 
     def predict(self, x, batch_size=None):
@@ -687,7 +687,7 @@ class CNTKModel(Model):
         for batch in data.batches(size):
             feed = {self._feed_vars[v.uid]: self._input_value(v, self._part(batch, v)) for v in self.inputs}
             with self._lock:
-                out = out_var.eval(feed)
+                out = _cntk_call(lambda: out_var.eval(feed))
             if _is_sequence(out_var.output):
                 outs.extend(np.asarray(o, dtype=np.float64) for o in out)
             else:

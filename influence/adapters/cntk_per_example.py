@@ -30,7 +30,7 @@ the route of every parameter and why a parameter fell back to the loop.
 """
 import numpy as np
 
-from ._cntk_runtime import import_cntk
+from ._cntk_runtime import _cntk_call, import_cntk
 from .cntk_graph import _functions
 
 __all__ = ["PerExamplePlan", "LAYER", "DIRECT", "LOOP", "BLOCK_BYTES"]
@@ -246,7 +246,7 @@ class PerExamplePlan(object):
 
     def __init__(self, model):
         self.model = model
-        self._C = C = import_cntk()
+        self._C = import_cntk()
         params = model._params.parameters
         kept = {p.uid: i for i, p in enumerate(params)}
         f = model.loss_function
@@ -402,11 +402,12 @@ class PerExamplePlan(object):
     def _run(self, feed):
         g = self._combined
         if self._fetch:
-            grads, outs = g.grad(feed, wrt=self._wrt, outputs=self._fetch, grad_root=self._root)
+            grads, outs = _cntk_call(lambda: g.grad(feed, wrt=self._wrt, outputs=self._fetch,
+                                                    grad_root=self._root))
             if not isinstance(outs, dict):
                 outs = {self._fetch[0]: outs}
         else:
-            grads, outs = g.grad(feed, wrt=self._wrt), {}
+            grads, outs = _cntk_call(lambda: g.grad(feed, wrt=self._wrt)), {}
         if not isinstance(grads, dict):
             grads = {self._wrt[0]: grads}
         return grads, outs
@@ -449,7 +450,7 @@ class PerExamplePlan(object):
             for i in range(n):
                 feed = model._feed(batch.subset(slice(i, i + 1)))
                 with model._lock:
-                    g = loss.grad(feed, wrt=self._loop)
+                    g = _cntk_call(lambda: loss.grad(feed, wrt=self._loop))
                 if not isinstance(g, dict):
                     g = {self._loop[0]: g}
                 for p in self._loop:
