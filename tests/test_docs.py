@@ -37,7 +37,7 @@ def test_cli_md_is_generated_from_the_parsers():
     gen = _gen_cli()
     text = _read("docs", "cli.md")
     assert text == gen.render_page(text, build_parser()), (
-        "docs/cli.md is out of date with influence/cli.py; regenerate it with: %s" % gen.REGENERATE)
+        "docs/cli.md is out of date with influence/cli/; regenerate it with: %s" % gen.REGENERATE)
 
 
 def test_cli_md_lists_every_command_and_flag():

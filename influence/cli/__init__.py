@@ -1,0 +1,234 @@
+"""Command-line interface: ``influence <command>`` / ``python -m influence <command>``.
+
+Exit codes (docs/failure-modes.md): 0 success; 2 bad usage or input, or a refusal — one line on
+stderr, nothing written; 1 an error after work began — one line, the finished work kept in
+``OUT.partial/`` for ``--resume``; 130 interrupted (Ctrl-C). No traceback unless ``--debug``; output
+files are written atomically. CNTK's own start-up and device messages are hidden unless ``--debug``.
+
+Without a UTF-8 locale (Python 3.6 then opens stdio as ASCII), the symbols of the messages are
+printed in ASCII (:data:`ASCII_SYMBOLS`: ‖ → ||, λ → lambda, ᵀ → ^T, ...); files are UTF-8 always.
+
+Layout: :mod:`._common` (what every command shares) ← :mod:`.commands` (info, train, hvp, self,
+verify), :mod:`.score`, :mod:`.evaluate` ← this module (the parser, error reporting, ``main``).
+"""
+from __future__ import print_function
+
+import os
+import re
+import sys
+
+from .._version import __version__
+from ._common import (
+    EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, TEST_INDEX_HELP, UsageError, _Parser, _ascii_safe_stdio,
+    _common_flags, _ctf_flags, _first_line, _model_flags, _stderr_hidden)
+from .commands import cmd_hvp, cmd_info, cmd_self, cmd_train, cmd_verify
+from .score import MATRIX_TEST_POINTS, cmd_score
+from .evaluate import _evaluate_parsers
+from ._common import ASCII_SYMBOLS, _test_indices  # noqa: F401  (part of influence.cli's surface)
+
+__all__ = ["main", "build_parser", "UsageError", "ASCII_SYMBOLS", "MATRIX_TEST_POINTS"]
+
+
+# ---------------------------------------------------------------------------------------- parser
+def build_parser():
+    common = _common_flags()
+    parser = _Parser(prog="influence", description="Influence functions (Koh & Liang 2017) on CNTK models: "
+                     "which training examples made the model predict this?")
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("info", parents=[common], help="versions of influence, Python, numpy, scipy, CNTK",
+                       description="Show the versions of influence, Python, numpy, scipy and CNTK.")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", parents=[common], help="build a CNTK network and fit it to an optimum",
+                       description="Build a CNTK network, fit it to an optimum of the L2-regularized "
+                       "training objective with full-batch L-BFGS (influence.fit), and save it with "
+                       "Function.save plus a .json file of metadata (loss, l2, arch) beside it.")
+    p.add_argument("--data", required=True, metavar="TRAIN.npz",
+                   help="training data: .npz with arrays x (n × features) and y (labels or targets)")
+    p.add_argument("--arch", default="softmax", help="'softmax' (no hidden layer), 'mlp:H1,H2,...' or "
+                   "'cnn:C1,C2,...' (per entry a 3x3 convolution, BatchNormalization, the activation and 2x2 "
+                   "pooling: average, or max with relu; then Dropout and Dense; x of shape (n, C, H, W)) "
+                   "(default softmax)")
+    p.add_argument("--activation", default="tanh", choices=["tanh", "relu", "sigmoid", "softplus"],
+                   help="hidden-layer activation (default tanh)")
+    p.add_argument("--loss", choices=["cross_entropy", "binary_cross_entropy", "squared_error"],
+                   help="default: cross_entropy for integer labels, squared_error for float targets")
+    p.add_argument("--classes", type=int, help="number of classes (default: max label + 1)")
+    p.add_argument("--l2", type=float, default=1e-3, help="L2 coefficient λ in (λ/2)‖w‖² (default 1e-3)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default float32")
+    p.add_argument("--gtol", type=float, default=1e-5, help="stop when max |∂R/∂w| <= GTOL (default 1e-5)")
+    p.add_argument("--maxiter", type=int, default=2000, help="L-BFGS iterations at most (default 2000)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B", help="examples per pass (default 2048)")
+    p.add_argument("--out", required=True, metavar="MODEL", help="where to save the model (e.g. model.cntk)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("hvp", parents=[common], help="one Hessian-vector product of the training objective",
+                       description="Compute (H + damping·I)·v for the mean training objective of a model "
+                       "on a dataset, by central finite differences, and report its time.")
+    _model_flags(p)
+    p.add_argument("--data", required=True, metavar="D.npz", help=".npz with x and y, or a .ctf file")
+    _ctf_flags(p)
+    p.add_argument("--vector", required=True, metavar="v.npy", help="flat vector (.npy), one entry per parameter")
+    p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
+    p.add_argument("--out", metavar="hv.npy", help="save H·v here (.npy)")
+    p.set_defaults(func=cmd_hvp)
+
+    def score_flags(p, solver=True):
+        _model_flags(p)
+        p.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y, or .ctf)")
+        _ctf_flags(p)
+        p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian: (H + λI)⁻¹ (default 0)")
+        p.add_argument("--chunk-size", type=int, default=10000, metavar="C",
+                       help="training rows per chunk: the unit of progress and of --resume (default 10000)")
+        p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.partial/ "
+                       "without recomputing finished chunks")
+        p.add_argument("--no-optimum-check", action="store_true",
+                       help="skip the check that the model is at an optimum of the training objective")
+        if solver:
+            p.add_argument("--solver", choices=["auto", "cg", "lissa", "direct", "lanczos"], default="auto",
+                           help="inverse-HVP solver (default auto: direct or cg by a cost model of the "
+                           "parameters, training rows, test points and memory, printed before the solve)")
+            p.add_argument("--rtol", type=float, help="relative tolerance of the inverse HVP: stop when "
+                           "‖(H + λI)x − g_test‖ <= RTOL·‖g_test‖ (default: the solver's)")
+            p.add_argument("--maxiter", type=int, help="iterations of the solver at most (default: the solver's)")
+
+    p = sub.add_parser("score", parents=[common], help="influence of every training point on test points",
+                       description="Influence of every training point on the loss at test points: "
+                       "I_up,loss = -g_testᵀ H⁻¹ g_i and the predicted test-loss change if the point were "
+                       "removed, -I_up,loss/n (positive: it helped). Prints the most helpful and harmful "
+                       "training points (per test point; with more than %d test points their sums and means "
+                       "over the test points, overall and per class, and the whole score matrix goes to "
+                       ".npy) and a timing breakdown; --out holds every score." % MATRIX_TEST_POINTS)
+    score_flags(p)
+    p.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y)")
+    p.add_argument("--test-index", nargs="+", metavar="I", help=TEST_INDEX_HELP)
+    p.add_argument("--scoring", choices=["forward", "gradient"], default="forward",
+                   help="forward: finite differences of batched forward passes (fast, default); gradient: "
+                   "per-example gradients (reference)")
+    p.add_argument("--k", type=int, default=50, help="rank of the lanczos solver (default 50)")
+    p.add_argument("--top", type=int, default=10, help="rows of each ranked table (default 10)")
+    p.add_argument("--out", metavar="scores.csv|scores.json", help="write every score here; with more than %d "
+                   "test points (or --matrix): one row per training point with the sums and means over the "
+                   "test points (overall and per class), and the whole score matrix in OUT.npy (scores.csv -> "
+                   "scores.npy)" % MATRIX_TEST_POINTS)
+    p.add_argument("--matrix", metavar="M.npy", help="write the whole score matrix (test points x training "
+                   "points, I_up,loss, float64) here, chunk by chunk through a memory-mapped file in "
+                   "M.partial/ or OUT.partial/ (resumable), also for %d test points or fewer; default with more: "
+                   "OUT.npy" % MATRIX_TEST_POINTS)
+    p.add_argument("--cluster", metavar="SPEC", help="solve s_test and score the training points on a Dask "
+                   "cluster: local:N (N worker processes on this machine) or tcp://HOST:PORT (a running dask-scheduler; "
+                   "--train must be readable at the same path by every worker); see docs/cluster.md")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("self", parents=[common], help="rank training points by self-influence (likely mislabeled)",
+                       description="Self-influence s_i = g_iᵀ H⁻¹ g_i of every training point; the highest "
+                       "are the most likely mislabeled.")
+    score_flags(p, solver=False)
+    p.add_argument("--method", choices=["exact", "lanczos"], default="exact",
+                   help="exact: dense Hessian (small models); lanczos: rank-k approximation (default exact)")
+    p.add_argument("--k", type=int, default=50, help="rank for --method lanczos (default 50)")
+    p.add_argument("--top", type=int, default=20, help="rows of the ranked table (default 20)")
+    p.add_argument("--out", metavar="ranking.csv", help="write every training point's self-influence here")
+    p.set_defaults(func=cmd_self)
+
+    p = sub.add_parser("verify", parents=[common], help="leave-one-out check of the influence predictions",
+                       description="Retrain without k training points (the most influential and random "
+                       "ones), measure the actual change of the test loss and compare with the prediction.")
+    _model_flags(p)
+    p.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y)")
+    p.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y)")
+    p.add_argument("--test-index", type=int, nargs="+", required=True, metavar="I", help="test point(s)")
+    p.add_argument("--k", type=int, default=30, help="training points to retrain without (default 30)")
+    _ctf_flags(p)
+    p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
+    p.add_argument("--solver", choices=["cg", "lissa", "direct", "lanczos"], default="cg", help="default cg")
+    p.add_argument("--top", type=int, default=5, help="worst disagreements to print (default 5)")
+    p.set_defaults(func=cmd_verify)
+
+    _evaluate_parsers(sub, common)
+    return parser
+
+
+#: API keywords in library messages and the flags that set them (score/verify; self: see _cli_terms).
+_FLAG_OF = [(r"\bdamping\s*=\s*", "--damping "), (r"\bdamping\s*>", "--damping >"),
+            (r"\brtol\s*=\s*", "--rtol "), (r"\bmaxiter\s*=\s*", "--maxiter "), (r"\bdepth\s*=\s*", "--maxiter "),
+            (r"\brandom_state\s*=\s*", "--seed "), (r"\bchunk_size\s*=\s*", "--chunk-size "),
+            (r"\bbatch_size\s*=\s*", "--batch-size "), (r"\bk\s*=\s*", "--k "), (r"\bk\s*<<", "--k <<"),
+            (r"\bresume=True\b", "--resume"), (r"\bl2\s*=\s*", "--l2 "), (r"\bscoring\s*=\s*'?(\w+)'?", r"--scoring \1")]
+
+
+def _cli_terms(text, args):
+    """A library message in the flags of this command: ``method='lanczos'`` → ``--solver lanczos``,
+    ``damping=`` → ``--damping``, ... For ``self`` (flag --method exact|lanczos), advice to use another
+    solver for the dense Hessian becomes ``--method lanczos --k 50``."""
+    command = getattr(args, "command", None)
+    dense_refusal = re.search(r"the dense path holds", text)
+    if command == "self":
+        if dense_refusal:
+            text = "--method exact: %s; use --method lanczos --k 50 (a rank-50 approximation) instead" \
+                   % re.split(r";\s*use\b", text)[0]
+        text = re.sub(r"\bmethod\s*=\s*'(exact|lanczos)'", r"--method \1", text)
+    elif dense_refusal:
+        text = "--solver direct: %s; use --solver cg (or --solver lanczos --k K, K < d - 1) instead" \
+               % re.split(r";\s*use\b", text)[0]
+    else:
+        text = re.sub(r"\b(?:method|solver)\s*=\s*'(\w+)'", r"--solver \1", text)
+        text = re.sub(r"\(or '(\w+)' with", r"(or --solver \1 with", text)
+    for pattern, flag in _FLAG_OF:
+        text = re.sub(pattern, flag, text)
+    return text
+
+
+def _job_failed_text(e):
+    from .._files import InputChangedError
+    cause = _first_line(e.cause)
+    folder = os.path.relpath(e.folder)
+    if isinstance(e.cause, InputChangedError):
+        return "%s (the partial results in %s/ belong to the old input)" % (cause, folder)
+    if not isinstance(e.cause, ValueError):
+        cause = "%s: %s" % (type(e.cause).__name__, cause)
+    return "%s; the finished work is kept in %s/: rerun the same command with --resume to continue" % (cause, folder)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    restore_stdio = _ascii_safe_stdio()
+    restore = None if debug else _stderr_hidden()
+    args = None
+    try:
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if getattr(args, "func", None) is None:
+                parser.print_help()
+                return EXIT_USAGE
+            return args.func(args)
+        except (UsageError, ValueError, ImportError) as e:
+            if debug:
+                raise
+            print("influence: error: %s" % _cli_terms(_first_line(e), args), file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print("influence: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except Exception as e:   # after work began, a bug or a CNTK failure: still one line, unless --debug
+            if debug:
+                raise
+            from ..jobs import JobFailed
+            if isinstance(e, JobFailed):
+                print("influence: error: %s" % _cli_terms(_job_failed_text(e), args), file=sys.stderr)
+            else:
+                print("influence: internal error: %s: %s (rerun with --debug for the traceback)"
+                      % (type(e).__name__, _first_line(e)), file=sys.stderr)
+            return EXIT_FAILURE
+    finally:
+        if restore is not None:
+            restore()
+        restore_stdio()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""``influence info``, ``train``, ``hvp``, ``self`` and ``verify``: parse, call the library, print."""
+from __future__ import print_function
+
+import json
+import os
+import platform
+import sys
+
+import numpy as np
+
+from .._version import __version__
+from ._common import (
+    EXIT_OK, META_SUFFIX, UsageError, _Timer, _Warnings, _check_indices, _existing_file, _job_inputs,
+    _label_text, _labels, _load_data, _load_model, _load_split, _log, _parse_arch, _partial_folder)
+
+
+# ---------------------------------------------------------------------------------------- commands
+def cmd_info(args):
+    import scipy
+    print("influence  %s" % __version__)
+    print("python     %s (%s)" % (platform.python_version(), sys.executable))
+    print("numpy      %s" % np.__version__)
+    print("scipy      %s" % scipy.__version__)
+    try:
+        from ..adapters.cntk import import_cntk
+        print("cntk       %s" % import_cntk().__version__)
+    except ImportError as e:
+        print("cntk       not available (%s)" % str(e).splitlines()[0])
+    return EXIT_OK
+
+
+def cmd_train(args):
+    from ..adapters.cntk import CNTKModel, build_cnn, build_network
+    from ..data import Sequences
+    from ..fitting import fit
+    from .._files import atomic_path, check_writable, write_json
+    kind, sizes = _parse_arch(args.arch)
+    if args.l2 < 0:
+        raise UsageError("--l2 %r is negative; pass a value >= 0" % args.l2)
+    check_writable(args.out)
+    timer = _Timer()
+    with timer("load data"):
+        data = _load_data(args.data)
+    x, y = data.x, data.y
+    if isinstance(x, (dict, Sequences)) or isinstance(y, Sequences):
+        raise UsageError("--data %s holds %s; 'influence train' builds only dense MLP/CNN networks on one "
+                         "array x: build and train that network with CNTK, then score it with --model"
+                         % (args.data, "several inputs (x.<input name>)" if isinstance(x, dict)
+                            else "variable-length sequences" if isinstance(x, Sequences) else "per-step labels"))
+    if y is None:
+        raise UsageError("--data %s has no 'y' array; save labels with np.savez(path, x=..., y=...)" % args.data)
+    loss = args.loss
+    if loss is None:
+        loss = "cross_entropy" if np.issubdtype(y.dtype, np.integer) else "squared_error"
+    if loss == "cross_entropy":
+        if not np.issubdtype(y.dtype, np.integer):
+            raise UsageError("--data %s: labels have dtype %s; cross_entropy needs integer class labels "
+                             "(or pass --loss squared_error for regression targets)" % (args.data, y.dtype))
+        if y.ndim != 1 or (y.size and y.min() < 0):
+            raise UsageError("--data %s: labels must be integers 0..k-1 of shape (n,)" % args.data)
+        n_out = int(args.classes or (int(y.max()) + 1))
+        if n_out < 2:
+            raise UsageError("--data %s has a single class; cross_entropy needs at least 2 (or --classes K)"
+                             % args.data)
+    elif loss == "binary_cross_entropy":
+        n_out = 1
+    else:
+        n_out = int(np.prod(y.shape[1:])) if y.ndim > 1 else 1
+    shape = tuple(x.shape[1:])
+    if kind == "cnn" and len(shape) != 3:
+        raise UsageError("--arch %s needs images of shape (n, C, H, W) but --data %s has x of shape %s; save "
+                         "x reshaped (e.g. x.reshape(-1, 1, 8, 8)) or use --arch mlp:..."
+                         % (args.arch, args.data, tuple(x.shape)))
+    with timer("build"):
+        if kind == "cnn":
+            # max pooling has kinks like relu; with a smooth activation the whole network is kept smooth
+            z = build_cnn(shape, n_out, channels=sizes, activation=args.activation,
+                          pooling="max" if args.activation == "relu" else "average",
+                          dtype=np.dtype(args.dtype), seed=args.seed)
+        else:
+            z = build_network(shape if len(shape) != 1 else shape[0], n_out, hidden=sizes,
+                              activation=args.activation, dtype=np.dtype(args.dtype), seed=args.seed)
+        model = CNTKModel(z, loss=loss, l2=args.l2, batch_size=args.batch_size)
+        if loss == "squared_error" and y.ndim == 1:
+            data.y = y.reshape(-1, 1)
+    _log(args, "training %s (%d parameters, %s) on %d examples with L-BFGS ..."
+         % (args.arch, model.n_params, args.dtype, len(x)))
+    with timer("fit (L-BFGS)"):
+        result = fit(model, data, gtol=args.gtol, maxiter=args.maxiter)
+    with timer("save"):
+        with atomic_path(args.out) as tmp:
+            model.save(tmp)
+        meta = {"format": "cntk-influence/1", "arch": args.arch, "activation": args.activation,
+                "dtype": args.dtype, "loss": loss, "l2": args.l2, "n_outputs": n_out,
+                "input_shape": list(shape), "train_data": os.path.abspath(args.data),
+                "n_train": len(x), "fit": {"loss": result.loss, "grad_norm": result.grad_norm,
+                                           "n_iter": result.n_iter, "converged": bool(result.converged)}}
+        write_json(args.out + META_SUFFIX, meta)
+    summary = dict(meta, model=os.path.abspath(args.out), seconds=timer.as_dict())
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        print("trained %s: %d parameters, %d L-BFGS iterations, objective %.6g, ‖∇R‖ = %.2e%s"
+              % (args.arch, model.n_params, result.n_iter, result.loss, result.grad_norm,
+                 "" if result.converged else "  (NOT converged: raise --maxiter)"))
+        print("saved %s and %s" % (args.out, args.out + META_SUFFIX))
+        print("\n".join(timer.lines()))
+    return EXIT_OK
+
+
+def cmd_hvp(args):
+    from ..hvp import HessianOperator
+    from .._files import check_writable, write_npy
+    if args.out:
+        check_writable(args.out)
+    timer = _Timer()
+    with timer("load model"):
+        model, _ = _load_model(args)
+    with timer("load data"):
+        data = _load_split(args.data, "--data", model, args.ctf_options)
+    _existing_file(args.vector, "--vector")
+    with open(args.vector, "rb") as f:
+        magic = f.read(6)
+    if magic[:2] == b"PK":
+        raise UsageError("--vector %s is an .npz archive; save the vector with np.save(path, v)" % args.vector)
+    if magic != b"\x93NUMPY":
+        raise UsageError("--vector %s is not a .npy file; save the vector with np.save(path, v)" % args.vector)
+    try:
+        v = np.load(args.vector, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise UsageError("--vector %s is not a readable .npy file without pickled objects (%s)" % (args.vector, e))
+    if v.shape != (model.n_params,) or not np.issubdtype(v.dtype, np.number):
+        raise UsageError("--vector %s has shape %s, dtype %s; the model has %d parameters: pass a flat "
+                         "numeric vector of that length" % (args.vector, v.shape, v.dtype, model.n_params))
+    op = HessianOperator(model, data, damping=args.damping)
+    with timer("calibrate step (first product)"):
+        op @ v
+    with timer("HVP"):
+        hv = op @ v
+    if args.out:
+        write_npy(args.out, hv)
+    summary = {"n_params": model.n_params, "norm_v": float(np.linalg.norm(v)),
+               "norm_hv": float(np.linalg.norm(hv)), "vHv": float(v @ hv), "rel_step": op.rel_step,
+               "gradients": op.n_grad, "seconds": timer.as_dict(), "out": args.out}
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        print("H·v for %d parameters: ‖v‖ = %.6g, ‖Hv‖ = %.6g, vᵀHv = %.6g (relative step %.3g)"
+              % (model.n_params, summary["norm_v"], summary["norm_hv"], summary["vHv"], op.rel_step))
+        if args.out:
+            print("saved %s" % args.out)
+        print("\n".join(timer.lines()))
+    return EXIT_OK
+
+
+def cmd_self(args):
+    from ..jobs import SelfInfluenceJob
+    from .._files import write_table
+    folder = _partial_folder(args)
+    timer = _Timer()
+    with timer("load model and data"):
+        model, _ = _load_model(args)
+        train = _load_split(args.train, "--train", model, args.ctf_options)
+    n = len(train)
+    options = {"k": args.k, "random_state": args.seed} if args.method == "lanczos" else {}
+    labels = _labels(train)
+    with _Warnings():
+        job = SelfInfluenceJob(model, train, folder=folder, resume=args.resume, method=args.method,
+                               damping=args.damping, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                               check_optimum=not args.no_optimum_check, progress=not args.quiet,
+                               inputs=_job_inputs(args, {}), **options)
+        with job:
+            with timer("self-influence (%s)" % args.method):
+                values = job.run()
+            chunks = job.stats
+            with timer("training losses"):
+                losses = model.per_example_losses(train, args.batch_size)
+            order = np.argsort(-values, kind="mergesort")
+            rank = np.empty(n, dtype=np.int64)
+            rank[order] = np.arange(1, n + 1)
+            if args.out:
+                with timer("write"):
+                    write_table(args.out, ["train_index", "label", "self_influence", "rank", "training_loss"],
+                                ((i, _label_text(labels, i), values[i], int(rank[i]), losses[i])
+                                 for i in range(n)))
+    top = [[int(i), _label_text(labels, i), float(values[i]), float(losses[i])] for i in order[:args.top]]
+    if args.json:
+        print(json.dumps({"n_train": n, "method": args.method, "top": top, "seconds": timer.as_dict(),
+                          "out": args.out, "chunks": chunks},
+                         indent=2, sort_keys=True))
+        return EXIT_OK
+    print("most likely mislabeled training points (highest self-influence g_iᵀ H⁻¹ g_i):")
+    print("  %5s %8s %7s %16s %14s" % ("rank", "index", "label", "self-influence", "training loss"))
+    for r, (i, lab, v, l) in enumerate(top):
+        print("  %5d %8d %7s %16.4e %14.4g" % (r + 1, i, lab, v, l))
+    print("timing:")
+    print("\n".join(timer.lines()))
+    if args.out:
+        print("saved %s (%d rows)" % (args.out, n))
+    return EXIT_OK
+
+
+def cmd_verify(args):
+    from ..loo import verify_loo
+    timer = _Timer()
+    with timer("load model and data"):
+        model, _ = _load_model(args)
+        train = _load_split(args.train, "--train", model, args.ctf_options)
+        test = _load_split(args.test, "--test", model, args.ctf_options)
+    idx = _check_indices(args.test_index, len(test), "--test-index", "the test set")
+    if args.k < 1:
+        raise UsageError("--k %d: pass at least 1 training point to retrain without" % args.k)
+    with _Warnings():
+        with timer("influence + %d leave-one-out retrainings" % min(args.k, len(train))):
+            res = verify_loo(model, train, test.subset(idx), k=args.k, damping=args.damping,
+                             random_state=args.seed, solver=args.solver, batch_size=args.batch_size)
+    err = np.abs(res.predicted - res.actual)
+    worst = np.argsort(-err, kind="mergesort")[:args.top]
+    rows = [[int(res.indices[i]), float(res.predicted[i]), float(res.actual[i])] for i in worst]
+    if args.json:
+        print(json.dumps({"pearson": res.pearson, "spearman": res.spearman, "k": len(res.indices),
+                          "indices": res.indices, "predicted": res.predicted, "actual": res.actual,
+                          "seconds": timer.as_dict()}, indent=2, sort_keys=True,
+                         default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+        return EXIT_OK
+    print("leave-one-out check on %d training points (test points %s):" % (len(res.indices), idx.tolist()))
+    print("  Pearson %.4f, Spearman %.4f between predicted and actual test-loss change" % (res.pearson, res.spearman))
+    print("  worst disagreements:")
+    print("    %8s %16s %16s" % ("index", "predicted", "actual"))
+    for i, p, a in rows:
+        print("    %8d %+16.4e %+16.4e" % (i, p, a))
+    print("timing:")
+    print("\n".join(timer.lines()))
+    return EXIT_OK

@@ -1,0 +1,225 @@
+"""``influence evaluate {lds,loo,mislabel}``: the checks of :mod:`influence.evaluate`, printed."""
+from __future__ import print_function
+
+import numpy as np
+
+from ._common import (
+    EXIT_OK, TEST_INDEX_HELP, UsageError, _Parser, _Timer, _Warnings, _check_numbers, _ctf_flags,
+    _job_inputs, _load_model, _load_split, _model_flags, _partial_folder, _test_indices)
+
+
+# ---------------------------------------------------------------------------------------- evaluate
+#: How each score method is named in the printed tables of ``influence evaluate``.
+EVALUATE_NAMES = {"influence": "influence (H^-1)", "grad_dot": "grad-dot (H -> I)", "random": "random",
+                  "self_influence": "self-influence", "training_loss": "training loss"}
+
+
+def _evaluate_check(args):
+    """Refuse bad flags of ``influence evaluate`` before any work (nothing written)."""
+    from .._files import check_writable
+    _check_numbers(args)
+    for flag, attr, low in (("--subsets", "subsets", 2), ("--k", "k", 2), ("--maxiter", "maxiter", 1)):
+        value = getattr(args, attr, None)
+        if value is not None and value < low:
+            raise UsageError("%s %d must be at least %d" % (flag, value, low))
+    for flag, attr in (("--alpha", "alpha"), ("--fraction", "fraction")):
+        value = getattr(args, attr, None)
+        if value is not None and not (0 < value < 1):
+            raise UsageError("%s %r must lie strictly between 0 and 1 (e.g. %s 0.5)" % (flag, value, flag))
+    if not (args.gtol > 0):
+        raise UsageError("--gtol %r must be positive (e.g. 1e-6)" % args.gtol)
+    for p in getattr(args, "top_percent", None) or []:
+        if not (0 < p <= 100):
+            raise UsageError("--top %r: pass percentages in (0, 100], e.g. --top 5 10 20" % p)
+    if getattr(args, "method", None) == "lanczos" and args.rank is None:
+        raise UsageError("--method lanczos needs --rank K (e.g. --rank 50)")
+    if args.plot:
+        if not args.plot.lower().endswith(".png"):
+            raise UsageError("--plot %s: the picture is a PNG; give a file name ending in .png" % args.plot)
+        check_writable(args.plot, "--plot")
+        from ..evaluate import _pyplot
+        _pyplot()                                   # matplotlib missing: refused before any work
+    if args.out and not args.out.lower().endswith(".json"):
+        raise UsageError("--out %s: the results are JSON; give a file name ending in .json" % args.out)
+    return _partial_folder(args)
+
+
+def _evaluate_print(args, res, timer):
+    from ..evaluate import METHODS
+    if args.metric == "lds":
+        print("linear datamodeling score (%s): %d subsets of %d of %d training points, %d test points"
+              % (res.target, res.subsets.shape[0], res.subsets.shape[1], res.n_train, res.actual.shape[0]))
+        print("  %-20s %10s %10s %12s" % ("scores", "mean LDS", "std err", "test points"))
+        for m in METHODS:
+            print("  %-20s %10.4f %10.4f %12d" % (EVALUATE_NAMES[m], res.mean[m], res.stderr[m],
+                                                 np.isfinite(res.lds[m]).sum()))
+        print("  retrainings: largest final ‖∇R_S‖ %.2e (--gtol %g)" % (np.max(res.grad_norms), res.gtol))
+    elif args.metric == "loo":
+        print("leave-one-out: %d training points removed one at a time, %d test points"
+              % (len(res.indices), res.actual.shape[0]))
+        print("  %-20s %10s %10s %16s %16s" % ("scores", "Pearson", "Spearman", "pooled Pearson",
+                                               "pooled Spearman"))
+        for m in METHODS:
+            print("  %-20s %10.4f %10.4f %16.4f %16.4f" % (EVALUATE_NAMES[m], res.pearson[m], res.spearman[m],
+                                                         res.pooled_pearson[m], res.pooled_spearman[m]))
+        print("  (Pearson/Spearman of the test-loss change averaged over the test points; pooled: over "
+              "every test point and removed point)")
+    else:
+        print("mislabel detection: %d of %d training labels flipped (--seed %d)"
+              % (res.flipped.size, res.curves["random"].size, args.seed))
+        print("  %-20s" % "ranking" + "".join("%9s" % ("top %g%%" % (100 * t)) for t in res.top) + "%9s" % "AUC")
+        for m in ("self_influence", "grad_dot", "training_loss", "random"):
+            print("  %-20s" % EVALUATE_NAMES[m] + "".join("%9.3f" % v for v in res.found[m]) + "%9.3f" % res.auc[m])
+        print("  (fraction of the flipped labels among the top x% of each ranking; AUC: area under that "
+              "curve, random ~ 0.5)")
+    print("timing:")
+    print("\n".join(timer.lines()))
+    print("  (of which %s)" % ", ".join("%s %.3f s" % (k.replace("_", " "), v)
+                                         for k, v in sorted(res.seconds.items()) if k != "total"))
+    for path in (args.out, args.plot):
+        if path:
+            print("saved %s" % path)
+
+
+def cmd_evaluate(args):
+    from .. import evaluate
+    from .._files import atomic_path, to_json, write_json
+    folder = _evaluate_check(args)
+    if getattr(args, "cluster", None):
+        from ..cluster import check_reachable
+        check_reachable(args.cluster)
+    timer = _Timer()
+    with timer("load model and data"):
+        model, _ = _load_model(args)
+        train = _load_split(args.train, "--train", model, args.ctf_options)
+        test = idx = None
+        if args.metric != "mislabel":
+            test = _load_split(args.test, "--test", model, args.ctf_options)
+            items = args.test_index or ["0-%d" % (len(test) - 1)]
+            idx = _test_indices(items, test, model, args.batch_size)
+            test = test.subset(idx)
+    common = dict(seed=args.seed, gtol=args.gtol, maxiter=args.maxiter, damping=args.damping,
+                  batch_size=args.batch_size, folder=folder, resume=args.resume, progress=not args.quiet,
+                  inputs=_job_inputs(args, {} if idx is None else {"test_index": idx.tolist()}))
+    client = None
+    try:
+        with _Warnings():
+            if args.metric == "mislabel":
+                with timer("refit on flipped labels + rankings"):
+                    res = evaluate.mislabel(model, train, fraction=args.fraction,
+                                            top=tuple(p / 100.0 for p in args.top_percent), method=args.method,
+                                            k=args.rank, **common)
+            else:
+                executor = None
+                if args.cluster:
+                    from ..cluster import DaskExecutor, connect
+                    with timer("start/connect cluster (%s)" % args.cluster):
+                        client = connect(args.cluster)
+                    executor = DaskExecutor(client)
+                scoring = dict(solver=args.solver, scoring="gradient", check_optimum=not args.no_optimum_check,
+                               chunk_size=args.chunk_size, executor=executor, **common)
+                if args.metric == "lds":
+                    with timer("scores + %d retrainings" % args.subsets):
+                        res = evaluate.lds(model, train, test, subsets=args.subsets, alpha=args.alpha,
+                                           target=args.target, **scoring)
+                else:
+                    with timer("scores + %d leave-one-out retrainings" % min(args.k, len(train))):
+                        res = evaluate.loo(model, train, test, k=args.k, **scoring)
+    finally:
+        if client is not None:
+            client.close()
+    if args.out:
+        with timer("write"):
+            body = evaluate.summary(res, details=True)
+            body.update(command="evaluate " + args.metric, seed=args.seed,
+                        test_index=None if idx is None else idx.tolist())
+            write_json(args.out, body)
+    if args.plot:
+        with timer("plot"):
+            with atomic_path(args.plot) as tmp:
+                evaluate.plot(res, tmp)
+    if args.json:
+        out = evaluate.summary(res)
+        out.update(seed=args.seed, out=args.out, plot=args.plot, timing=timer.as_dict(),
+                   test_index=None if idx is None else idx.tolist())
+        print(to_json(out))                   # NaN (e.g. an LDS without finite values) as null
+        return EXIT_OK
+    _evaluate_print(args, res, timer)
+    return EXIT_OK
+
+
+def _evaluate_no_metric(args):
+    raise UsageError("influence evaluate: choose a metric: lds, loo or mislabel (e.g. 'influence evaluate lds "
+                     "--model M --train T.npz --test Q.npz'; see 'influence evaluate --help')")
+
+
+def _evaluate_parsers(sub, common):
+    """``influence evaluate {lds,loo,mislabel}``: a parser with one sub-command per metric."""
+    p = sub.add_parser("evaluate", help="how good are the scores? LOO, LDS, mislabel "
+                       "detection, against baselines",
+                       description="Judge the influence scores by retraining, next to baselines (grad-dot: "
+                       "H replaced by the identity; random; training loss for mislabel): 'loo' (leave-one-out "
+                       "for many test points), 'lds' (linear datamodeling score over random subsets), "
+                       "'mislabel' (finding flipped labels). See docs/evaluation.md.")
+    metrics = p.add_subparsers(dest="metric", metavar="METRIC", parser_class=_Parser)
+    p.set_defaults(func=_evaluate_no_metric)
+
+    def flags(q, test=True, chunks=True):
+        _model_flags(q)
+        q.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y, or .ctf)")
+        if test:
+            q.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y, or .ctf)")
+            q.add_argument("--test-index", nargs="+", metavar="I", help=TEST_INDEX_HELP)
+        _ctf_flags(q)
+        q.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
+        q.add_argument("--gtol", type=float, default=1e-6, help="retrain (and re-tighten the reference optimum) "
+                       "until max |∂R/∂w| <= GTOL (default 1e-6)")
+        q.add_argument("--maxiter", type=int, default=2000, help="L-BFGS iterations per retraining at most "
+                       "(default 2000)")
+        q.add_argument("--out", metavar="RESULTS.json", help="write every number here (JSON); the finished "
+                       "work of an interrupted run is kept in RESULTS.json.partial/")
+        q.add_argument("--plot", metavar="FIGURE.png", help="draw the result as a PNG (needs matplotlib)")
+        q.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.partial/")
+        if chunks:
+            q.add_argument("--solver", choices=["auto", "cg", "direct", "lanczos"], default="auto",
+                           help="inverse-HVP solver of the influence scores (default auto)")
+            q.add_argument("--chunk-size", type=int, default=1, metavar="C",
+                           help="retrainings per chunk: the unit of --resume and of --cluster tasks (default 1)")
+            q.add_argument("--cluster", metavar="SPEC", help="retrain on a Dask cluster: local:N or "
+                           "tcp://HOST:PORT (see docs/cluster.md)")
+            q.add_argument("--no-optimum-check", action="store_true",
+                           help="skip the check that the model is at an optimum of the training objective")
+        q.set_defaults(func=cmd_evaluate)
+
+    q = metrics.add_parser("lds", parents=[common], help="linear datamodeling score over random subsets",
+                           description="Linear datamodeling score (Park et al. 2023): retrain on SUBSETS "
+                           "random subsets of floor(ALPHA*n) training points (warm start, mean loss over the "
+                           "subset + the same L2), and correlate (Spearman, per test point) the measured test "
+                           "loss with the sum of the subset's scores; mean and standard error over the test "
+                           "points, for the influence scores and the baselines.")
+    flags(q)
+    q.add_argument("--subsets", type=int, default=50, help="random subsets to retrain on (default 50)")
+    q.add_argument("--alpha", type=float, default=0.5, help="fraction of the training points in each "
+                   "subset (default 0.5)")
+    q.add_argument("--target", choices=["loss", "margin"], default="loss",
+                   help="measured value: the test loss, or the logit margin log p - log(1 - p) (cross-entropy "
+                   "models; the same LDS, in other units) (default loss)")
+    q = metrics.add_parser("loo", parents=[common], help="leave-one-out check for many test points",
+                           description="Retrain without each of K training points (half the most influential, "
+                           "half at random) and compare the actual test-loss change of every test point with "
+                           "the prediction -I/n of the influence scores and of the baselines.")
+    flags(q)
+    q.add_argument("--k", type=int, default=20, help="training points to retrain without (default 20)")
+    q = metrics.add_parser("mislabel", parents=[common], help="find flipped labels by self-influence",
+                           description="Flip a fraction of the training labels (--seed), refit, and rank the "
+                           "training points by self-influence g_iᵀ H⁻¹ g_i, by ‖g_i‖² (grad-dot), by training "
+                           "loss and at random: the share of flipped labels in the top x% and the area under "
+                           "the detection curve.")
+    flags(q, test=False, chunks=False)
+    q.add_argument("--fraction", type=float, default=0.1, help="fraction of labels to flip (default 0.1)")
+    q.add_argument("--top", type=float, nargs="+", default=[5, 10, 20, 30], dest="top_percent", metavar="PCT",
+                   help="report the share found in the top PCT%% of each ranking (default 5 10 20 30)")
+    q.add_argument("--method", choices=["exact", "lanczos"], default="exact",
+                   help="self-influence: exact (dense Hessian) or lanczos (rank --rank) (default exact)")
+    q.add_argument("--rank", type=int, metavar="K", help="rank of --method lanczos (e.g. 50)")
+    return p
