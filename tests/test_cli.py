@@ -170,3 +170,18 @@ def test_score_on_a_local_cluster_is_identical(trained, workdir, capsys):
     assert open(single, "rb").read() == open(clustered, "rb").read()
     code, _, err = run(base + ["--cluster", "local:zero"], capsys)
     assert code == 2 and "local:N" in err
+
+
+def test_a_reader_closing_the_pipe_ends_quietly(tmp_path):
+    """``influence ... | head``: stdout closed early is exit 141 without a traceback or an
+    'internal error' line (no 'Exception ignored' at interpreter exit either)."""
+    import subprocess
+    import sys
+    env = dict(os.environ, LC_ALL="C")
+    env.pop("LANG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "influence", "info"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=str(tmp_path))
+    proc.stdout.close()                       # the reader is gone before anything is written
+    err = proc.stderr.read().decode("ascii", "replace")
+    assert proc.wait() == 141, err
+    assert "Traceback" not in err and "internal error" not in err and "Exception ignored" not in err, err

@@ -13,14 +13,15 @@ verify), :mod:`.score`, :mod:`.evaluate` ← this module (the parser, error repo
 """
 from __future__ import print_function
 
+import io
 import os
 import re
 import sys
 
 from .._version import __version__
 from ._common import (
-    EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, TEST_INDEX_HELP, UsageError, _Parser, _ascii_safe_stdio,
-    _common_flags, _ctf_flags, _first_line, _model_flags, _stderr_hidden)
+    EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, TEST_INDEX_HELP, UsageError, _Parser,
+    _ascii_safe_stdio, _common_flags, _ctf_flags, _first_line, _model_flags, _stderr_hidden)
 from .commands import cmd_hvp, cmd_info, cmd_self, cmd_train, cmd_verify
 from .score import MATRIX_TEST_POINTS, cmd_score
 from .evaluate import _evaluate_parsers
@@ -192,6 +193,15 @@ def _job_failed_text(e):
     return "%s; the finished work is kept in %s/: rerun the same command with --resume to continue" % (cause, folder)
 
 
+def _stdout_to_devnull():
+    """After EPIPE: point stdout's descriptor at /dev/null so the final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
@@ -205,7 +215,12 @@ def main(argv=None):
             if getattr(args, "func", None) is None:
                 parser.print_help()
                 return EXIT_USAGE
-            return args.func(args)
+            code = args.func(args)
+            sys.stdout.flush()         # a reader that closed the pipe shows here, not at exit
+            return code
+        except BrokenPipeError:
+            _stdout_to_devnull()
+            return EXIT_BROKEN_PIPE
         except (UsageError, ValueError, ImportError) as e:
             if debug:
                 raise

@@ -15,6 +15,8 @@ import time
 import numpy as np
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: stdout was closed by its reader (``influence score ... | head``): quiet, as a process killed by SIGPIPE.
+EXIT_BROKEN_PIPE = 141
 
 #: Suffix of the metadata file ``influence train`` writes next to the model (loss, l2, arch, ...).
 META_SUFFIX = ".json"
