@@ -269,6 +269,15 @@ class DaskExecutor(object):
 
 
 def _executor(client, job, retries):
+    return chunk_executor(client, job, _score_chunk, retries, "chunk")
+
+
+def chunk_executor(client, job, task, retries, name):
+    """The ``executor(missing, on_done)`` of :func:`influence.chunks.run_chunks` that runs
+    ``task(job, a, b)`` on the workers for every missing chunk (a, b): ``job`` travels once, as a task
+    of its own (not scatter: if every worker holding it dies, it is recomputed), each chunk is retried
+    ``retries`` times, results are handed to ``on_done`` as they finish, and what is still pending
+    when the client side fails is cancelled. ``name`` prefixes the task keys."""
     def executor(missing, on_done):
         if not missing:
             return
@@ -276,11 +285,10 @@ def _executor(client, job, retries):
         token = uuid.uuid4().hex[:10]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Ll]arge object.*")
-            # a task of its own (not scatter): if every worker holding it dies, it is recomputed
-            job_future = client.submit(_identity, job, key="influence-job-%s" % token, pure=False)
+            job_future = client.submit(_identity, job, key="influence-%s-job-%s" % (name, token), pure=False)
         futures = {}
         for a, b in missing:
-            fut = client.submit(_score_chunk, job_future, a, b, key="influence-chunk-%s-%d-%d" % (token, a, b),
+            fut = client.submit(task, job_future, a, b, key="influence-%s-%s-%d-%d" % (name, token, a, b),
                                 retries=retries, pure=False)
             futures[fut.key] = (fut, a, b)
         done = set()

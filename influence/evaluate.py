@@ -255,32 +255,7 @@ def _dask_runner(executor, model, train, test, w0, kept, norm, gtol, maxiter, ba
                     None if test.y is None else np.array(test.y), test.name)
     job.test, job.w0, job.kept, job.norm = plain, np.asarray(w0), np.asarray(kept), norm
     job.gtol, job.maxiter = gtol, maxiter
-    client, retries = executor.client, executor.retries
-
-    def run(missing, on_done):
-        if not missing:
-            return
-        import uuid
-        distributed = cluster.import_distributed()
-        token = uuid.uuid4().hex[:10]
-        job_future = client.submit(cluster._identity, job, key="influence-retrain-job-%s" % token, pure=False)
-        futures = {}
-        for a, b in missing:
-            fut = client.submit(_retrain_task, job_future, a, b, retries=retries, pure=False,
-                                key="influence-retrain-%s-%d-%d" % (token, a, b))
-            futures[fut.key] = (fut, a, b)
-        done = set()
-        try:
-            for fut in distributed.as_completed([f for f, _, _ in futures.values()]):
-                _, a, b = futures[fut.key]
-                on_done(a, b, fut.result())
-                done.add(fut.key)
-        finally:
-            pending = [f for k, (f, _, _) in futures.items() if k not in done]
-            if pending:
-                client.cancel(pending)
-            job_future.release()
-    return run
+    return cluster.chunk_executor(executor.client, job, _retrain_task, executor.retries, "retrain")
 
 
 class _Prefixed(object):
