@@ -70,6 +70,36 @@ def cntk():
         pytest.skip("CNTK not importable here: %s" % str(e).splitlines()[0])
 
 
+def ctf_number(v):
+    return repr(float(v))   # round-trips float64 exactly
+
+
+def write_ctf(path, x, y=None, n_classes=None, feature="features", label="labels", extra=None):
+    """One line per example: |feature values |label one-hot [|weight 1]."""
+    with open(path, "w") as f:
+        for i in range(len(x)):
+            line = "|%s %s" % (feature, " ".join(ctf_number(v) for v in np.ravel(x[i])))
+            if y is not None:
+                onehot = np.zeros(n_classes)
+                onehot[y[i]] = 1
+                line += " |%s %s" % (label, " ".join("%g" % v for v in onehot))
+            if extra:
+                line += " |%s 1" % extra
+            f.write(line + "\n")
+
+
+def die_if_claimed(marker, client_pid):
+    """Fault injection for the Dask tests: in a process other than the client (``client_pid``), exit
+    at once (os._exit) when this process is the first to claim the file ``marker`` (atomic rename to
+    MARKER.PID); so exactly one worker dies, once."""
+    if marker and os.getpid() != client_pid and os.path.exists(marker):
+        try:
+            os.rename(marker, "%s.%d" % (marker, os.getpid()))
+        except OSError:
+            return
+        os._exit(1)
+
+
 def make_classification(n, p, k, seed=0, cond=None):
     """Gaussian features (optionally with singular values spread to condition number ``cond``) and
     labels from a random linear teacher with noise; returns (x, y)."""

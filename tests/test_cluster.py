@@ -10,7 +10,7 @@ from influence import cluster
 from influence.jobs import Checkpoint
 from influence.models import SoftmaxRegression
 
-from conftest import make_classification
+from conftest import die_if_claimed, make_classification, write_ctf
 
 distributed = pytest.importorskip("distributed")
 
@@ -36,14 +36,7 @@ class DyingModel(SoftmaxRegression):
     client_pid = None
 
     def _per_example_losses(self, batch):
-        if self.marker and os.getpid() != self.client_pid and os.path.exists(self.marker):
-            claimed = "%s.%d" % (self.marker, os.getpid())
-            try:
-                os.rename(self.marker, claimed)
-            except OSError:
-                pass
-            else:
-                os._exit(1)
+        die_if_claimed(self.marker, self.client_pid)
         return SoftmaxRegression._per_example_losses(self, batch)
 
 
@@ -203,10 +196,7 @@ def test_cntk_model_with_exclude_on_a_ctf_training_file(client, cntk, tmp_path):
     from influence.adapters.cntk import CNTKModel, build_network
     x, y = make_classification(600, 6, 3, seed=3)
     path = str(tmp_path / "train.ctf")
-    with open(path, "w") as f:
-        for xi, yi in zip(x, y):
-            f.write("|features %s |label %s\n" % (" ".join(repr(float(v)) for v in xi),
-                                                  " ".join("1" if j == yi else "0" for j in range(3))))
+    write_ctf(path, x, y, 3, label="label")
     model = CNTKModel(build_network(6, 3, hidden=(5,)), loss="cross_entropy", l2=1e-3, batch_size=100,
                       exclude=["b"])
     assert model.n_params == 6 * 5 + 5 * 3

@@ -11,7 +11,7 @@ import influence
 from influence import cluster, jobs
 from influence.models import SoftmaxRegression
 
-from conftest import make_classification
+from conftest import die_if_claimed, make_classification, write_ctf
 
 distributed = pytest.importorskip("distributed")
 from influence.cluster_hvp import DaskHessianOperator, _shard_bounds  # noqa: E402  (needs distributed)
@@ -48,13 +48,7 @@ class DyingModel(SoftmaxRegression):
     client_pid = None
 
     def _grad_sum(self, batch):
-        if self.marker and os.getpid() != self.client_pid and os.path.exists(self.marker):
-            try:
-                os.rename(self.marker, "%s.%d" % (self.marker, os.getpid()))
-            except OSError:
-                pass
-            else:
-                os._exit(1)
+        die_if_claimed(self.marker, self.client_pid)
         return SoftmaxRegression._grad_sum(self, batch)
 
 
@@ -241,10 +235,7 @@ def test_cntk_model_on_a_ctf_training_file(client, cntk, tmp_path):
     from influence.adapters.cntk import CNTKModel, build_network
     x, y = make_classification(700, 6, 3, seed=7)
     path = str(tmp_path / "train.ctf")
-    with open(path, "w") as f:
-        for xi, yi in zip(x, y):
-            f.write("|features %s |label %s\n" % (" ".join(repr(float(v)) for v in xi),
-                                                  " ".join("1" if j == yi else "0" for j in range(3))))
+    write_ctf(path, x, y, 3, label="label")
     model = CNTKModel(build_network(6, 3, hidden=(5,), dtype=np.float64), loss="cross_entropy", l2=1e-2,
                       batch_size=100)
     train = influence.load_ctf(path, model, mapping={"label": "labels"})

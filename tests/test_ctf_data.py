@@ -13,23 +13,7 @@ from influence.cli import main
 from influence.data import Sequences, load_npz
 from influence.kernels import chunk_scores, forward_steps
 
-
-def _num(v):
-    return repr(float(v))   # round-trips float64 exactly
-
-
-def write_ctf(path, x, y=None, n_classes=None, feature="features", label="labels", extra=None):
-    """One line per example: |feature values |label one-hot [|weight 1]."""
-    with open(path, "w") as f:
-        for i in range(len(x)):
-            line = "|%s %s" % (feature, " ".join(_num(v) for v in np.ravel(x[i])))
-            if y is not None:
-                onehot = np.zeros(n_classes)
-                onehot[y[i]] = 1
-                line += " |%s %s" % (label, " ".join("%g" % v for v in onehot))
-            if extra:
-                line += " |%s 1" % extra
-            f.write(line + "\n")
+from conftest import ctf_number, write_ctf
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +236,7 @@ def test_ctf_dataset_rows_and_batches_without_cntk(tmp_path, monkeypatch):
     with open(path, "w") as f:
         for i, s in enumerate(steps):
             for t, row in enumerate(s):
-                f.write("%d |x %s%s\n" % (i, " ".join(_num(v) for v in row), " |y %d" % y[i] if t == 0 else ""))
+                f.write("%d |x %s%s\n" % (i, " ".join(ctf_number(v) for v in row), " |y %d" % y[i] if t == 0 else ""))
     data = influence.load_data(path, {"x": InputSpec(2, is_sequence=True), "y": 1}, labels="y")
     ref = influence.Dataset(steps, y.reshape(-1, 1).astype(float))
     assert len(data) == 25 and data.is_sequence and np.array_equal(data.y, ref.y)
