@@ -27,6 +27,8 @@ import zipfile
 
 import numpy as np
 
+from _child_memory import STATUS_SOURCE  # bench/ is on sys.path (run_all and a direct run)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 P, K = 20, 5
@@ -35,15 +37,7 @@ TOLERANCE = 1.2
 CHILD = r"""
 import json, sys, time
 import numpy as np
-
-def status():
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-                out[key] = int(value.split()[0]) / 1024.0     # MiB
-    return out
+""" + STATUS_SOURCE + r"""
 
 import influence
 from influence.adapters.cntk import CNTKModel

@@ -30,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 
+from _child_memory import STATUS_SOURCE  # bench/ is on sys.path (run_all and a direct run)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 #: The job's peak may grow this much while the matrix grows 10× (the (n,) aggregate vectors grow with n).
@@ -38,15 +40,7 @@ TOLERANCE = 1.5
 CHILD = r"""
 import json, os, sys, time
 import numpy as np
-
-def status():
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-                out[key] = int(value.split()[0]) / 1024.0     # MiB
-    return out
+""" + STATUS_SOURCE + r"""
 
 import influence
 from influence.jobs import ScoreJob
