@@ -100,6 +100,21 @@ def die_if_claimed(marker, client_pid):
         os._exit(1)
 
 
+def fail_chunks_from(monkeypatch, n_ok, message="injected failure"):
+    """Make the local chunk computation (influence.scores.chunk_scores) raise RuntimeError(message)
+    from call number n_ok + 1 on (so a chunk fails twice: with its retry)."""
+    import influence.scores
+    real = influence.scores.chunk_scores
+    calls = {"n": 0}
+
+    def chunk_scores(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > n_ok:
+            raise RuntimeError(message)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(influence.scores, "chunk_scores", chunk_scores)
+
+
 def make_classification(n, p, k, seed=0, cond=None):
     """Gaussian features (optionally with singular values spread to condition number ``cond``) and
     labels from a random linear teacher with noise; returns (x, y)."""

@@ -13,6 +13,8 @@ import pytest
 import influence.jobs
 from influence.cli import _cli_terms, main
 
+from conftest import fail_chunks_from
+
 from test_cli import ROOT, run
 
 
@@ -145,15 +147,8 @@ def test_error_after_work_began_exits_1_keeps_partial_and_resume_checks_model_js
     d, model, _ = files
     ref, out = str(tmp_path / "ref.csv"), str(tmp_path / "s.csv")
     assert run(_score(d, model, ref), capsys)[0] == 0
-    real, calls = influence.scores.chunk_scores, {"n": 0}
-
-    def failing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 2:
-            raise RuntimeError("disk on fire")
-        return real(*args, **kwargs)
     with monkeypatch.context() as m:
-        m.setattr(influence.scores, "chunk_scores", failing)
+        fail_chunks_from(m, 2, "disk on fire")
         code, _, err = run(_score(d, model, out), capsys)
     assert code == 1, err
     last = err.strip().splitlines()[-1]

@@ -11,6 +11,7 @@ import pytest
 import influence.scores
 from influence.cli import MATRIX_TEST_POINTS
 
+from conftest import fail_chunks_from
 from test_cli import ROOT, run, trained, workdir  # noqa: F401 - the tiny trained model of the CLI tests
 
 CHUNK = "128"
@@ -97,15 +98,8 @@ def test_a_failure_leaves_no_matrix_and_resume_gives_the_same_file(trained, work
                                                                      monkeypatch):
     ref, out = str(tmp_path / "ref.csv"), str(tmp_path / "s.csv")
     assert run(_base(workdir, trained, "--out", ref), capsys)[0] == 0
-    real, calls = influence.scores.chunk_scores, {"n": 0}
-
-    def failing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 1:
-            raise RuntimeError("disk on fire")
-        return real(*args, **kwargs)
     with monkeypatch.context() as m:
-        m.setattr(influence.scores, "chunk_scores", failing)
+        fail_chunks_from(m, 1, "disk on fire")
         code, _, err = run(_base(workdir, trained, "--out", out), capsys)
     assert code == 1 and "disk on fire" in err and "--resume" in err, err
     assert not os.path.exists(out) and not os.path.exists(str(tmp_path / "s.npy"))     # nothing partial

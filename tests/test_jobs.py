@@ -15,7 +15,7 @@ from influence import jobs
 from influence.chunks import ChunkRetryWarning, run_chunks
 from influence.models import SoftmaxRegression
 
-from conftest import make_classification
+from conftest import fail_chunks_from, make_classification
 
 CHUNK = 100
 
@@ -110,19 +110,6 @@ def problem(tmp_path):
     return model, train, (x[:2], y[:2]), path
 
 
-def _failing_from(monkeypatch, n_ok):
-    """Make the local chunk computation fail (twice: with its retry) from chunk number n_ok on."""
-    real = influence.scores.chunk_scores
-    calls = {"n": 0}
-
-    def chunk_scores(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > n_ok:
-            raise RuntimeError("injected failure")
-        return real(*args, **kwargs)
-    monkeypatch.setattr(influence.scores, "chunk_scores", chunk_scores)
-
-
 def test_score_job_resumes_from_python(problem, tmp_path, monkeypatch):
     model, train, test, _ = problem
     folder = str(tmp_path / "job")
@@ -130,7 +117,7 @@ def test_score_job_resumes_from_python(problem, tmp_path, monkeypatch):
     assert ref.chunks is None and ref.scores.shape == (2, 600)
 
     with monkeypatch.context() as m:
-        _failing_from(m, 2)
+        fail_chunks_from(m, 2)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ChunkRetryWarning)
             with pytest.raises(jobs.JobFailed) as info:

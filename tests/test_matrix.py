@@ -14,7 +14,7 @@ from influence.chunks import ChunkRetryWarning, run_chunks
 from influence.matrix import MATRIX_DTYPE, ScoreAggregates
 from influence.models import SoftmaxRegression
 
-from conftest import make_classification
+from conftest import fail_chunks_from, make_classification
 
 CHUNK = 100
 N_TRAIN, N_TEST = 550, 14
@@ -41,18 +41,6 @@ def problem(tmp_path):
 
 def _reference(model, train, test, scoring="forward"):
     return influence.influence_scores(model, train, test, solver="direct", scoring=scoring, chunk_size=CHUNK)
-
-
-def _failing_from(monkeypatch, n_ok):
-    real = influence.scores.chunk_scores
-    calls = {"n": 0}
-
-    def chunk_scores(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > n_ok:
-            raise RuntimeError("injected failure")
-        return real(*args, **kwargs)
-    monkeypatch.setattr(influence.scores, "chunk_scores", chunk_scores)
 
 
 def test_run_chunks_sink_gets_every_chunk_and_assembles_nothing():
@@ -106,7 +94,7 @@ def test_resume_after_a_failure_gives_the_same_file_and_a_failure_leaves_none(pr
     ref = jobs.ScoreJob(model, train, test, folder=str(tmp_path / "r"), solver="direct", chunk_size=CHUNK,
                         matrix=ref_path, groups=test.y).run()
     with monkeypatch.context() as m:
-        _failing_from(m, 2)
+        fail_chunks_from(m, 2)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ChunkRetryWarning)
             with pytest.raises(jobs.JobFailed, match="injected failure"):
@@ -132,7 +120,7 @@ def test_a_damaged_matrix_file_is_recomputed_on_resume(problem, tmp_path, monkey
     model, train, test = problem
     path, folder = str(tmp_path / "m.npy"), str(tmp_path / "p")
     with monkeypatch.context() as m:
-        _failing_from(m, 3)
+        fail_chunks_from(m, 3)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ChunkRetryWarning)
             with pytest.raises(jobs.JobFailed):
