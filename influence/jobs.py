@@ -447,8 +447,7 @@ class ScoreJob(_Job):
         vectors = ckpt.load_array("s_test") if ckpt is not None else None
         if vectors is None:
             solver = self.solver
-            hessian = executor_hessian(self.executor, self.model, self.train, self.batch_size)
-            try:
+            with executor_hessian(self.executor, self.model, self.train, self.batch_size) as hessian:
                 if solver == "auto":
                     if hessian is None:
                         hessian = HessianOperator(self.model, self.train, batch_size=self.batch_size)
@@ -459,9 +458,6 @@ class ScoreJob(_Job):
                     solver = plan.method
                 st = s_test(self.model, self.train, self.test, solver, self.damping, self.batch_size,
                             hessian=hessian, check_optimum=self.check_optimum, **self.solver_options)
-            finally:
-                if hasattr(hessian, "close"):
-                    hessian.close()       # a cluster operator releases its job on the workers
             vectors, solutions = st.vectors, st.solutions
             if ckpt is not None:
                 ckpt.save_array("s_test", vectors)

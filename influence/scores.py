@@ -17,6 +17,7 @@ Definitions (see docs/concepts-influence.md)::
 per test point (4 with the Richardson stencil) instead of n per-example backward passes.
 """
 import collections
+import contextlib
 
 import numpy as np
 import scipy.linalg
@@ -85,11 +86,18 @@ def _training_hessian(model, train, batch_size, hessian, check_optimum):
     return HessianOperator(model, train, batch_size=batch_size) if hessian is None else hessian
 
 
+@contextlib.contextmanager
 def executor_hessian(executor, model, train, batch_size=None):
-    """The Hessian operator an executor object provides for s_test (``executor.hessian_operator``,
-    e.g. :class:`influence.cluster.DaskExecutor`: the products on its workers), or None."""
+    """Context manager: the Hessian operator an executor object provides for s_test
+    (``executor.hessian_operator``, e.g. :class:`influence.cluster.DaskExecutor`: the products on its
+    workers), or None; closed on exit (a cluster operator releases its job on the workers)."""
     make = getattr(executor, "hessian_operator", None)
-    return None if make is None else make(model, train, batch_size)
+    hessian = None if make is None else make(model, train, batch_size)
+    try:
+        yield hessian
+    finally:
+        if hessian is not None and hasattr(hessian, "close"):
+            hessian.close()
 
 
 def s_test(model, train, test, solver="cg", damping=0.0, batch_size=None, hessian=None,
@@ -211,13 +219,9 @@ def influence_scores(model, train, test, solver="cg", scoring="forward", damping
     if hasattr(executor, "check"):
         executor.check(model, train)
     if s is None:
-        own = executor_hessian(executor, model, train, batch_size) if hessian is None else None
-        try:
+        with executor_hessian(executor if hessian is None else None, model, train, batch_size) as own:
             s = s_test(model, train, test, solver, damping, batch_size, hessian if own is None else own,
                        check_optimum, **solver_options)
-        finally:
-            if own is not None and hasattr(own, "close"):
-                own.close()
     elif check_optimum:
         warn_if_not_optimal(model, train, OPTIMUM_RTOL, batch_size)
     vectors = np.atleast_2d(s.vectors if isinstance(s, STest) else np.asarray(s, dtype=np.float64))
