@@ -313,9 +313,10 @@ _DATA = collections.OrderedDict()     # (model_key, path, content fingerprint) -
 LOADS = collections.Counter()
 
 
-def _remember(cache, key, value):
+def _remember(cache, key, value, size=_CACHE_SIZE):
+    """Put ``value`` in the OrderedDict ``cache`` (newest last), dropping the oldest beyond ``size``."""
     cache[key] = value
-    while len(cache) > _CACHE_SIZE:
+    while len(cache) > size:
         cache.popitem(last=False)
 
 

@@ -30,7 +30,8 @@ import warnings
 import numpy as np
 
 from .adapters.base import preserved_params, weights_digest
-from .cluster import DEFAULT_RETRIES, _Job, _identity, _worker_data, _worker_model, check_inputs, file_fingerprint
+from .cluster import (DEFAULT_RETRIES, _Job, _identity, _remember, _worker_data, _worker_model, check_inputs,
+                      file_fingerprint)
 from .data import batch_bounds, check_batch_size
 from .hvp import PREPARE_MAX_BYTES, HessianOperator, _step_scale, combine_central, shifted_weights
 
@@ -219,9 +220,7 @@ def _worker_shard(job, model, a, b, prepare):
     if prepare:
         rows = model.prepare(rows, job.batch_size)
     with _SHARD_LOCK:
-        _SHARDS[key] = rows
-        while len(_SHARDS) > _SHARD_CACHE_SIZE:
-            _SHARDS.popitem(last=False)
+        _remember(_SHARDS, key, rows, _SHARD_CACHE_SIZE)
     return rows
 
 
