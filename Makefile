@@ -1,6 +1,6 @@
 # Reproducible environments and common tasks.
 #   make venv        both environments (.venv: Python 3.6 + CNTK; .venv-modern: python3, no CNTK)
-#   make test        pytest in both environments (PYTEST_ARGS="-k foo" passes arguments through)
+#   make test        lint-imports (import layers), then pytest in both environments (PYTEST_ARGS="-k foo" passes arguments through)
 #   make demo        examples/demo.py in .venv (DEMO_ARGS=--small for a short run)
 #   make bench       bench/run_all.py in .venv: writes docs/performance.md (BENCH_ARGS=--quick;
 #                    BENCH_ARGS="--only hvp --merge" reruns one benchmark and keeps the others)
@@ -32,6 +32,8 @@ venv-modern:
 # Both pytest runs always happen; the target fails if either fails.
 test: venv
 	@rc=0; \
+	echo "==> lint-imports in $(VENV_MODERN) (the layers of docs/architecture.md)"; \
+	$(VENV_MODERN)/bin/lint-imports --no-cache || rc=$$?; \
 	echo "==> pytest in $(VENV_MODERN) (no CNTK)"; \
 	$(VENV_MODERN)/bin/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	echo "==> pytest in $(VENV36) (Python 3.6 + CNTK)"; \

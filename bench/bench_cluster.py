@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
 import influence  # noqa: E402
-from influence import cluster  # noqa: E402
+from influence import dask as cluster  # noqa: E402
 
 
 def write_synthetic(path, n, p, k, seed=0, block=100000):

@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
 import influence  # noqa: E402
-from influence import cluster  # noqa: E402
+from influence import dask as cluster  # noqa: E402
 from bench_cluster import write_synthetic  # noqa: E402
 
 
@@ -87,7 +87,7 @@ def main(argv=None):
     if os.environ.get("OMP_NUM_THREADS") != "1":
         return _rerun_single_threaded(sys.argv[1:] if argv is None else argv)
     from influence.adapters.cntk import CNTKModel, build_network
-    from influence.cluster_hvp import DaskHessianOperator
+    from influence.dask.hessian import DaskHessianOperator
     n = args.n or (100000 if args.quick else 1000000)
     folder = tempfile.mkdtemp(prefix="bench-cluster-hvp-")
     out = {"n": n, "features": args.features, "hidden": args.hidden, "classes": args.classes,

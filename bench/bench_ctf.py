@@ -1,4 +1,4 @@
-"""CTF reader (influence.ctf): indexing and reading throughput, and peak memory bounded by the chunk.
+"""CTF reader (influence.data.ctf_reader): indexing and reading throughput, and peak memory bounded by the chunk.
 
 Two generated CNTK Text Format files of about the same size (~100 MB; --quick: ~12 MB):
 - ``seq``: sequences with ids, 1-20 steps each, a dense stream (8 values per step), a sparse stream
@@ -37,7 +37,7 @@ def status():
                 if k in ("VmHWM", "VmRSS")}
 sys.path.insert(0, sys.argv[3])
 import numpy as np
-from influence.ctf import CTFReader, InputSpec
+from influence.data.ctf_reader import CTFReader, InputSpec
 kind, path, chunk = sys.argv[1], sys.argv[2], int(sys.argv[4])
 if kind == "seq":
     specs = {"f": InputSpec(8, is_sequence=True), "words": InputSpec(10000, is_sparse=True, is_sequence=True),

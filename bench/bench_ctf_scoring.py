@@ -42,8 +42,8 @@ def _one(path, chunk):
     sys.path.insert(0, ROOT)
     import influence
     from influence.adapters.cntk import build_network
-    from influence.kernels import chunk_scores, forward_steps
-    from influence.chunks import run_chunks
+    from influence.scoring.kernels import chunk_scores, forward_steps
+    from influence.scoring.chunks import run_chunks
     model = influence.CNTKModel(build_network(64, 10, hidden=(16,), seed=1), l2=0.01, batch_size=1000)
     base = _vm_hwm_mib()
     t0 = time.perf_counter()

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 
 import influence  # noqa: E402
 from influence.adapters.cntk import CNTKModel, build_network  # noqa: E402
-from influence.scores import plan_auto  # noqa: E402
+from influence.scoring.scores import plan_auto  # noqa: E402
 
 
 def digits_mlp(n_train=1200):

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "examples"))
 
 import influence  # noqa: E402
 from influence.adapters.cntk import CNTKModel, build_network  # noqa: E402
-from influence.loo import spearman  # noqa: E402
+from influence.evaluate.leave_one_out import spearman  # noqa: E402
 
 
 def synthetic(n, p=784, k=10, seed=0):

@@ -9,7 +9,7 @@ import numpy as np
 def run(dtype, seed=0):
     import influence
     from influence.adapters.cntk import build_network
-    from influence.hvp import central_difference, adaptive_difference
+    from influence.curvature.hessian import central_difference, adaptive_difference
     x, y = influence.load_digits()
     x, y = x[:500], y[:500]
     model = influence.CNTKModel(build_network(64, 10, dtype=dtype, seed=seed), l2=1e-3)

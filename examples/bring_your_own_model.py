@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import influence  # noqa: E402
 from influence.adapters.cntk import import_cntk  # noqa: E402
-from influence.loo import spearman  # noqa: E402
+from influence.evaluate.leave_one_out import spearman  # noqa: E402
 
 L2 = 1e-2
 

@@ -41,7 +41,7 @@ sys.path.insert(0, HERE)
 
 import influence  # noqa: E402
 from influence import cli  # noqa: E402
-from influence.loo import spearman, pearson  # noqa: E402
+from influence.evaluate.leave_one_out import spearman, pearson  # noqa: E402
 
 TOP = 10          # length of the ranked lists compared between solvers
 SHOW = 5          # training digits per side in the picture

@@ -2,7 +2,7 @@
 
 y = w2·w1·x with two bias-free Dense(1) layers, x = [[1.]], v = ones. The Hessian of y w.r.t.
 (w1, w2) is [[0, x], [x, 0]], so H·v = (1, 1) exactly. The notebook's fixed step r = 1e-4 printed
-1.00016594 (float32 rounding); influence.hvp chooses the step itself and restores the weights
+1.00016594 (float32 rounding); influence.curvature.hessian chooses the step itself and restores the weights
 bit-identically.
 
 Run: .venv/bin/python examples/toy_hvp.py

@@ -10,17 +10,22 @@ NumPy path works without it.
 from ._version import __version__
 from .adapters.base import Model
 from .adapters.cntk import CNTKModel
-from .data import Dataset, load_npz, load_digits
-from .ctf_data import load_ctf, load_data
-from .hvp import HessianOperator, hvp
-from . import models
+from .data import Dataset, load_npz, load_digits, load_ctf, load_data
+from .curvature import HessianOperator, hvp
+from .adapters import reference as models
 from .solvers import (solve, Solution, ConvergenceWarning, NonPositiveCurvatureError, DivergenceError,
                       cg, lissa, direct, lanczos, lanczos_inverse, LowRankInverse)
 from .fitting import fit, FitResult, check_optimum, NotAtOptimumWarning
-from .scores import (s_test, STest, influence_scores, predicted_loss_change, self_influence,
+from .scoring import (s_test, STest, influence_scores, predicted_loss_change, self_influence,
                      directional_derivatives)
-from .loo import verify_loo, LOOResult
+from .evaluate.leave_one_out import verify_loo, LOOResult
 from . import evaluate
+from .common import moved as _moved
+
+_moved.install()
+# the NumPy reference models keep their public path
+import sys as _sys
+_sys.modules.setdefault(__name__ + ".models", models)
 
 __all__ = ["__version__", "Model", "CNTKModel", "Dataset", "load_npz", "load_data", "load_ctf", "load_digits", "models",
            "HessianOperator", "hvp",

@@ -15,6 +15,8 @@ import warnings
 
 import numpy as np
 
+from .common.errors import InfluenceError, param
+
 __all__ = ["fit", "FitResult", "check_optimum", "OptimumCheck", "NotAtOptimumWarning",
            "OPTIMUM_RTOL", "OPTIMUM_BLOCKS"]
 
@@ -46,7 +48,7 @@ def _data(model, train):
     return model.validate(train, getattr(train, "name", "training data"))
 
 
-def _objective(model, data, n_total):
+def objective(model, data, n_total):
     """R(w) = Σ_{data} ℓ / n_total + (λ/2)‖w‖² and its gradient at the model's current weights.
 
     ``n_total`` is len(data) for an ordinary fit; leave-one-out retraining keeps the original n
@@ -56,7 +58,7 @@ def _objective(model, data, n_total):
     return loss_sum / n_total + 0.5 * model.l2 * float(w @ w), grad_sum / n_total + model.l2 * w
 
 
-def _minimize(model, data, n_total, gtol, maxiter, maxcor, callback=None):
+def minimize_lbfgs(model, data, n_total, gtol, maxiter, maxcor, callback=None):
     """L-BFGS on the model's weights (which it leaves at the last evaluated point); returns scipy's
     OptimizeResult. The caller owns restoring weights on failure."""
     from scipy.optimize import minimize
@@ -64,7 +66,7 @@ def _minimize(model, data, n_total, gtol, maxiter, maxcor, callback=None):
 
     def fun(w):
         model.set_params(np.asarray(w).astype(dtype))
-        return _objective(model, data, n_total)
+        return objective(model, data, n_total)
 
     w0 = model.get_params().astype(np.float64)
     res = minimize(fun, w0, jac=True, method="L-BFGS-B", callback=callback,
@@ -90,7 +92,7 @@ def fit(model, train, l2=None, gtol=1e-6, maxiter=2000, maxcor=30, callback=None
     if l2 is not None:
         l2 = float(l2)
         if not np.isfinite(l2) or l2 < 0:
-            raise ValueError("l2=%r must be a finite number >= 0" % (l2,))
+            raise InfluenceError("%s must be a finite number >= 0" % param("l2", l2), parameter="l2")
     if not (gtol > 0):
         raise ValueError("gtol=%r must be positive (e.g. 1e-6)" % (gtol,))
     start = time.time()
@@ -98,8 +100,8 @@ def fit(model, train, l2=None, gtol=1e-6, maxiter=2000, maxcor=30, callback=None
     try:
         if l2 is not None:
             model.l2 = l2
-        res = _minimize(model, data, len(data), gtol, maxiter, maxcor, callback)
-        loss, grad = _objective(model, data, len(data))
+        res = minimize_lbfgs(model, data, len(data), gtol, maxiter, maxcor, callback)
+        loss, grad = objective(model, data, len(data))
     except BaseException:
         model.l2 = saved_l2
         model.set_params(saved_w)

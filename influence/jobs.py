@@ -2,7 +2,7 @@
 
 :class:`ScoreJob` (influence of every training point on test points) and
 :class:`SelfInfluenceJob` run :func:`influence.influence_scores` / :func:`influence.self_influence`
-chunk by chunk (:func:`influence.chunks.run_chunks`) with a :class:`Checkpoint` folder: every
+chunk by chunk (:func:`influence.scoring.chunks.run_chunks`) with a :class:`Checkpoint` folder: every
 finished chunk, the s_test vectors, the forward-difference steps, the dense Hessian or the Lanczos
 eigenpairs are saved as they are computed. A later job with the same fingerprint and
 ``resume=True`` loads them instead of recomputing, so an interrupted job (Ctrl-C, kill, a crash)
@@ -34,14 +34,15 @@ import warnings
 import numpy as np
 import scipy.sparse
 
-from ._files import InputChangedError, check_unchanged, file_fingerprint, write_json, write_npy
+from .common.errors import InfluenceError, param
+from .common.files import InputChangedError, check_unchanged, file_fingerprint, write_json, write_npy
 from ._version import __version__
-from .data import Sequences
+from .data.dataset import Sequences
 from .adapters.base import weights_digest
-from .chunks import CHUNK_RETRIES, DEFAULT_CHUNK_SIZE, ChunkRetryWarning, chunk_bounds, run_chunks
-from .hvp import HessianOperator
-from .matrix import MatrixCheckpoint, ScoreAggregates
-from .scores import executor_hessian, influence_scores, plan_auto, s_test, self_influence
+from .scoring.chunks import CHUNK_RETRIES, DEFAULT_CHUNK_SIZE, ChunkRetryWarning, chunk_bounds, run_chunks
+from .curvature.hessian import HessianOperator
+from .scoring.matrix import MatrixCheckpoint, ScoreAggregates
+from .scoring.scores import executor_hessian, influence_scores, plan_auto, s_test, self_influence
 from .solvers import DivergenceError, NonPositiveCurvatureError
 
 #: Errors that refuse the problem as posed (another damping or solver is needed, hence another
@@ -274,13 +275,13 @@ def model_identity(model):
     return {"class": type(model).__name__, "n_params": int(model.n_params), "weights": weights_digest(model)}
 
 
-def _plain_options(options):
+def plain_options(options):
     return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
             for k, v in sorted(options.items())}
 
 
 # ------------------------------------------------------------------------------------ jobs
-class _Job(object):
+class Job(object):
     """Checkpoint life cycle shared by the jobs: open (lock) → compute → check inputs → finish."""
 
     kind = None
@@ -295,7 +296,8 @@ class _Job(object):
         self.checkpoint = None
         self._in_context = False
         if resume and folder is None:
-            raise ValueError("resume=True needs folder= (where the finished chunks are kept)")
+            raise InfluenceError("%s needs %s (where the finished chunks are kept)" % (param("resume", True), param("folder")),
+                                 parameter="folder")
         self._train_fp = file_fingerprint(train.source) if getattr(train, "source", None) else None
 
     def fingerprint(self):
@@ -371,7 +373,7 @@ class ScoreResult(object):
     the solver's Solution per test point (None when s_test came from the checkpoint); ``chunks``:
     {"chunks", "computed", "resumed"}; ``plan``: the :class:`influence.solvers.Plan` of
     ``solver="auto"`` (None otherwise, or when s_test came from the checkpoint); ``aggregates``: the
-    :class:`influence.matrix.ScoreAggregates` (with ``aggregate``/``matrix``, else None);
+    :class:`influence.scoring.matrix.ScoreAggregates` (with ``aggregate``/``matrix``, else None);
     ``matrix``: the path the score matrix file is moved to when the job finishes (else None)."""
 
     def __init__(self, scores, solutions, chunks, plan=None, aggregates=None, matrix=None):
@@ -379,7 +381,7 @@ class ScoreResult(object):
         self.aggregates, self.matrix = aggregates, matrix
 
 
-class ScoreJob(_Job):
+class ScoreJob(Job):
     """Resumable :func:`influence.influence_scores`: I_up,loss of every training point on each test
     point, s_test and the chunks checkpointed in ``folder``.
 
@@ -387,7 +389,7 @@ class ScoreJob(_Job):
     ``damping``, ``scoring``, ``batch_size``, ``check_optimum`` as in
     :func:`influence.influence_scores`; ``solver_options``: a dict of the solver's keywords (e.g.
     ``{"rtol": 1e-6, "progress": True}``); ``progress``: a bar over the chunks; ``executor`` e.g.
-    ``influence.cluster.DaskExecutor(client)`` (it is checked before the solve, and gets the training
+    ``influence.dask.executor.DaskExecutor(client)`` (it is checked before the solve, and gets the training
     file's fingerprint taken here). ``folder``: the checkpoint folder (None: no checkpoint);
     ``resume``: reuse a matching folder; ``inputs``: extra JSON-able identity for the fingerprint.
     ``solver="auto"``: the plan (:func:`influence.solvers.plan_solver`) is made before the solve and
@@ -395,10 +397,10 @@ class ScoreJob(_Job):
     ``run()`` returns a :class:`ScoreResult` with ``scores`` always 2-D (n_test, n_train).
 
     Many test points: ``aggregate=True`` keeps no matrix in memory and returns instead the running
-    sums over the test points (``result.aggregates``, a :class:`influence.matrix.ScoreAggregates`;
+    sums over the test points (``result.aggregates``, a :class:`influence.scoring.matrix.ScoreAggregates`;
     per class of ``groups``, one label per test point, when given). ``matrix``: a path: the whole
     (n_test, n_train) float64 matrix is also written there as ``.npy``, chunk by chunk into a
-    memory-mapped file in ``folder`` (a :class:`influence.matrix.MatrixCheckpoint`: resumable, the
+    memory-mapped file in ``folder`` (a :class:`influence.scoring.matrix.MatrixCheckpoint`: resumable, the
     same bits as an uninterrupted run), moved to ``matrix`` when the job finishes (the end of the
     ``with`` block); it needs ``folder`` and implies ``aggregate``. Peak memory then holds a chunk
     (n_test × ``chunk_size`` scores) and a few (n_train,) vectors, not the matrix."""
@@ -413,7 +415,7 @@ class ScoreJob(_Job):
         if matrix is not None and folder is None:
             raise ValueError("matrix=%r needs folder= (the matrix file is built there and moved to %s at "
                              "the end)" % (matrix, matrix))
-        _Job.__init__(self, model, train, folder, resume, chunk_size, progress, inputs)
+        Job.__init__(self, model, train, folder, resume, chunk_size, progress, inputs)
         self.test = model.validate(test, getattr(test, "name", "test data"))
         self.matrix = None if matrix is None else os.path.abspath(matrix)
         self.aggregate = bool(aggregate) or matrix is not None
@@ -431,13 +433,13 @@ class ScoreJob(_Job):
     def _settings(self):
         return {"test": data_identity(self.test), "solver": self.solver, "damping": self.damping,
                 "scoring": self.scoring, "batch_size": self.batch_size, "matrix_file": self.matrix is not None,
-                "solver_options": _plain_options(dict(self.solver_options, progress=None))}
+                "solver_options": plain_options(dict(self.solver_options, progress=None))}
 
     def _finish(self):
         store, self._matrix_store = self._matrix_store, None
         if store is not None and self.checkpoint is not None:
             store.publish(self.matrix)
-        _Job._finish(self)
+        Job._finish(self)
 
     def _compute(self):
         ckpt = self.checkpoint
@@ -479,7 +481,7 @@ class ScoreJob(_Job):
                            aggregates, self.matrix)
 
 
-class SelfInfluenceJob(_Job):
+class SelfInfluenceJob(Job):
     """Resumable :func:`influence.self_influence` (arguments as there; ``folder``, ``resume``,
     ``inputs`` as in :class:`ScoreJob`). ``run()`` returns the (n,) self-influence values."""
 
@@ -489,14 +491,14 @@ class SelfInfluenceJob(_Job):
                  batch_size=None, chunk_size=None, check_optimum=True, progress=False, inputs=None,
                  **lanczos_options):
         train = model.validate(train, getattr(train, "name", "training data"))
-        _Job.__init__(self, model, train, folder, resume, chunk_size, progress, inputs)
+        Job.__init__(self, model, train, folder, resume, chunk_size, progress, inputs)
         self.method, self.k, self.damping = method, k, float(damping)
         self.batch_size, self.check_optimum = batch_size, check_optimum
         self.lanczos_options = lanczos_options
 
     def _settings(self):
         return {"method": self.method, "k": self.k, "damping": self.damping, "batch_size": self.batch_size,
-                "solver_options": _plain_options(dict(self.lanczos_options, progress=None))}
+                "solver_options": plain_options(dict(self.lanczos_options, progress=None))}
 
     def _compute(self):
         return self_influence(self.model, self.train, self.method, self.k, self.damping, self.batch_size,

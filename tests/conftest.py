@@ -101,10 +101,10 @@ def die_if_claimed(marker, client_pid):
 
 
 def fail_chunks_from(monkeypatch, n_ok, message="injected failure"):
-    """Make the local chunk computation (influence.scores.chunk_scores) raise RuntimeError(message)
+    """Make the local chunk computation (influence.scoring.scores.chunk_scores) raise RuntimeError(message)
     from call number n_ok + 1 on (so a chunk fails twice: with its retry)."""
-    import influence.scores
-    real = influence.scores.chunk_scores
+    import influence.scoring.scores
+    real = influence.scoring.scores.chunk_scores
     calls = {"n": 0}
 
     def chunk_scores(*args, **kwargs):
@@ -112,7 +112,7 @@ def fail_chunks_from(monkeypatch, n_ok, message="injected failure"):
         if calls["n"] > n_ok:
             raise RuntimeError(message)
         return real(*args, **kwargs)
-    monkeypatch.setattr(influence.scores, "chunk_scores", chunk_scores)
+    monkeypatch.setattr(influence.scoring.scores, "chunk_scores", chunk_scores)
 
 
 def make_classification(n, p, k, seed=0, cond=None):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import influence.jobs
-from influence.cli import _cli_terms, main
+from influence.cli import _error_text, main
 
 from conftest import fail_chunks_from
 
@@ -182,18 +182,24 @@ def test_error_after_work_began_exits_1_keeps_partial_and_resume_checks_model_js
 
 # ------------------------------------------------------------------------------------ CLI terms
 def test_library_advice_is_translated_into_flags():
-    from influence.solvers.dense import check_dense_memory
+    from influence.common.errors import InfluenceError, param
+    from influence.solvers.dense import DenseMemoryError, check_dense_memory
 
     class Args(object):
         command = "self"
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(DenseMemoryError) as e:
         check_dense_memory(10 ** 7)           # 800 TB: refused on any machine
-    dense = str(e.value)
-    text = _cli_terms(dense, Args())
+    assert "method='cg'" in str(e.value) and "k < d - 1" in str(e.value)        # the API's words
+    text = _error_text(e.value, Args())
     assert "--method lanczos --k 50" in text and "method=" not in text and text.startswith("--method exact")
     Args.command = "score"
-    text = _cli_terms(dense, Args())
+    text = _error_text(e.value, Args())
     assert text.startswith("--solver direct") and text.endswith("use --solver cg (or --solver lanczos --k K, K < d - 1) instead")
     assert "method=" not in text
-    assert _cli_terms("pass damping > 0.5 (e.g. damping=1.0)", Args()) == "pass --damping > 0.5 (e.g. --damping 1.0)"
-    assert _cli_terms("raise maxiter=10 or rtol=1e-3", Args()) == "raise --maxiter 10 or --rtol 1e-3"
+    err = InfluenceError("pass %s > 0.5 (e.g. %s)" % (param("damping"), param("damping", 1.0)))
+    assert str(err) == "pass damping > 0.5 (e.g. damping=1.0)"
+    assert _error_text(err, Args()) == "pass --damping > 0.5 (e.g. --damping 1.0)"
+    err = InfluenceError("raise %s or %s" % (param("maxiter", 10), param("rtol", 1e-3)))
+    assert _error_text(err, Args()) == "raise --maxiter 10 or --rtol 0.001"
+    # a parameter the command line does not have keeps its API word
+    assert _error_text(InfluenceError("drop %s" % param("x0")), Args()) == "drop x0"

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-import influence.scores
+import influence.scoring.scores
 from influence.cli import MATRIX_TEST_POINTS
 
 from conftest import fail_chunks_from

@@ -1,4 +1,4 @@
-"""Scoring on a Dask LocalCluster (influence.cluster): identical to the single-process run to the
+"""Scoring on a Dask LocalCluster (influence.dask.executor): identical to the single-process run to the
 bit, resilient to a worker dying mid-run, resumable. One 2-worker cluster per module."""
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import influence
-from influence import cluster
+from influence import dask as cluster
 from influence.jobs import Checkpoint
 from influence.models import SoftmaxRegression
 
@@ -69,7 +69,7 @@ def test_numpy_model_bit_identical_forward_and_gradient(client, tmp_path):
                                      executor=cluster.DaskExecutor(client))
     assert np.array_equal(got, ref)
     # each worker loaded the model at most once per distinct model content, not once per task
-    loads = client.run(lambda: dict(__import__("influence.cluster", fromlist=["LOADS"]).LOADS))
+    loads = client.run(lambda: dict(__import__("influence.dask.worker", fromlist=["LOADS"]).LOADS))
     assert all(count == 1 for per_worker in loads.values() for count in per_worker.values()), loads
 
 
@@ -110,7 +110,7 @@ def test_in_memory_training_data_is_refused(client, tmp_path):
         influence.influence_scores(model, (np.asarray(train.x), np.asarray(train.y)), test, s=s, executor=cluster.DaskExecutor(client))
     with pytest.raises(ValueError, match="load_npz"):      # a row subset is not the file any more
         influence.influence_scores(model, train.subset(np.arange(100)), test, s=s, executor=cluster.DaskExecutor(client))
-    with pytest.raises(TypeError, match=r"executor=influence.cluster.DaskExecutor\(client\)"):
+    with pytest.raises(TypeError, match=r"executor=influence.dask.executor.DaskExecutor\(client\)"):
         influence.influence_scores(model, train, test, s=s, client=client)
 
 
@@ -187,7 +187,7 @@ def test_cntk_model_bit_identical(client, cntk, tmp_path):
                                          check_optimum=False, executor=cluster.DaskExecutor(client))
         assert np.array_equal(got, ref), scoring
     assert np.array_equal(model.get_params(), w0)
-    loads = client.run(lambda: dict(__import__("influence.cluster", fromlist=["LOADS"]).LOADS))
+    loads = client.run(lambda: dict(__import__("influence.dask.worker", fromlist=["LOADS"]).LOADS))
     assert all(count == 1 for per_worker in loads.values() for count in per_worker.values()), loads
 
 

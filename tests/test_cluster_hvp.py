@@ -1,4 +1,4 @@
-"""s_test on a Dask LocalCluster (influence.cluster_hvp.DaskHessianOperator): products and solves equal
+"""s_test on a Dask LocalCluster (influence.dask.hessian.DaskHessianOperator): products and solves equal
 the single-process operator's to CLUSTER_RTOL in float64 (the same batches, the shards' sums added in
 another order), a worker killed during a solve costs a retry and nothing else, the client's weights
 never move. One 2-worker cluster per module."""
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 import influence
-from influence import cluster, jobs
+from influence import dask as cluster, jobs
 from influence.models import SoftmaxRegression
 
 from conftest import die_if_claimed, make_classification, write_ctf
 
 distributed = pytest.importorskip("distributed")
-from influence.cluster_hvp import DaskHessianOperator, _shard_bounds  # noqa: E402  (needs distributed)
+from influence.dask.hessian import DaskHessianOperator, _shard_bounds  # noqa: E402  (needs distributed)
 
 #: Products and s_test vectors on the cluster vs one process, relative (2-norm), float64 models.
 CLUSTER_RTOL = 1e-10
@@ -36,7 +36,7 @@ def _rel(a, b):
 
 
 def _grad_passes(client):
-    counts = client.run(lambda: dict(__import__("influence.cluster_hvp", fromlist=["GRAD_PASSES"]).GRAD_PASSES))
+    counts = client.run(lambda: dict(__import__("influence.dask.hessian", fromlist=["GRAD_PASSES"]).GRAD_PASSES))
     return {w: sum(c.values()) for w, c in counts.items()}
 
 

@@ -6,7 +6,8 @@ import threading
 import numpy as np
 
 import influence
-from influence.adapters.cntk import _owned, build_network
+from influence.adapters.cntk import build_network
+from influence.adapters.cntk.parameters import owned as _owned
 
 N, P, K = 203, 7, 3
 

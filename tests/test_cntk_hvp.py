@@ -1,4 +1,4 @@
-"""influence.hvp and the CNTK adapter against closed forms (needs CNTK; skipped elsewhere)."""
+"""influence.curvature.hessian and the CNTK adapter against closed forms (needs CNTK; skipped elsewhere)."""
 import numpy as np
 import pytest
 
@@ -89,7 +89,7 @@ def test_softmax_hvp_matches_closed_form(softmax):
 
 
 def test_hvp_function_on_a_loss_function(softmax, cntk):
-    # influence.hvp on the raw CNTK loss (summed over the batch) = n·(H − l2·I)·v
+    # influence.curvature.hessian on the raw CNTK loss (summed over the batch) = n·(H − l2·I)·v
     dtype, model, ref, perm, (x, y) = softmax
     onehot = np.eye(K)[y]
     feed = {model.features: x, model.labels: onehot}

@@ -41,7 +41,7 @@ def model(cntk):
 
 
 def test_a_view_error_is_retried_and_changes_nothing(model):
-    from influence.adapters._cntk_runtime import VIEW_ERROR_RETRIES
+    from influence.adapters.cntk.runtime import VIEW_ERROR_RETRIES
     m, data = model
     w0 = m.get_params()
     g, losses = m.grad_sum(data), m.per_example_losses(data)
@@ -58,7 +58,7 @@ def test_a_view_error_is_retried_and_changes_nothing(model):
 
 
 def test_a_persistent_view_error_and_other_errors_are_raised(model):
-    from influence.adapters._cntk_runtime import VIEW_ERROR_RETRIES
+    from influence.adapters.cntk.runtime import VIEW_ERROR_RETRIES
     m, data = model
     real = m.loss_function
     try:

@@ -1,4 +1,4 @@
-"""influence.ctf: the CNTK Text Format reader. Parsing tests run everywhere; the comparison with CNTK's
+"""influence.data.ctf_reader: the CNTK Text Format reader. Parsing tests run everywhere; the comparison with CNTK's
 own CTFDeserializer runs where CNTK is importable (.venv)."""
 import os
 import pickle
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from influence.ctf import CTFError, CTFReader, InputSpec, read_ctf
+from influence.data.ctf_reader import CTFError, CTFReader, InputSpec, read_ctf
 
 SEQ_TEXT = ("0 |x 1 2 |w 3:1.5 0:2 |y 1\n"
             "0 |x 3 4 |w\n"

@@ -8,10 +8,10 @@ import pytest
 import scipy.sparse
 
 import influence
-from influence import ctf_data
+from influence.data import ctf_dataset as ctf_data
 from influence.cli import main
 from influence.data import Sequences, load_npz
-from influence.kernels import chunk_scores, forward_steps
+from influence.scoring.kernels import chunk_scores, forward_steps
 
 from conftest import ctf_number, write_ctf
 
@@ -73,7 +73,7 @@ def test_chunked_scoring_reads_only_its_chunk(cntk, digits, tmp_path):
                                                     50, 100, batch_size=20))
     # the job fingerprint is the .ctf file's content fingerprint (plus how it is read)
     from influence.jobs import ScoreJob
-    from influence._files import file_fingerprint
+    from influence.common.files import file_fingerprint
     fp = ScoreJob(model, train, (xt, yt)).fingerprint()["train"]
     assert fp["sha256"] == file_fingerprint(path)["sha256"] and fp["rows"] == 160
     assert fp["options"]["mapping"] == {}
@@ -227,7 +227,7 @@ def test_cli_ctf_flags_without_ctf_data_and_train_on_ctf_are_refused(cli_files, 
 
 def test_ctf_dataset_rows_and_batches_without_cntk(tmp_path, monkeypatch):
     # runs on modern Python too: the lazy rows and batch bounds are the in-memory Dataset's
-    from influence.ctf import InputSpec
+    from influence.data.ctf_reader import InputSpec
     rng = np.random.RandomState(5)
     lengths = rng.randint(1, 5, 25)
     steps = [rng.standard_normal((t, 2)) for t in lengths]

@@ -99,7 +99,7 @@ def _api_entries():
 
 def _resolve(dotted):
     """The object named ``influence.a.b``: attributes of the package first (the public API, where
-    ``influence.hvp`` is the function), else the longest importable module prefix. Returns
+    ``influence.curvature.hessian`` is the function), else the longest importable module prefix. Returns
     (object, owner) with owner the class when the object is looked up on one."""
     parts = dotted.split(".")
     obj, owner = influence, None
@@ -207,7 +207,7 @@ def test_signature_check_catches_drift():
         _resolve("influence.no_such_function")
     obj, owner = _resolve("influence.CNTKModel.predict")
     assert owner is influence.CNTKModel and [n for n, _, _ in _actual(obj, owner)] == ["x", "batch_size"]
-    obj, owner = _resolve("influence.hvp.central_difference")
+    obj, owner = _resolve("influence.curvature.hessian.central_difference")
     assert obj.__name__ == "central_difference"
     assert _same_default(np.float32, _documented("dtype=np.float32")[0][2])
     assert not _same_default(np.float64, np.float32) and not _same_default(1, True)

@@ -11,6 +11,7 @@ import scipy.stats
 
 import influence
 from influence import evaluate as ev
+from influence.evaluate import retrain as ev_retrain
 from influence.jobs import JobFailed
 from influence.models import SoftmaxRegression
 
@@ -152,7 +153,7 @@ def test_resume_after_an_interruption_gives_the_same_numbers(problem, tmp_path, 
     model, train, test = problem
     folder = str(tmp_path / "run.partial")
     whole = ev.lds(model, train, test, subsets=6, seed=3)
-    real = ev._retrain_columns
+    real = ev_retrain.retrain_columns
     calls = []
 
     def failing(*args, **kwargs):
@@ -160,7 +161,7 @@ def test_resume_after_an_interruption_gives_the_same_numbers(problem, tmp_path, 
         if len(calls) == 4:
             raise KeyboardInterrupt                  # Ctrl-C during the 4th retraining
         return real(*args, **kwargs)
-    monkeypatch.setattr(ev, "_retrain_columns", failing)
+    monkeypatch.setattr(ev_retrain, "retrain_columns", failing)
     w = model.get_params()
     with pytest.raises(KeyboardInterrupt):
         ev.lds(model, train, test, subsets=6, seed=3, folder=folder)
@@ -185,13 +186,13 @@ def test_executor_callable_computes_the_chunks(problem):
     def executor(missing, on_done):
         for a, b in missing:
             seen.append((a, b))
-            on_done(a, b, ev._retrain_columns(model, model.validate(train), model.validate(test),
+            on_done(a, b, ev_retrain.retrain_columns(model, model.validate(train), model.validate(test),
                                               executor.w0, executor.kept[a:b], executor.kept.shape[1],
                                               ev.LDS_GTOL, ev.RETRAIN_MAXITER, None))
     ref = ev.lds(model, train, test, subsets=4, seed=2, chunk_size=2)
     executor.kept = ref.subsets
     with model.preserving_params():
-        ev._minimize(model, model.validate(train), len(train[0]), ev.LDS_GTOL, ev.RETRAIN_MAXITER, 30)
+        ev_retrain.minimize_lbfgs(model, model.validate(train), len(train[0]), ev.LDS_GTOL, ev.RETRAIN_MAXITER, 30)
         executor.w0 = model.get_params()
     res = ev.lds(model, train, test, subsets=4, seed=2, chunk_size=2, executor=executor)
     assert seen == [(0, 2), (2, 4)]
@@ -248,7 +249,7 @@ def test_weights_restored_when_a_retraining_fails(problem, monkeypatch):
     def boom(*args, **kwargs):
         model.set_params(w + 1.0)
         raise KeyboardInterrupt
-    monkeypatch.setattr(ev, "_minimize", boom)
+    monkeypatch.setattr(ev_retrain, "minimize_lbfgs", boom)
     for call in (lambda: ev.lds(model, train, test, subsets=3),
                  lambda: ev.mislabel(model, train)):
         with pytest.raises(KeyboardInterrupt):
@@ -278,7 +279,7 @@ def test_plot_writes_a_png_or_says_how_to_get_matplotlib(problem, tmp_path, monk
 
 def test_retrainings_on_a_dask_cluster_give_the_same_numbers(tmp_path):
     pytest.importorskip("distributed")
-    from influence import cluster
+    from influence import dask as cluster
     x, y = make_classification(80, 4, 3, seed=4)
     path = str(tmp_path / "train.npz")
     np.savez(path, x=x[:60], y=y[:60])

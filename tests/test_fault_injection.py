@@ -2,7 +2,7 @@
 
 For every entry point that shifts parameters (HessianOperator products and calibration, the solvers
 cg / lissa / lanczos / direct, s_test, forward and gradient scoring, self-influence, check_optimum,
-fit and its caller verify_loo, and CNTK's influence.hvp) an exception — and separately a
+fit and its caller verify_loo, and CNTK's influence.curvature.hessian) an exception — and separately a
 KeyboardInterrupt — is raised on the k-th call of each model primitive (``set_params`` when it
 shifts the weights, AFTER the shift has been applied; ``_grad_sum``, ``_loss_and_grad_sum``, ``_per_example_losses`` and
 ``_per_example_grads`` before they compute), for k spread over 1..(number of calls the entry point
@@ -18,8 +18,8 @@ import pytest
 
 import influence
 from influence import solvers
-from influence.chunks import ChunkRetryWarning
-from influence.hvp import HessianOperator
+from influence.scoring.chunks import ChunkRetryWarning
+from influence.curvature.hessian import HessianOperator
 from influence.models import SoftmaxRegression
 from conftest import make_classification
 

@@ -15,9 +15,9 @@ import pytest
 
 import influence
 from influence import solvers
-from influence.hvp import HessianOperator
+from influence.curvature.hessian import HessianOperator
 from influence.models import LogisticRegression, SoftmaxRegression
-from influence.scores import forward_steps
+from influence.scoring.scores import forward_steps
 from conftest import make_classification
 
 #: float32 gradient vs the float64 twin's, relative ‖·‖₂ (measured ~1e-7: float32 rounding) ...

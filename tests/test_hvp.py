@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from influence.hvp import HessianOperator, adaptive_difference, central_difference
+from influence.curvature.hessian import HessianOperator, adaptive_difference, central_difference
 from influence.models import SoftmaxRegression, LogisticRegression
 from conftest import make_classification
 

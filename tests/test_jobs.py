@@ -1,4 +1,4 @@
-"""Resumable jobs from Python (influence.jobs) and chunk runs (influence.chunks), on the NumPy
+"""Resumable jobs from Python (influence.jobs) and chunk runs (influence.scoring.chunks), on the NumPy
 reference model: retries, the checkpoint lock, resume after a failure, inputs changed under a job."""
 import os
 import socket
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import influence
-import influence.scores
+import influence.scoring.scores
 from influence import jobs
-from influence.chunks import ChunkRetryWarning, run_chunks
+from influence.scoring.chunks import ChunkRetryWarning, run_chunks
 from influence.models import SoftmaxRegression
 
 from conftest import fail_chunks_from, make_classification
@@ -177,7 +177,7 @@ def test_in_memory_inputs_are_fingerprinted_by_content(problem):
 
 
 def test_file_fingerprint_samples_large_files(tmp_path, monkeypatch):
-    from influence import _files
+    from influence.common import files as _files
     monkeypatch.setattr(_files, "FULL_HASH_BYTES", 1000)
     monkeypatch.setattr(_files, "SAMPLE_BLOCK_BYTES", 100)
     path = str(tmp_path / "big.bin")

@@ -1,4 +1,4 @@
-"""The score matrix of many test points written chunk by chunk (influence.matrix, ScoreJob(matrix=...)),
+"""The score matrix of many test points written chunk by chunk (influence.scoring.matrix, ScoreJob(matrix=...)),
 on the NumPy reference model: the file equals influence_scores' matrix, a resume after a failure gives
 the same bytes, a failure leaves no file, and the running aggregates equal NumPy's over the matrix."""
 import os
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import influence
-import influence.scores
+import influence.scoring.scores
 from influence import jobs
-from influence.chunks import ChunkRetryWarning, run_chunks
-from influence.matrix import MATRIX_DTYPE, ScoreAggregates
+from influence.scoring.chunks import ChunkRetryWarning, run_chunks
+from influence.scoring.matrix import MATRIX_DTYPE, ScoreAggregates
 from influence.models import SoftmaxRegression
 
 from conftest import fail_chunks_from, make_classification

@@ -6,7 +6,7 @@ import pytest
 
 import influence
 from influence.adapters.cntk import build_cnn
-from influence.adapters.cntk_graph import inference_graph
+from influence.adapters.cntk.graph import inference_graph
 from cntk_nets import same_state, state, train_with_trainer
 
 #: |uᵀHv − vᵀHu| / |uᵀHv|. Not asserted for the ReLU/max-pooling CNN in float32: a finite

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import influence
-from influence.adapters import cntk_per_example
+from influence.adapters.cntk import per_example as cntk_per_example
 from influence.adapters.cntk import build_cnn, build_network
 from influence.data import Sequences
 from cntk_nets import same_state, state, train_with_trainer

@@ -3,7 +3,7 @@ symmetric for random sizes, dtypes, seeds and conditioning."""
 import numpy as np
 from hypothesis import example, given, settings, strategies as st, HealthCheck
 
-from influence.hvp import HessianOperator
+from influence.curvature.hessian import HessianOperator
 from influence.models import SoftmaxRegression, LogisticRegression
 from conftest import make_classification
 

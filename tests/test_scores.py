@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import influence
-from influence.hvp import HessianOperator
+from influence.curvature.hessian import HessianOperator
 from influence.models import SoftmaxRegression, LogisticRegression
-from influence.scores import directional_derivatives, predicted_loss_change
+from influence.scoring.scores import directional_derivatives, predicted_loss_change
 from conftest import make_classification
 
 #: Scores vs the closed form −g_testᵀH⁻¹g_i with the exact Hessian, direct solver, Richardson HVPs,
@@ -181,6 +181,6 @@ def test_verify_loo_logistic_regression():
 
 
 def test_spearman_handles_ties():
-    from influence.loo import spearman, pearson
+    from influence.evaluate.leave_one_out import spearman, pearson
     assert spearman([1, 2, 2, 3], [10, 20, 20, 30]) == pytest.approx(1.0)
     assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)

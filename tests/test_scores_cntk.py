@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import influence
-from influence.hvp import HessianOperator
+from influence.curvature.hessian import HessianOperator
 from conftest import make_classification, softmax_reference
 
 #: Forward (finite-difference) vs gradient scoring, relative ‖·‖₂ error (measured: float32 ~1e-3 on

@@ -424,7 +424,7 @@ def test_callbacks_see_iterates():
 
 
 def test_compat_shim_spelling():
-    from influence import _compat
+    from influence.common import compat as _compat
     import inspect
     import scipy.sparse.linalg as spla
     params = inspect.signature(spla.cg).parameters
@@ -477,7 +477,7 @@ def test_every_solver_has_the_common_signature():
         rest = [p for p in params[2:] if p.name != "method"]
         assert [(p.name, p.default) for p in rest[:len(common)]] == common, f.__name__
         assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in rest), f.__name__
-    extras = {m: solvers.dispatch._extras(m) for m in solvers.METHODS}
+    extras = {m: solvers.dispatch.method_extras(m) for m in solvers.METHODS}
     assert extras == {"cg": ["stagnation", "curvature_steps"],
                       "lissa": ["variant", "scale", "batch_size", "repeats", "power_steps", "check_every",
                                 "inner_steps"],

@@ -30,7 +30,7 @@ def preserved_params(params):
 
     ``params`` is anything with an exact ``get_params``/``set_params`` pair: a :class:`Model` (see
     :meth:`Model.preserving_params`) or the raw CNTK parameters of a Function
-    (:class:`influence.adapters.cntk.ParameterVector`, what :func:`influence.hvp.hvp` perturbs)."""
+    (:class:`influence.adapters.cntk.ParameterVector`, what :func:`influence.curvature.hessian.hvp` perturbs)."""
     saved = params.get_params()
     try:
         yield saved

@@ -15,28 +15,27 @@ from __future__ import print_function
 
 import io
 import os
-import re
 import sys
 
 from .._version import __version__
 from ._common import (
-    EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, TEST_INDEX_HELP, UsageError, _Parser,
-    _ascii_safe_stdio, _common_flags, _ctf_flags, _first_line, _model_flags, _stderr_hidden)
+    EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, TEST_INDEX_HELP, UsageError, Parser,
+    ascii_safe_stdio, common_flags, ctf_flags, first_line, model_flags, stderr_hidden, cli_text)
 from .commands import cmd_hvp, cmd_info, cmd_self, cmd_train, cmd_verify
 from .score import MATRIX_TEST_POINTS, cmd_score
-from .evaluate import _evaluate_parsers
-from ._common import ASCII_SYMBOLS, _test_indices  # noqa: F401  (part of influence.cli's surface)
+from .evaluate import evaluate_parsers
+from ._common import ASCII_SYMBOLS, parse_test_indices  # noqa: F401  (part of influence.cli's surface)
 
 __all__ = ["main", "build_parser", "UsageError", "ASCII_SYMBOLS", "MATRIX_TEST_POINTS"]
 
 
 # ---------------------------------------------------------------------------------------- parser
 def build_parser():
-    common = _common_flags()
-    parser = _Parser(prog="influence", description="Influence functions (Koh & Liang 2017) on CNTK models: "
+    common = common_flags()
+    parser = Parser(prog="influence", description="Influence functions (Koh & Liang 2017) on CNTK models: "
                      "which training examples made the model predict this?")
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("info", parents=[common], help="versions of influence, Python, numpy, scipy, CNTK",
                        description="Show the versions of influence, Python, numpy, scipy and CNTK.")
@@ -68,18 +67,18 @@ def build_parser():
     p = sub.add_parser("hvp", parents=[common], help="one Hessian-vector product of the training objective",
                        description="Compute (H + damping·I)·v for the mean training objective of a model "
                        "on a dataset, by central finite differences, and report its time.")
-    _model_flags(p)
+    model_flags(p)
     p.add_argument("--data", required=True, metavar="D.npz", help=".npz with x and y, or a .ctf file")
-    _ctf_flags(p)
+    ctf_flags(p)
     p.add_argument("--vector", required=True, metavar="v.npy", help="flat vector (.npy), one entry per parameter")
     p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
     p.add_argument("--out", metavar="hv.npy", help="save H·v here (.npy)")
     p.set_defaults(func=cmd_hvp)
 
     def score_flags(p, solver=True):
-        _model_flags(p)
+        model_flags(p)
         p.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y, or .ctf)")
-        _ctf_flags(p)
+        ctf_flags(p)
         p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian: (H + λI)⁻¹ (default 0)")
         p.add_argument("--chunk-size", type=int, default=10000, metavar="C",
                        help="training rows per chunk: the unit of progress and of --resume (default 10000)")
@@ -137,54 +136,40 @@ def build_parser():
     p = sub.add_parser("verify", parents=[common], help="leave-one-out check of the influence predictions",
                        description="Retrain without k training points (the most influential and random "
                        "ones), measure the actual change of the test loss and compare with the prediction.")
-    _model_flags(p)
+    model_flags(p)
     p.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y)")
     p.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y)")
     p.add_argument("--test-index", type=int, nargs="+", required=True, metavar="I", help="test point(s)")
     p.add_argument("--k", type=int, default=30, help="training points to retrain without (default 30)")
-    _ctf_flags(p)
+    ctf_flags(p)
     p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
     p.add_argument("--solver", choices=["cg", "lissa", "direct", "lanczos"], default="cg", help="default cg")
     p.add_argument("--top", type=int, default=5, help="worst disagreements to print (default 5)")
     p.set_defaults(func=cmd_verify)
 
-    _evaluate_parsers(sub, common)
+    evaluate_parsers(sub, common)
     return parser
 
 
-#: API keywords in library messages and the flags that set them (score/verify; self: see _cli_terms).
-_FLAG_OF = [(r"\bdamping\s*=\s*", "--damping "), (r"\bdamping\s*>", "--damping >"),
-            (r"\brtol\s*=\s*", "--rtol "), (r"\bmaxiter\s*=\s*", "--maxiter "), (r"\bdepth\s*=\s*", "--maxiter "),
-            (r"\brandom_state\s*=\s*", "--seed "), (r"\bchunk_size\s*=\s*", "--chunk-size "),
-            (r"\bbatch_size\s*=\s*", "--batch-size "), (r"\bk\s*=\s*", "--k "), (r"\bk\s*<<", "--k <<"),
-            (r"\bresume=True\b", "--resume"), (r"\bl2\s*=\s*", "--l2 "), (r"\bscoring\s*=\s*'?(\w+)'?", r"--scoring \1")]
-
-
-def _cli_terms(text, args):
-    """A library message in the flags of this command: ``method='lanczos'`` → ``--solver lanczos``,
-    ``damping=`` → ``--damping``, ... For ``self`` (flag --method exact|lanczos), advice to use another
-    solver for the dense Hessian becomes ``--method lanczos --k 50``."""
-    command = getattr(args, "command", None)
-    dense_refusal = re.search(r"the dense path holds", text)
+def _dense_text(e, command):
+    """The dense Hessian would not fit: the advice in this command's flags."""
     if command == "self":
-        if dense_refusal:
-            text = "--method exact: %s; use --method lanczos --k 50 (a rank-50 approximation) instead" \
-                   % re.split(r";\s*use\b", text)[0]
-        text = re.sub(r"\bmethod\s*=\s*'(exact|lanczos)'", r"--method \1", text)
-    elif dense_refusal:
-        text = "--solver direct: %s; use --solver cg (or --solver lanczos --k K, K < d - 1) instead" \
-               % re.split(r";\s*use\b", text)[0]
-    else:
-        text = re.sub(r"\b(?:method|solver)\s*=\s*'(\w+)'", r"--solver \1", text)
-        text = re.sub(r"\(or '(\w+)' with", r"(or --solver \1 with", text)
-    for pattern, flag in _FLAG_OF:
-        text = re.sub(pattern, flag, text)
-    return text
+        return "--method exact: %s; use --method lanczos --k 50 (a rank-50 approximation) instead" % e.reason
+    return "--solver direct: %s; use --solver cg (or --solver lanczos --k K, K < d - 1) instead" % e.reason
 
 
-def _job_failed_text(e):
-    from .._files import InputChangedError
-    cause = _first_line(e.cause)
+def _error_text(e, args):
+    """One line for a refused input, in the flags of the command that ran."""
+    from ..solvers.dense import DenseMemoryError
+    command = getattr(args, "command", None)
+    if isinstance(e, DenseMemoryError):
+        return _dense_text(e, command)
+    return cli_text(e, command)
+
+
+def _job_failed_text(e, args=None):
+    from ..common.files import InputChangedError
+    cause = _error_text(e.cause, args)
     folder = os.path.relpath(e.folder)
     if isinstance(e.cause, InputChangedError):
         return "%s (the partial results in %s/ belong to the old input)" % (cause, folder)
@@ -205,8 +190,8 @@ def _stdout_to_devnull():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
-    restore_stdio = _ascii_safe_stdio()
-    restore = None if debug else _stderr_hidden()
+    restore_stdio = ascii_safe_stdio()
+    restore = None if debug else stderr_hidden()
     args = None
     try:
         try:
@@ -224,7 +209,7 @@ def main(argv=None):
         except (UsageError, ValueError, ImportError) as e:
             if debug:
                 raise
-            print("influence: error: %s" % _cli_terms(_first_line(e), args), file=sys.stderr)
+            print("influence: error: %s" % _error_text(e, args), file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:
             print("influence: interrupted", file=sys.stderr)
@@ -234,10 +219,10 @@ def main(argv=None):
                 raise
             from ..jobs import JobFailed
             if isinstance(e, JobFailed):
-                print("influence: error: %s" % _cli_terms(_job_failed_text(e), args), file=sys.stderr)
+                print("influence: error: %s" % _job_failed_text(e, args), file=sys.stderr)
             else:
                 print("influence: internal error: %s: %s (rerun with --debug for the traceback)"
-                      % (type(e).__name__, _first_line(e)), file=sys.stderr)
+                      % (type(e).__name__, first_line(e)), file=sys.stderr)
             return EXIT_FAILURE
     finally:
         if restore is not None:

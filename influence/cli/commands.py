@@ -10,8 +10,8 @@ import numpy as np
 
 from .._version import __version__
 from ._common import (
-    EXIT_OK, META_SUFFIX, UsageError, _Timer, _Warnings, _check_indices, _existing_file, _job_inputs,
-    _label_text, _labels, _load_data, _load_model, _load_split, _log, _parse_arch, _partial_folder)
+    EXIT_OK, META_SUFFIX, UsageError, Timer, Warnings, check_indices, existing_file, job_inputs,
+    label_text, data_labels, load_data_file, load_model, load_split, log, parse_arch, partial_folder)
 
 
 # ---------------------------------------------------------------------------------------- commands
@@ -22,7 +22,7 @@ def cmd_info(args):
     print("numpy      %s" % np.__version__)
     print("scipy      %s" % scipy.__version__)
     try:
-        from ..adapters.cntk import import_cntk
+        from ..adapters.cntk.model import import_cntk
         print("cntk       %s" % import_cntk().__version__)
     except ImportError as e:
         print("cntk       not available (%s)" % str(e).splitlines()[0])
@@ -30,17 +30,17 @@ def cmd_info(args):
 
 
 def cmd_train(args):
-    from ..adapters.cntk import CNTKModel, build_cnn, build_network
+    from ..adapters.cntk.model import CNTKModel, build_cnn, build_network
     from ..data import Sequences
     from ..fitting import fit
-    from .._files import atomic_path, check_writable, write_json
-    kind, sizes = _parse_arch(args.arch)
+    from ..common.files import atomic_path, check_writable, write_json
+    kind, sizes = parse_arch(args.arch)
     if args.l2 < 0:
         raise UsageError("--l2 %r is negative; pass a value >= 0" % args.l2)
     check_writable(args.out)
-    timer = _Timer()
+    timer = Timer()
     with timer("load data"):
-        data = _load_data(args.data)
+        data = load_data_file(args.data)
     x, y = data.x, data.y
     if isinstance(x, (dict, Sequences)) or isinstance(y, Sequences):
         raise UsageError("--data %s holds %s; 'influence train' builds only dense MLP/CNN networks on one "
@@ -83,7 +83,7 @@ def cmd_train(args):
         model = CNTKModel(z, loss=loss, l2=args.l2, batch_size=args.batch_size)
         if loss == "squared_error" and y.ndim == 1:
             data.y = y.reshape(-1, 1)
-    _log(args, "training %s (%d parameters, %s) on %d examples with L-BFGS ..."
+    log(args, "training %s (%d parameters, %s) on %d examples with L-BFGS ..."
          % (args.arch, model.n_params, args.dtype, len(x)))
     with timer("fit (L-BFGS)"):
         result = fit(model, data, gtol=args.gtol, maxiter=args.maxiter)
@@ -109,16 +109,16 @@ def cmd_train(args):
 
 
 def cmd_hvp(args):
-    from ..hvp import HessianOperator
-    from .._files import check_writable, write_npy
+    from ..curvature.hessian import HessianOperator
+    from ..common.files import check_writable, write_npy
     if args.out:
         check_writable(args.out)
-    timer = _Timer()
+    timer = Timer()
     with timer("load model"):
-        model, _ = _load_model(args)
+        model, _ = load_model(args)
     with timer("load data"):
-        data = _load_split(args.data, "--data", model, args.ctf_options)
-    _existing_file(args.vector, "--vector")
+        data = load_split(args.data, "--data", model, args.ctf_options)
+    existing_file(args.vector, "--vector")
     with open(args.vector, "rb") as f:
         magic = f.read(6)
     if magic[:2] == b"PK":
@@ -155,20 +155,20 @@ def cmd_hvp(args):
 
 def cmd_self(args):
     from ..jobs import SelfInfluenceJob
-    from .._files import write_table
-    folder = _partial_folder(args)
-    timer = _Timer()
+    from ..common.files import write_table
+    folder = partial_folder(args)
+    timer = Timer()
     with timer("load model and data"):
-        model, _ = _load_model(args)
-        train = _load_split(args.train, "--train", model, args.ctf_options)
+        model, _ = load_model(args)
+        train = load_split(args.train, "--train", model, args.ctf_options)
     n = len(train)
     options = {"k": args.k, "random_state": args.seed} if args.method == "lanczos" else {}
-    labels = _labels(train)
-    with _Warnings():
+    labels = data_labels(train)
+    with Warnings():
         job = SelfInfluenceJob(model, train, folder=folder, resume=args.resume, method=args.method,
                                damping=args.damping, batch_size=args.batch_size, chunk_size=args.chunk_size,
                                check_optimum=not args.no_optimum_check, progress=not args.quiet,
-                               inputs=_job_inputs(args, {}), **options)
+                               inputs=job_inputs(args, {}), **options)
         with job:
             with timer("self-influence (%s)" % args.method):
                 values = job.run()
@@ -181,9 +181,9 @@ def cmd_self(args):
             if args.out:
                 with timer("write"):
                     write_table(args.out, ["train_index", "label", "self_influence", "rank", "training_loss"],
-                                ((i, _label_text(labels, i), values[i], int(rank[i]), losses[i])
+                                ((i, label_text(labels, i), values[i], int(rank[i]), losses[i])
                                  for i in range(n)))
-    top = [[int(i), _label_text(labels, i), float(values[i]), float(losses[i])] for i in order[:args.top]]
+    top = [[int(i), label_text(labels, i), float(values[i]), float(losses[i])] for i in order[:args.top]]
     if args.json:
         print(json.dumps({"n_train": n, "method": args.method, "top": top, "seconds": timer.as_dict(),
                           "out": args.out, "chunks": chunks},
@@ -201,16 +201,16 @@ def cmd_self(args):
 
 
 def cmd_verify(args):
-    from ..loo import verify_loo
-    timer = _Timer()
+    from ..evaluate.leave_one_out import verify_loo
+    timer = Timer()
     with timer("load model and data"):
-        model, _ = _load_model(args)
-        train = _load_split(args.train, "--train", model, args.ctf_options)
-        test = _load_split(args.test, "--test", model, args.ctf_options)
-    idx = _check_indices(args.test_index, len(test), "--test-index", "the test set")
+        model, _ = load_model(args)
+        train = load_split(args.train, "--train", model, args.ctf_options)
+        test = load_split(args.test, "--test", model, args.ctf_options)
+    idx = check_indices(args.test_index, len(test), "--test-index", "the test set")
     if args.k < 1:
         raise UsageError("--k %d: pass at least 1 training point to retrain without" % args.k)
-    with _Warnings():
+    with Warnings():
         with timer("influence + %d leave-one-out retrainings" % min(args.k, len(train))):
             res = verify_loo(model, train, test.subset(idx), k=args.k, damping=args.damping,
                              random_state=args.seed, solver=args.solver, batch_size=args.batch_size)

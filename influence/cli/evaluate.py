@@ -4,8 +4,8 @@ from __future__ import print_function
 import numpy as np
 
 from ._common import (
-    EXIT_OK, TEST_INDEX_HELP, UsageError, _Parser, _Timer, _Warnings, _check_numbers, _ctf_flags,
-    _job_inputs, _load_model, _load_split, _model_flags, _partial_folder, _test_indices)
+    EXIT_OK, TEST_INDEX_HELP, UsageError, Parser, Timer, Warnings, check_numbers, ctf_flags,
+    job_inputs, load_model, load_split, model_flags, partial_folder, parse_test_indices)
 
 
 # ---------------------------------------------------------------------------------------- evaluate
@@ -16,8 +16,8 @@ EVALUATE_NAMES = {"influence": "influence (H^-1)", "grad_dot": "grad-dot (H -> I
 
 def _evaluate_check(args):
     """Refuse bad flags of ``influence evaluate`` before any work (nothing written)."""
-    from .._files import check_writable
-    _check_numbers(args)
+    from ..common.files import check_writable
+    check_numbers(args)
     for flag, attr, low in (("--subsets", "subsets", 2), ("--k", "k", 2), ("--maxiter", "maxiter", 1)):
         value = getattr(args, attr, None)
         if value is not None and value < low:
@@ -37,15 +37,15 @@ def _evaluate_check(args):
         if not args.plot.lower().endswith(".png"):
             raise UsageError("--plot %s: the picture is a PNG; give a file name ending in .png" % args.plot)
         check_writable(args.plot, "--plot")
-        from ..evaluate import _pyplot
-        _pyplot()                                   # matplotlib missing: refused before any work
+        from ..evaluate.evaluate import pyplot
+        pyplot()                                   # matplotlib missing: refused before any work
     if args.out and not args.out.lower().endswith(".json"):
         raise UsageError("--out %s: the results are JSON; give a file name ending in .json" % args.out)
-    return _partial_folder(args)
+    return partial_folder(args)
 
 
 def _evaluate_print(args, res, timer):
-    from ..evaluate import METHODS
+    from ..evaluate.evaluate import METHODS
     if args.metric == "lds":
         print("linear datamodeling score (%s): %d subsets of %d of %d training points, %d test points"
               % (res.target, res.subsets.shape[0], res.subsets.shape[1], res.n_train, res.actual.shape[0]))
@@ -82,28 +82,28 @@ def _evaluate_print(args, res, timer):
 
 
 def cmd_evaluate(args):
-    from .. import evaluate
-    from .._files import atomic_path, to_json, write_json
+    from ..evaluate import evaluate
+    from ..common.files import atomic_path, to_json, write_json
     folder = _evaluate_check(args)
     if getattr(args, "cluster", None):
-        from ..cluster import check_reachable
+        from ..dask.executor import check_reachable
         check_reachable(args.cluster)
-    timer = _Timer()
+    timer = Timer()
     with timer("load model and data"):
-        model, _ = _load_model(args)
-        train = _load_split(args.train, "--train", model, args.ctf_options)
+        model, _ = load_model(args)
+        train = load_split(args.train, "--train", model, args.ctf_options)
         test = idx = None
         if args.metric != "mislabel":
-            test = _load_split(args.test, "--test", model, args.ctf_options)
+            test = load_split(args.test, "--test", model, args.ctf_options)
             items = args.test_index or ["0-%d" % (len(test) - 1)]
-            idx = _test_indices(items, test, model, args.batch_size)
+            idx = parse_test_indices(items, test, model, args.batch_size)
             test = test.subset(idx)
     common = dict(seed=args.seed, gtol=args.gtol, maxiter=args.maxiter, damping=args.damping,
                   batch_size=args.batch_size, folder=folder, resume=args.resume, progress=not args.quiet,
-                  inputs=_job_inputs(args, {} if idx is None else {"test_index": idx.tolist()}))
+                  inputs=job_inputs(args, {} if idx is None else {"test_index": idx.tolist()}))
     client = None
     try:
-        with _Warnings():
+        with Warnings():
             if args.metric == "mislabel":
                 with timer("refit on flipped labels + rankings"):
                     res = evaluate.mislabel(model, train, fraction=args.fraction,
@@ -112,7 +112,7 @@ def cmd_evaluate(args):
             else:
                 executor = None
                 if args.cluster:
-                    from ..cluster import DaskExecutor, connect
+                    from ..dask.executor import DaskExecutor, connect
                     with timer("start/connect cluster (%s)" % args.cluster):
                         client = connect(args.cluster)
                     executor = DaskExecutor(client)
@@ -153,7 +153,7 @@ def _evaluate_no_metric(args):
                      "--model M --train T.npz --test Q.npz'; see 'influence evaluate --help')")
 
 
-def _evaluate_parsers(sub, common):
+def evaluate_parsers(sub, common):
     """``influence evaluate {lds,loo,mislabel}``: a parser with one sub-command per metric."""
     p = sub.add_parser("evaluate", help="how good are the scores? LOO, LDS, mislabel "
                        "detection, against baselines",
@@ -161,16 +161,16 @@ def _evaluate_parsers(sub, common):
                        "H replaced by the identity; random; training loss for mislabel): 'loo' (leave-one-out "
                        "for many test points), 'lds' (linear datamodeling score over random subsets), "
                        "'mislabel' (finding flipped labels). See docs/evaluation.md.")
-    metrics = p.add_subparsers(dest="metric", metavar="METRIC", parser_class=_Parser)
+    metrics = p.add_subparsers(dest="metric", metavar="METRIC", parser_class=Parser)
     p.set_defaults(func=_evaluate_no_metric)
 
     def flags(q, test=True, chunks=True):
-        _model_flags(q)
+        model_flags(q)
         q.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y, or .ctf)")
         if test:
             q.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y, or .ctf)")
             q.add_argument("--test-index", nargs="+", metavar="I", help=TEST_INDEX_HELP)
-        _ctf_flags(q)
+        ctf_flags(q)
         q.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
         q.add_argument("--gtol", type=float, default=1e-6, help="retrain (and re-tighten the reference optimum) "
                        "until max |∂R/∂w| <= GTOL (default 1e-6)")

@@ -9,17 +9,17 @@ import sys
 import numpy as np
 
 from ._common import (
-    EXIT_OK, UsageError, _Timer, _Warnings, _check_indices, _job_inputs, _label_text, _labels, _load_model,
-    _load_split, _log, _partial_folder, _print_timing, _solutions_json, _solver_options, _test_indices)
+    EXIT_OK, UsageError, Timer, Warnings, check_indices, job_inputs, label_text, data_labels, load_model,
+    load_split, log, partial_folder, print_timing, solutions_json, solver_options, parse_test_indices)
 
 
 def _write_scores(args, timer, idx, n, train, scores):
-    from ..scores import predicted_loss_change
-    from .._files import write_table, write_json
+    from ..scoring.scores import predicted_loss_change
+    from ..common.files import write_table, write_json
     if not args.out:
         return
     delta = predicted_loss_change(scores, n)
-    train_labels = _labels(train)
+    train_labels = data_labels(train)
     with timer("write"):
         if args.out.lower().endswith(".json"):
             write_json(args.out, {"test_index": idx, "n_train": n, "train_label": train_labels,
@@ -27,7 +27,7 @@ def _write_scores(args, timer, idx, n, train, scores):
                                   "definition": "influence = I_up,loss = -g_test^T H^-1 g_i; "
                                   "predicted_loss_change = -influence / n_train"})
         else:
-            rows = ((int(t), i, _label_text(train_labels, i), scores[j, i], delta[j, i])
+            rows = ((int(t), i, label_text(train_labels, i), scores[j, i], delta[j, i])
                     for j, t in enumerate(idx) for i in range(n))     # streamed, not a list
             write_table(args.out, ["test_index", "train_index", "train_label", "influence",
                                    "predicted_loss_change"], rows)
@@ -35,20 +35,20 @@ def _write_scores(args, timer, idx, n, train, scores):
 
 def cmd_score(args):
     from ..jobs import ScoreJob
-    from ..scores import predicted_loss_change
-    folder = _partial_folder(args)
+    from ..scoring.scores import predicted_loss_change
+    folder = partial_folder(args)
     if args.cluster:
-        from ..cluster import check_reachable
+        from ..dask.executor import check_reachable
         check_reachable(args.cluster)     # a bad spec or an unreachable scheduler fails before any work
-    timer = _Timer()
+    timer = Timer()
     with timer("load model and data"):
-        model, _ = _load_model(args)
-        train = _load_split(args.train, "--train", model, args.ctf_options)
-        test = _load_split(args.test, "--test", model, args.ctf_options)
+        model, _ = load_model(args)
+        train = load_split(args.train, "--train", model, args.ctf_options)
+        test = load_split(args.test, "--test", model, args.ctf_options)
     if args.test_index:
-        idx = _test_indices(args.test_index, test, model, args.batch_size)
+        idx = parse_test_indices(args.test_index, test, model, args.batch_size)
     else:
-        idx = _check_indices(range(len(test)), len(test), "--test-index", "the test set")
+        idx = check_indices(range(len(test)), len(test), "--test-index", "the test set")
     test_sel = test.subset(idx)
     n = len(train)
     many = args.matrix is not None or len(idx) > MATRIX_TEST_POINTS
@@ -59,22 +59,22 @@ def cmd_score(args):
     client = executor = None
     try:
         if args.cluster:
-            from ..cluster import DaskExecutor, connect
+            from ..dask.executor import DaskExecutor, connect
             with timer("start/connect cluster (%s)" % args.cluster):
                 client = connect(args.cluster)
             executor = DaskExecutor(client)
 
         def on_plan(plan):
-            _log(args, "influence: " + str(plan))
+            log(args, "influence: " + str(plan))
             if many and not args.test_index:
                 _cost_line(args, len(idx), n, matrix_path, plan)
-        with _Warnings():
+        with Warnings():
             job = ScoreJob(model, train, test_sel, folder=folder, resume=args.resume, solver=args.solver,
                            damping=args.damping, scoring=args.scoring, batch_size=args.batch_size,
                            chunk_size=args.chunk_size, check_optimum=not args.no_optimum_check,
                            progress=not args.quiet, executor=executor,
-                           inputs=_job_inputs(args, {"test_index": idx.tolist()}),
-                           solver_options=_solver_options(args), on_plan=on_plan,
+                           inputs=job_inputs(args, {"test_index": idx.tolist()}),
+                           solver_options=solver_options(args), on_plan=on_plan,
                            aggregate=many, matrix=matrix_path, groups=groups)
             with job:
                 result = job.run()
@@ -92,12 +92,12 @@ def cmd_score(args):
     if many:
         return _report_many(args, timer, model, train, test_sel, idx, result, matrix_path)
     delta = predicted_loss_change(scores, n)
-    train_labels = _labels(train)
+    train_labels = data_labels(train)
     plan = result.plan
     summary = {"n_train": n, "test_index": idx.tolist(), "solver": args.solver, "damping": args.damping,
                "plan": None if plan is None else dict(plan._asdict()),
                "scoring": args.scoring, "seconds": timer.as_dict(), "out": args.out,
-               "chunks": chunks, "solutions": _solutions_json(solutions),
+               "chunks": chunks, "solutions": solutions_json(solutions),
                "top": []}
     predicted = None
     if model.output is not None and model.n_classes:
@@ -108,11 +108,11 @@ def cmd_score(args):
         helpful = [int(i) for i in order[:args.top] if delta[j, i] > 0]
         harmful = [int(i) for i in order[::-1][:args.top] if delta[j, i] < 0]
         summary["top"].append({"test_index": int(t), "test_loss": float(test_losses[j]),
-                               "helpful": [[i, _label_text(train_labels, i), float(delta[j, i])] for i in helpful],
-                               "harmful": [[i, _label_text(train_labels, i), float(delta[j, i])] for i in harmful]})
+                               "helpful": [[i, label_text(train_labels, i), float(delta[j, i])] for i in helpful],
+                               "harmful": [[i, label_text(train_labels, i), float(delta[j, i])] for i in harmful]})
         if args.json:
             continue
-        head = "test point %d: label %s" % (t, _label_text(_labels(test_sel), j))
+        head = "test point %d: label %s" % (t, label_text(data_labels(test_sel), j))
         if predicted is not None:
             head += ", predicted %d" % predicted[j]
         print("%s, test loss %.4g" % (head, test_losses[j]))
@@ -121,13 +121,13 @@ def cmd_score(args):
             print("  %s:" % title)
             print("    %5s %8s %7s %24s" % ("rank", "index", "label", "test-loss change if removed"))
             for r, i in enumerate(chosen):
-                print("    %5d %8d %7s %+24.4e" % (r + 1, i, _label_text(train_labels, i), delta[j, i]))
+                print("    %5d %8d %7s %+24.4e" % (r + 1, i, label_text(train_labels, i), delta[j, i]))
             if not chosen:
                 print("    (none)")
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
         return EXIT_OK
-    _print_timing(timer, idx, solutions, plan)
+    print_timing(timer, idx, solutions, plan)
     if args.out:
         print("saved %s (%d rows)" % (args.out, n * len(idx)))
     return EXIT_OK
@@ -164,7 +164,7 @@ def _matrix_path(args, m):
 
 def _class_labels(test):
     """The test points' integer class labels (per-class aggregates), or None (regression, no labels)."""
-    labels = _labels(test)
+    labels = data_labels(test)
     if labels is None or not np.issubdtype(np.asarray(labels).dtype, np.integer):
         return None
     return np.asarray(labels)
@@ -173,7 +173,7 @@ def _class_labels(test):
 def _cost_line(args, m, n, matrix_path, plan=None):
     """One line on stderr before a matrix run over the default "all" test points (printed also with
     --quiet; the run proceeds, it never waits for input)."""
-    from ..kernels import FORWARD_STENCIL
+    from ..scoring.kernels import FORWARD_STENCIL
     text = "influence: cost: all %d test points (the default --test-index) x %d training points = %d scores" \
            % (m, n, m * n)
     if matrix_path:
@@ -207,20 +207,20 @@ def _aggregate_columns(agg):
 
 def _write_aggregates(args, timer, train, agg):
     """--out in matrix mode: one row per training point (streamed), written atomically."""
-    from .._files import write_table
+    from ..common.files import write_table
     if not args.out:
         return
-    labels = _labels(train)
+    labels = data_labels(train)
     names, arrays = _aggregate_columns(agg)
     with timer("write"):
         write_table(args.out, ["train_index", "train_label"] + names,
-                    ((i, _label_text(labels, i)) + tuple(a[i] for a in arrays) for i in range(agg.n_train)))
+                    ((i, label_text(labels, i)) + tuple(a[i] for a in arrays) for i in range(agg.n_train)))
 
 
 def _ranked(agg, delta, labels, top):
     helpful, harmful = agg.ranking(delta, top)
-    return {"helpful": [[i, _label_text(labels, i), float(delta[i])] for i in helpful],
-            "harmful": [[i, _label_text(labels, i), float(delta[i])] for i in harmful]}
+    return {"helpful": [[i, label_text(labels, i), float(delta[i])] for i in helpful],
+            "harmful": [[i, label_text(labels, i), float(delta[i])] for i in harmful]}
 
 
 def _print_ranked(title, ranked):
@@ -240,7 +240,7 @@ def _print_ranked(title, ranked):
 def _report_many(args, timer, model, train, test, idx, result, matrix_path):
     """Print (or --json) the aggregate rankings of a matrix run."""
     agg, n, m = result.aggregates, len(train), len(idx)
-    labels = _labels(train)
+    labels = data_labels(train)
     delta_mean = agg.loss_change(agg.mean)
     overall = _ranked(agg, delta_mean, labels, args.top)
     per_class = []
@@ -254,7 +254,7 @@ def _report_many(args, timer, model, train, test, idx, result, matrix_path):
                "plan": None if plan is None else dict(plan._asdict()), "scoring": args.scoring,
                "seconds": timer.as_dict(), "out": args.out, "matrix": matrix_path,
                "matrix_shape": [m, n], "matrix_dtype": "float64", "chunks": result.chunks,
-               "solutions": _solutions_json(result.solutions),
+               "solutions": solutions_json(result.solutions),
                "aggregate": {"helpful": overall["helpful"], "harmful": overall["harmful"],
                              "per_class": per_class if agg.classes is not None else None}}
     if args.json:
@@ -269,7 +269,7 @@ def _report_many(args, timer, model, train, test, idx, result, matrix_path):
         _print_ranked("  test points of class %s (%d):" % (entry["class"], entry["test_points"]), entry)
     if matrix_path is None:
         print("  per test point: pass --out (or --matrix PATH) to save the whole score matrix")
-    _print_timing(timer, idx, result.solutions, plan)
+    print_timing(timer, idx, result.solutions, plan)
     if args.out:
         print("saved %s (%d rows: sums and means over the test points per training point)" % (args.out, n))
     if matrix_path:

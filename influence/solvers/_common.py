@@ -11,7 +11,8 @@ import warnings
 import numpy as np
 import scipy.sparse.linalg as spla
 
-from .._numeric import check_damping, check_nonneg, norm
+from ..common.errors import InfluenceError, param
+from ..common.numeric import check_damping, check_nonneg, norm
 
 try:
     from tqdm import tqdm as _tqdm
@@ -42,11 +43,11 @@ class ConvergenceWarning(UserWarning):
     """A solver stopped before meeting its tolerance; the message names the residual reached."""
 
 
-class NonPositiveCurvatureError(ValueError):
+class NonPositiveCurvatureError(InfluenceError):
     """``H + damping·I`` is not positive definite; the message names the damping to pass."""
 
 
-class DivergenceError(ValueError):
+class DivergenceError(InfluenceError):
     """LiSSA's Neumann series diverged; the message names a scale that would work, also available as
     the attribute ``suggested_scale`` (None when the cure is not the scale)."""
 
@@ -85,8 +86,8 @@ def check_int(value, name, example, allow_none=False, minimum=1):
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError("%s=%r must be an integer >= %d; pass e.g. %s=%s"
-                         % (name, value, minimum, name, example))
+        raise InfluenceError("%s must be an integer >= %d; pass e.g. %s"
+                             % (param(name, value), minimum, param(name, example)), parameter=name, suggestion=example)
     return int(value)
 
 
@@ -110,7 +111,8 @@ def check_common(H, b, damping, x0, rtol, atol, random_state):
 
 def refuse(method, given, why, name, instead):
     """The one-line error for a common argument a method cannot honour (it would be ignored)."""
-    raise ValueError("%s: method=%r %s; drop %s (or use %s)" % (given, method, why, name, instead))
+    raise InfluenceError("%s: %s %s; drop %s (or use %s)" % (given, param("method", method), why, param(name), instead),
+                         parameter=name)
 
 
 def judge(method, residual, rtol, atol, bnorm):
@@ -142,8 +144,8 @@ def make_rng(random_state):
     try:
         return np.random.RandomState(DEFAULT_SEED if random_state is None else random_state)
     except (TypeError, ValueError):
-        raise ValueError("random_state=%r is not an int, None or numpy RandomState; pass e.g. "
-                         "random_state=0" % (random_state,))
+        raise InfluenceError("%s is not an int, None or numpy RandomState; pass e.g. %s"
+                             % (param("random_state", random_state), param("random_state", 0)), parameter="random_state")
 
 
 # ---------------------------------------------------------------------------------------- products
@@ -231,13 +233,17 @@ def not_positive_definite(context, smallest, damping, own_damping=0.0, upper_bou
     own = (" on top of the operator's own damping %.4g" % own_damping) if own_damping else ""
     if upper_bound:
         return NonPositiveCurvatureError(
-            "%s: H + damping·I is not positive definite (damping=%.4g%s): its smallest eigenvalue is at "
-            "most %.4g (an estimate), so pass damping > %.4g at least, e.g. damping=%.3g (margin %.3g "
-            "above that bound)" % (context, damping, own, smallest, need, need + margin, margin))
+            "%s: H + damping·I is not positive definite (%s%s): its smallest eigenvalue is at "
+            "most %.4g (an estimate), so pass %s > %.4g at least, e.g. %s (margin %.3g "
+            "above that bound)" % (context, param("damping", damping, "%.4g"), own, smallest, param("damping"), need,
+                                   param("damping", need + margin, "%.3g"), margin),
+            parameter="damping", suggestion=float("%.3g" % (need + margin)))
     return NonPositiveCurvatureError(
-        "%s: H + damping·I is not positive definite (damping=%.4g%s): its smallest eigenvalue is %.4g, so "
-        "pass damping > %.4g, e.g. damping=%.3g (margin %.3g: the smallest eigenvalue becomes +%.3g)"
-        % (context, damping, own, smallest, need, need + margin, margin, margin))
+        "%s: H + damping·I is not positive definite (%s%s): its smallest eigenvalue is %.4g, so "
+        "pass %s > %.4g, e.g. %s (margin %.3g: the smallest eigenvalue becomes +%.3g)"
+        % (context, param("damping", damping, "%.4g"), own, smallest, param("damping"), need,
+           param("damping", need + margin, "%.3g"), margin, margin),
+        parameter="damping", suggestion=float("%.3g" % (need + margin)))
 
 
 def lanczos_extremes(matvec, v, steps):

@@ -5,8 +5,8 @@ import time
 import numpy as np
 import scipy.sparse.linalg as spla
 
-from .. import _compat
-from .._numeric import norm
+from ..common import compat as _compat
+from ..common.numeric import norm
 from ._common import (Progress, Products, Solution, check_callback, check_common, check_int,
                       deprecated_arguments, lanczos_ritz_min, not_positive_definite, operator_damping,
                       relative_residual, residual_target, warn_convergence, zero_solution)

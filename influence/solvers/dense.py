@@ -11,7 +11,8 @@ import numpy as np
 import scipy.linalg
 
 from ._common import Products, Progress, check_operator, not_positive_definite
-from .._numeric import check_damping
+from ..common.errors import InfluenceError, param
+from ..common.numeric import check_damping
 
 __all__ = ["dense_matrix", "cholesky", "check_dense_memory", "available_memory", "DENSE_MEMORY_FRACTION",
            "DENSE_FALLBACK_MEMORY"]
@@ -49,12 +50,23 @@ def check_dense_memory(d, matrices=1):
         available, source = DENSE_FALLBACK_MEMORY, "assumed (no /proc/meminfo)"
     allowed = DENSE_MEMORY_FRACTION * available
     if needed > allowed:
-        raise ValueError(
-            "H has dimension d=%d: the dense path holds %d d×d float64 matrices = %s, more than the %s "
-            "allowed (DENSE_MEMORY_FRACTION=%g of %s available, %s); use method='cg' (memory: a few "
-            "d-vectors) or a rank-k method (method='lanczos' with k < d - 1, self_influence("
-            "method='lanczos')), or raise influence.solvers.dense.DENSE_MEMORY_FRACTION"
-            % (d, matrices, _mb(needed), _mb(allowed), DENSE_MEMORY_FRACTION, _mb(available), source))
+        reason = ("H has dimension d=%d: the dense path holds %d d×d float64 matrices = %s, more than the %s "
+                  "allowed (DENSE_MEMORY_FRACTION=%g of %s available, %s)"
+                  % (d, matrices, _mb(needed), _mb(allowed), DENSE_MEMORY_FRACTION, _mb(available), source))
+        raise DenseMemoryError(
+            "%s; use %s (memory: a few d-vectors) or a rank-k method (%s with %s < d - 1, self_influence(%s)), "
+            "or raise influence.solvers.dense.DENSE_MEMORY_FRACTION"
+            % (reason, param("method", "cg"), param("method", "lanczos"), param("k"), param("method", "lanczos")),
+            reason=reason)
+
+
+class DenseMemoryError(InfluenceError):
+    """The dense matrices would not fit in memory. ``reason``: the sizes, without the advice (each front
+    end advises in its own terms: the API a method, the CLI its command's flags)."""
+
+    def __init__(self, message, reason):
+        InfluenceError.__init__(self, message, parameter="method")
+        self.reason = reason
 
 
 def _symmetrise(A):

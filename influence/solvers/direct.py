@@ -3,7 +3,8 @@ import time
 
 import scipy.linalg
 
-from .._numeric import norm
+from ..common.errors import param
+from ..common.numeric import norm
 from ._common import (Solution, check_callback, check_common, deprecated_arguments, judge, operator_damping,
                       refuse, relative_residual, zero_solution)
 from .dense import check_dense_memory, cholesky, dense_matrix
@@ -27,9 +28,9 @@ def direct(H, b, *, damping=0.0, x0=None, rtol=None, atol=0.0, maxiter=None, cal
     t0 = time.time()
     H, d, b, damping, x0, rtol, atol, _ = check_common(H, b, damping, x0, rtol, atol, random_state)
     if x0 is not None:
-        refuse("direct", "x0 was given", "solves exactly and takes no starting point", "x0", "method='cg'")
+        refuse("direct", "x0 was given", "solves exactly and takes no starting point", "x0", param("method", "cg"))
     if maxiter is not None:
-        refuse("direct", "maxiter=%r" % (maxiter,), "has no iterations", "maxiter", "method='cg'")
+        refuse("direct", param("maxiter", maxiter), "has no iterations", "maxiter", param("method", "cg"))
     callback = check_callback(callback)
     check_dense_memory(d, 2)
     if not b.any():

@@ -2,6 +2,7 @@
 import collections
 import inspect
 
+from ..common.errors import InfluenceError, param
 from ._common import COMMON_PARAMETERS
 from .cg import cg
 from .direct import direct
@@ -13,7 +14,7 @@ __all__ = ["solve", "METHODS"]
 METHODS = collections.OrderedDict([("cg", cg), ("lissa", lissa), ("direct", direct), ("lanczos", lanczos)])
 
 
-def _extras(method):
+def method_extras(method):
     """The extras of ``method`` (keyword-only parameters beyond the common ones)."""
     params = inspect.signature(METHODS[method]).parameters
     return [p for p in params if p not in ("H", "b") and p not in COMMON_PARAMETERS]
@@ -25,9 +26,10 @@ def solve(H, b, method="cg", *, damping=0.0, x0=None, rtol=None, atol=0.0, maxit
     'lanczos'); the common arguments mean the same for every method (see the module docstring),
     ``method_options`` are that method's extras. Returns a :class:`Solution`."""
     if method not in METHODS:
-        raise ValueError("method=%r is not one of %s; pass e.g. method='cg'" % (method, ", ".join(METHODS)))
+        raise InfluenceError("%s is not one of %s; pass e.g. %s" % (param("method", method), ", ".join(METHODS),
+                                                                    param("method", "cg")), parameter="method")
     f = METHODS[method]
-    extras = _extras(method)
+    extras = method_extras(method)
     unknown = sorted(set(method_options) - set(extras) - set(getattr(f, "deprecated_names", ())))
     if unknown:
         raise ValueError("option %s is not accepted by method=%r; its options: %s"

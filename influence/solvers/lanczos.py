@@ -11,7 +11,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg as spla
 
-from .._numeric import check_damping, check_nonneg, norm
+from ..common.errors import InfluenceError, param
+from ..common.numeric import check_damping, check_nonneg, norm
 from ._common import (ConvergenceWarning, Progress, Products, Solution, check_callback, check_common,
                       check_int, check_operator, deprecated_arguments, judge, make_rng, not_positive_definite,
                       operator_damping, refuse, relative_residual, zero_solution)
@@ -93,7 +94,8 @@ def lanczos_inverse(H, k=None, *, damping=0.0, maxiter=None, progress=False, ran
     damping = check_damping(damping)
     k = min(d, LANCZOS_K) if k is None else check_int(k, "k", min(d, LANCZOS_K))
     if k > d:
-        raise ValueError("k=%d exceeds the dimension d=%d; pass k <= %d" % (k, d, d))
+        raise InfluenceError("%s exceeds the dimension d=%d; pass %s <= %d" % (param("k", k), d, param("k"), d),
+                             parameter="k", suggestion=d)
     eigsh_tol = check_nonneg(eigsh_tol, "eigsh_tol", "0")
     maxiter = check_int(maxiter, "maxiter", 1000, allow_none=True)
     rng = make_rng(random_state)
@@ -144,7 +146,7 @@ def lanczos(H, b, *, damping=0.0, x0=None, rtol=None, atol=0.0, maxiter=None, ca
     H, d, b, damping, x0, rtol, atol, _ = check_common(H, b, damping, x0, rtol, atol, random_state)
     if x0 is not None:
         refuse("lanczos", "x0 was given", "applies a rank-k inverse to b and takes no starting point", "x0",
-               "method='cg'")
+               param("method", "cg"))
     callback = check_callback(callback)
     if not b.any():
         return zero_solution(d, t0)

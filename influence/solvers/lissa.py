@@ -82,7 +82,7 @@ import time
 
 import numpy as np
 
-from .._numeric import norm
+from ..common.numeric import norm
 from ._common import (Progress, Products, Solution, DivergenceError, check_callback, check_common, check_int,
                       deprecated_arguments, lanczos_extremes, not_positive_definite, operator_damping,
                       residual_target, warn_convergence, zero_solution, warn_deprecated)

@@ -26,11 +26,12 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg as spla
 
-from .._numeric import check_damping, norm
+from ..common.errors import InfluenceError, param
+from ..common.numeric import check_damping, norm
 from ._common import (Products, Solution, check_common, check_operator, judge, operator_damping, refuse,
                       relative_residual)
 from .cg import cg
-from .dispatch import METHODS, _extras, solve
+from .dispatch import METHODS, method_extras, solve
 from .dense import check_dense_memory, cholesky, dense_matrix
 from .lanczos import lanczos_inverse
 
@@ -225,7 +226,8 @@ def solve_many(H, B, method="cg", *, damping=0.0, rtol=None, atol=0.0, maxiter=N
     ``method_options``: the method's extras. A single row behaves as ``solve`` does.
     """
     if method not in METHODS:
-        raise ValueError("method=%r is not one of %s; pass e.g. method='cg'" % (method, ", ".join(METHODS)))
+        raise InfluenceError("%s is not one of %s; pass e.g. %s" % (param("method", method), ", ".join(METHODS),
+                                                                    param("method", "cg")), parameter="method")
     H, d = check_operator(H)
     B = _check_rows(B, d)
     damping = check_damping(damping)
@@ -236,16 +238,16 @@ def solve_many(H, B, method="cg", *, damping=0.0, rtol=None, atol=0.0, maxiter=N
             raise ValueError("%s is per right-hand side and solve_many (s_test) solves many; drop %s, or call "
                              "influence.solve(H, b, ...) per vector" % (name, name))
     if recycle is not None and method != "cg":
-        raise ValueError("recycle=%r: method=%r does not recycle previous solutions; drop recycle (or use "
-                         "method='cg')" % (recycle, method))
-    extras = _extras(method)
+        raise InfluenceError("recycle=%r: %s does not recycle previous solutions; drop recycle (or use %s)"
+                             % (recycle, param("method", method), param("method", "cg")), parameter="method")
+    extras = method_extras(method)
     unknown = sorted(set(method_options) - set(extras) - set(getattr(METHODS[method], "deprecated_names", ())))
     if unknown:
         raise ValueError("option %s is not accepted by method=%r; its options: %s"
                          % (", ".join(repr(u) for u in unknown), method, ", ".join(extras) or "none beyond the common ones"))
     if method == "direct":
         if maxiter is not None:
-            refuse("direct", "maxiter=%r" % (maxiter,), "has no iterations", "maxiter", "method='cg'")
+            refuse("direct", param("maxiter", maxiter), "has no iterations", "maxiter", param("method", "cg"))
         return _direct_many(H, B, d, damping, rtol, atol, progress)
     if method == "lanczos":
         return _lanczos_many(H, B, d, damping, rtol, atol, maxiter, progress, random_state, dict(method_options))

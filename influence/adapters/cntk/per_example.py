@@ -30,8 +30,8 @@ the route of every parameter and why a parameter fell back to the loop.
 """
 import numpy as np
 
-from ._cntk_runtime import _cntk_call, import_cntk
-from .cntk_graph import _functions
+from .runtime import cntk_call, import_cntk
+from .graph import functions
 
 __all__ = ["PerExamplePlan", "LAYER", "DIRECT", "LOOP", "BLOCK_BYTES"]
 
@@ -55,7 +55,7 @@ def _scopes(f):
     while stack:
         g, owner = stack.pop()
         out.append((g, owner))
-        for fn in _functions(g):
+        for fn in functions(g):
             if fn.is_block and fn.uid not in seen:
                 seen.add(fn.uid)
                 stack.append((fn.block_root, fn))
@@ -66,7 +66,7 @@ def _uses(f):
     """{uid of a Parameter: number of primitive inputs it feeds} over all scopes of ``f``."""
     count = {}
     for g, _ in _scopes(f):
-        for fn in _functions(g):
+        for fn in functions(g):
             if fn.is_block:
                 continue
             for i in fn.inputs:
@@ -90,7 +90,7 @@ def _layers(f, kept_uids, uses):
     description)}``; and ``{kernel uid: reason}`` for kernels of the kept parameters not matched."""
     found, why = {}, {}
     for g, owner in _scopes(f):
-        fns = _functions(g)
+        fns = functions(g)
         consumers = {}
         for fn in fns:
             for i in fn.inputs:
@@ -294,9 +294,9 @@ class PerExamplePlan(object):
 
     def _try(self, route):
         """Build the batched graph for ``route`` and run the trial: None, or CNTK's error (first line)."""
-        from .cntk import _Quiet
+        from .runtime import Quiet
         try:
-            with _Quiet():
+            with Quiet():
                 self._build(route)
                 self._trial()
             return None
@@ -359,7 +359,7 @@ class PerExamplePlan(object):
         # the layer inputs x in the clone: a block's placeholder -> the variable bound to it outside
         self._operands = {}
         for scope, owner in _scopes(g):
-            for fn in _functions(scope):
+            for fn in functions(scope):
                 kd = None if fn.is_block else _kernel_and_data(fn)
                 if kd is None or kd[0].uid not in self._deltas:
                     continue
@@ -384,7 +384,7 @@ class PerExamplePlan(object):
 
     def _plus_shape(self, kernel):
         for g, _ in _scopes(self.model.loss_function):
-            for fn in _functions(g):
+            for fn in functions(g):
                 if fn.op_name == "Plus" and any(i.uid == self._layers[kernel.uid][2].uid for i in fn.inputs):
                     return fn.output.shape
         raise RuntimeError("bias not found")
@@ -402,12 +402,12 @@ class PerExamplePlan(object):
     def _run(self, feed):
         g = self._combined
         if self._fetch:
-            grads, outs = _cntk_call(lambda: g.grad(feed, wrt=self._wrt, outputs=self._fetch,
+            grads, outs = cntk_call(lambda: g.grad(feed, wrt=self._wrt, outputs=self._fetch,
                                                     grad_root=self._root))
             if not isinstance(outs, dict):
                 outs = {self._fetch[0]: outs}
         else:
-            grads, outs = _cntk_call(lambda: g.grad(feed, wrt=self._wrt)), {}
+            grads, outs = cntk_call(lambda: g.grad(feed, wrt=self._wrt)), {}
         if not isinstance(grads, dict):
             grads = {self._wrt[0]: grads}
         return grads, outs
@@ -450,7 +450,7 @@ class PerExamplePlan(object):
             for i in range(n):
                 feed = model._feed(batch.subset(slice(i, i + 1)))
                 with model._lock:
-                    g = _cntk_call(lambda: loss.grad(feed, wrt=self._loop))
+                    g = cntk_call(lambda: loss.grad(feed, wrt=self._loop))
                 if not isinstance(g, dict):
                     g = {self._loop[0]: g}
                 for p in self._loop:

@@ -27,15 +27,14 @@ per sample is ``values`` itself.
 """
 import ctypes
 import mmap
-import os
-import struct
 import sys
-import zipfile
 
 import numpy as np
 
-__all__ = ["Dataset", "Sequences", "as_dataset", "load_npz", "save_npz", "load_digits",
-           "batch_bounds"]
+from ..common.errors import InfluenceError, param
+
+__all__ = ["Dataset", "Sequences", "as_dataset", "batch_bounds", "check_batch_size", "check_class_labels",
+           "check_binary_labels", "first_bad", "is_sparse", "part_subset", "row_blocks", "release_rows"]
 
 #: Rows checked at once for NaN/Inf, so validation of a memory-mapped file stays bounded in memory.
 _CHECK_ROWS = 65536
@@ -165,7 +164,7 @@ def _check_finite(a, what):
                              % (what, row))
 
 
-def _is_sparse(a):
+def is_sparse(a):
     return hasattr(a, "tocsr") and hasattr(a, "nnz")
 
 
@@ -182,7 +181,7 @@ class Sequences(object):
         if lengths.size and lengths.min() < 1:
             raise ValueError("%s has an empty sequence (length %d at index %d); every sequence needs at "
                              "least one step" % (name, lengths.min(), int(np.argmin(lengths))))
-        if not _is_sparse(values):
+        if not is_sparse(values):
             values = np.asarray(values) if not isinstance(values, np.ndarray) else values
         elif values.format != "csr":
             values = values.tocsr()
@@ -199,7 +198,7 @@ class Sequences(object):
         """From a list of (T_i, ...) arrays (or CSR matrices (T_i, dim))."""
         if len(seqs) == 0:
             raise ValueError("%s is an empty list; pass at least one sequence" % name)
-        if all(_is_sparse(q) for q in seqs):
+        if all(is_sparse(q) for q in seqs):
             import scipy.sparse
             values = scipy.sparse.vstack([q.tocsr() for q in seqs], format="csr")
             return cls(values, [q.shape[0] for q in seqs], name)
@@ -246,7 +245,7 @@ class Sequences(object):
             index = np.flatnonzero(index)
         rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in index]) \
             if index.size else np.zeros(0, np.int64)
-        return Sequences(_take(self.values, rows) if not _is_sparse(self.values) else self.values[rows],
+        return Sequences(_take(self.values, rows) if not is_sparse(self.values) else self.values[rows],
                          self.lengths[index])
 
     def __repr__(self):
@@ -260,15 +259,15 @@ def _part_len(a):
 def _part_nbytes(a):
     if isinstance(a, Sequences):
         return _part_nbytes(a.values) + a.lengths.nbytes
-    if _is_sparse(a):
+    if is_sparse(a):
         return a.data.nbytes + a.indices.nbytes + a.indptr.nbytes
     return np.asarray(a).nbytes
 
 
-def _part_subset(a, index):
+def part_subset(a, index):
     if isinstance(a, Sequences):
         return a.subset(index)
-    if _is_sparse(a):
+    if is_sparse(a):
         return a[index]
     return _take(a, index)
 
@@ -278,13 +277,13 @@ def _check_part(a, what):
     if isinstance(a, Sequences):
         _check_part(a.values, what)
         return a
-    if _is_sparse(a):
+    if is_sparse(a):
         a = a.tocsr() if a.format != "csr" else a
         _check_numeric(a.data, what)
         _check_finite(a.data, what)
         return a
     if isinstance(a, (list, tuple)):
-        arrays = [np.asarray(q) if not _is_sparse(q) else q for q in a]
+        arrays = [np.asarray(q) if not is_sparse(q) else q for q in a]
         ragged = len({q.shape for q in arrays}) > 1 if arrays else False
         if ragged:
             return _check_part(Sequences.from_list(arrays, what), what)
@@ -306,10 +305,10 @@ class Dataset(object):
     (feature shape, label range) belong to the model adapter's ``validate``.
 
     ``source``: the absolute path of the ``.npz`` or ``.ctf`` file the rows come from (set by
-    :func:`load_npz` and :func:`influence.ctf_data.load_ctf`, kept by ``subset(slice(None))``, dropped
+    :func:`load_npz` and :func:`influence.data.ctf_dataset.load_ctf`, kept by ``subset(slice(None))``, dropped
     by any other subset), so that workers of a cluster can read the same rows themselves
     (:mod:`influence.cluster`); None for in-memory data. ``source_options``: the keywords of
-    :func:`influence.ctf_data.load_data` that read it again the same way (a CTF file's ``mapping``, ``skip``, ``labels``).
+    :func:`influence.data.ctf_dataset.load_data` that read it again the same way (a CTF file's ``mapping``, ``skip``, ``labels``).
     """
 
     source = None
@@ -380,17 +379,17 @@ class Dataset(object):
         def desc(a):
             if isinstance(a, Sequences):
                 return repr(a)
-            return "%s %s%s" % (a.shape, a.dtype, " sparse" if _is_sparse(a) else "")
+            return "%s %s%s" % (a.shape, a.dtype, " sparse" if is_sparse(a) else "")
         xs = ({k: desc(v) for k, v in self.x.items()} if isinstance(self.x, dict) else desc(self.x))
         return "Dataset(%s: x %s, y %s)" % (self.name, xs, None if self.y is None else desc(self.y))
 
     def subset(self, index):
         """Rows ``index`` (a slice, or an integer array) as a new Dataset."""
-        y = None if self.y is None else _part_subset(self.y, index)
+        y = None if self.y is None else part_subset(self.y, index)
         if isinstance(self.x, dict):
-            x = {k: _part_subset(v, index) for k, v in self.x.items()}
+            x = {k: part_subset(v, index) for k, v in self.x.items()}
         else:
-            x = _part_subset(self.x, index)
+            x = part_subset(self.x, index)
         out = Dataset(x, y, self.name, _checked=True)
         if isinstance(index, slice) and index == slice(None):
             out.source = self.source
@@ -471,7 +470,8 @@ def check_binary_labels(dataset, who):
 def check_batch_size(batch_size, name="batch_size"):
     """Validate a positive integer batch or chunk size and return it as ``int``."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError("%s=%r is not a positive integer; pass e.g. %s=1000" % (name, batch_size, name))
+        raise InfluenceError("%s is not a positive integer; pass e.g. %s" % (param(name, batch_size), param(name, 1000)),
+                             parameter=name, suggestion=1000)
     return int(batch_size)
 
 
@@ -484,160 +484,7 @@ def as_dataset(data, name="data"):
         return Dataset(data["x"], data.get("y"), name)
     if isinstance(data, tuple) and len(data) in (1, 2):
         return Dataset(data[0], data[1] if len(data) == 2 else None, name)
-    if isinstance(data, (np.ndarray, Sequences)) or _is_sparse(data):
+    if isinstance(data, (np.ndarray, Sequences)) or is_sparse(data):
         return Dataset(data, None, name)
     raise ValueError("%s is a %s; pass a tuple (x, y) of NumPy arrays or an influence.data.Dataset"
                      % (name, type(data).__name__))
-
-
-def _mmap_member(path, info):
-    """Memory-map an uncompressed ``.npy`` member of a zip archive; None when it cannot be."""
-    if info.compress_type != zipfile.ZIP_STORED:
-        return None
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        local = f.read(30)
-        if local[:4] != b"PK\x03\x04":
-            return None
-        name_len, extra_len = struct.unpack("<HH", local[26:30])
-        f.seek(info.header_offset + 30 + name_len + extra_len)
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            return None
-        if dtype.hasobject:
-            raise ValueError("pickled")
-        offset = f.tell()
-    if int(np.prod(shape)) == 0:
-        return np.zeros(shape, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
-                     order="F" if fortran else "C")
-
-
-def _bad_file(path, why):
-    return ValueError("%s is not a readable .npz file (%s); save it with np.savez(path, x=..., y=...)"
-                      % (path, why))
-
-
-def load_npz(path, name=None, mmap=True):
-    """Read arrays ``x`` and ``y`` from an ``.npz`` file, refusing pickled objects.
-
-    Also reads the layouts for several inputs (``x.<input name>``) and ragged sequences
-    (``<m>.steps`` + ``<m>.lengths``) described in the module docstring (written by :func:`save_npz`).
-    Members stored uncompressed (``np.savez``) are memory-mapped read-only when ``mmap`` is true, so
-    a large training set is streamed batch by batch instead of read whole; compressed members
-    (``np.savez_compressed``) are read into memory.
-    """
-    name = name or os.path.basename(str(path))
-    if not os.path.isfile(path):
-        raise ValueError("%s: no such file; check the path" % path)
-    pickled = ValueError("%s contains pickled objects, which are refused for safety; save plain "
-                         "numeric arrays with np.savez(path, x=..., y=...)" % path)
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, IOError) as e:
-        raise _bad_file(path, e)
-    arrays = {}
-    with zf:
-        members = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
-        if not any(k == "x" or k.startswith("x.") for k in members):
-            raise ValueError("%s has arrays %s but no 'x'; save features as x (and labels as y), or "
-                             "x.<input name> per input (see influence.data)" % (path, sorted(members)))
-        for key in members:
-            if not (key in ("x", "y") or key.startswith("x.") or key.startswith("y.")):
-                continue
-            try:
-                a = _mmap_member(path, members[key]) if mmap else None
-                if a is None:
-                    with zf.open(members[key]) as f:
-                        a = np.lib.format.read_array(f, allow_pickle=False)
-            except ValueError as e:
-                if "pickle" in str(e):
-                    raise pickled
-                raise _bad_file(path, e)
-            except (OSError, IOError, zipfile.BadZipFile) as e:
-                raise _bad_file(path, e)
-            arrays[key] = a
-    x, y = _assemble(arrays, "x", path), _assemble(arrays, "y", path)
-    data = Dataset(x, y, name)
-    data.source = os.path.abspath(str(path))
-    return data
-
-
-def _ragged(arrays, base, path):
-    steps, lengths = arrays.get(base + ".steps"), arrays.get(base + ".lengths")
-    if (steps is None) != (lengths is None):
-        raise ValueError("%s has %s but not %s; a ragged member is stored as <m>.steps and <m>.lengths"
-                         % (path, base + (".steps" if lengths is None else ".lengths"),
-                            base + (".lengths" if lengths is None else ".steps")))
-    if steps is None:
-        return None
-    return Sequences(steps, np.asarray(lengths), "%s %s" % (path, base))
-
-
-def _assemble(arrays, prefix, path):
-    """Member ``prefix`` (array or ragged), or a dict of members ``prefix.<name>``, or None."""
-    if prefix in arrays:
-        return arrays[prefix]
-    whole = _ragged(arrays, prefix, path)
-    if whole is not None:
-        return whole
-    names = sorted({k[len(prefix) + 1:].rsplit(".", 1)[0] if k.endswith((".steps", ".lengths"))
-                    else k[len(prefix) + 1:] for k in arrays if k.startswith(prefix + ".")})
-    if not names:
-        return None
-    out = {}
-    for nm in names:
-        key = prefix + "." + nm
-        out[nm] = arrays[key] if key in arrays else _ragged(arrays, key, path)
-    return out
-
-
-def save_npz(path, x, y=None):
-    """Write ``x`` (and ``y``) in the layout :func:`load_npz` reads (see the module docstring):
-    arrays as ``x``/``y``, dicts as ``x.<input name>``, :class:`Sequences` (or ragged lists) as
-    ``<m>.steps`` + ``<m>.lengths``. Uncompressed, so that it is memory-mapped when read."""
-    members = {}
-
-    def put(key, a):
-        if isinstance(a, (list, tuple)) and len({np.shape(q) for q in a}) > 1:
-            a = Sequences.from_list(a, key)
-        if isinstance(a, Sequences):
-            if _is_sparse(a.values):
-                raise ValueError("%s: sparse sequences cannot be saved to .npz yet; save them dense or "
-                                 "as CTF" % key)
-            members[key + ".steps"] = np.asarray(a.values)
-            members[key + ".lengths"] = a.lengths
-        elif _is_sparse(a):
-            raise ValueError("%s: sparse matrices cannot be saved to .npz yet; save them as CTF" % key)
-        else:
-            members[key] = np.asarray(a)
-    for prefix, value in (("x", x), ("y", y)):
-        if value is None:
-            continue
-        if isinstance(value, dict):
-            for k, v in value.items():
-                put(prefix + "." + str(k), v)
-        else:
-            put(prefix, value)
-    np.savez(path, **members)
-
-
-def is_ctf_path(path):
-    """Is ``path`` named like a CNTK Text Format file (``.ctf`` or ``.txt``, any case)?"""
-    return str(path).lower().endswith((".ctf", ".txt"))
-
-
-def load_digits():
-    """The 1,797 8×8 handwritten digits shipped with the package (see ``influence/datasets``).
-
-    Returns ``(x, y)``: ``x`` float64 pixel counts scaled to [0, 1], shape (1797, 64); ``y`` int64 labels.
-    """
-    path = os.path.join(os.path.dirname(__file__), "datasets", "digits.npz")
-    with np.load(path, allow_pickle=False) as f:
-        x = f["x"].astype(np.float64) / 16.0
-        y = f["y"].astype(np.int64)
-    return x, y

@@ -22,15 +22,16 @@ import contextlib
 import numpy as np
 import scipy.linalg
 
-from ._numeric import check_damping
+from ..common.errors import InfluenceError, param
+from ..common.numeric import check_damping
 from .chunks import DEFAULT_CHUNK_SIZE, run_chunks
-from .data import check_batch_size
-from .fitting import OPTIMUM_RTOL, warn_if_not_optimal
-from .hvp import HessianOperator
+from ..data import check_batch_size
+from ..fitting import OPTIMUM_RTOL, warn_if_not_optimal
+from ..curvature.hessian import HessianOperator
 from .kernels import (FORWARD_STENCIL, GRADIENT_CHUNK, ForwardStep, chunk_scores, forward_differences,
                       forward_steps, gradient_blocks, validated as _validate)
-from .solvers import METHODS, dense_matrix, lanczos_inverse, plan_solver, solve_many
-from .solvers.dense import cholesky
+from ..solvers import METHODS, dense_matrix, lanczos_inverse, plan_solver, solve_many
+from ..solvers.dense import cholesky
 
 __all__ = ["s_test", "STest", "influence_scores", "predicted_loss_change", "self_influence",
            "directional_derivatives", "forward_steps", "forward_differences", "ForwardStep",
@@ -75,8 +76,8 @@ def plan_auto(H, m, damping=0.0, solver_options=None):
 
 def _check_solver(solver):
     if solver != "auto" and solver not in METHODS:
-        raise ValueError("solver=%r is not one of auto, %s; pass e.g. solver='auto'"
-                         % (solver, ", ".join(METHODS)))
+        raise InfluenceError("%s is not one of auto, %s; pass e.g. %s"
+                             % (param("solver", solver), ", ".join(METHODS), param("solver", "auto")), parameter="solver")
 
 
 def _training_hessian(model, train, batch_size, hessian, check_optimum):
@@ -89,7 +90,7 @@ def _training_hessian(model, train, batch_size, hessian, check_optimum):
 @contextlib.contextmanager
 def executor_hessian(executor, model, train, batch_size=None):
     """Context manager: the Hessian operator an executor object provides for s_test
-    (``executor.hessian_operator``, e.g. :class:`influence.cluster.DaskExecutor`: the products on its
+    (``executor.hessian_operator``, e.g. :class:`influence.dask.executor.DaskExecutor`: the products on its
     workers), or None; closed on exit (a cluster operator releases its job on the workers)."""
     make = getattr(executor, "hessian_operator", None)
     hessian = None if make is None else make(model, train, batch_size)
@@ -112,8 +113,8 @@ def s_test(model, train, test, solver="cg", damping=0.0, batch_size=None, hessia
     (d, n, the number of test points, the memory, one timed product), recorded in ``STest.plan``.
     The test points share work (:func:`influence.solvers.solve_many`): direct factorises H + damping·I
     once, lanczos decomposes once, cg starts each solve from the Galerkin projection of its right-hand
-    side on the previous solutions when that lowers the residual (``recycle=False`` turns that off); lissa solves each point on its own. ``hessian``: a ready :class:`~influence.hvp.HessianOperator` on ``train`` (reuses its
-    calibrated step across calls), or an :class:`influence.cluster_hvp.DaskHessianOperator` to run the
+    side on the previous solutions when that lowers the residual (``recycle=False`` turns that off); lissa solves each point on its own. ``hessian``: a ready :class:`~influence.curvature.hessian.HessianOperator` on ``train`` (reuses its
+    calibrated step across calls), or an :class:`influence.dask.hessian.DaskHessianOperator` to run the
     products on a Dask cluster; by default one is built with ``batch_size``.
     Returns :class:`STest` (``vectors`` of shape (n_test, d) and the solver's ``Solution`` per row).
     Warns with :class:`~influence.fitting.NotAtOptimumWarning` when ``w`` is not a minimum of R.
@@ -150,7 +151,7 @@ def _steps_checkpointed(model, train, directions, rel_step, stencil, batch_size,
 def _chunk_runner(executor, model, train, vectors, steps, scoring, batch_size):
     """The ``executor(missing, on_done)`` callable for :func:`run_chunks`: ``executor`` itself when it
     is a plain callable, else ``executor.bind(...)`` (an executor object such as
-    :class:`influence.cluster.DaskExecutor`, which needs the vectors and steps to ship them)."""
+    :class:`influence.dask.executor.DaskExecutor`, which needs the vectors and steps to ship them)."""
     if executor is None or not hasattr(executor, "bind"):
         return executor
     return executor.bind(model, train, vectors, steps, scoring, batch_size)
@@ -194,9 +195,9 @@ def influence_scores(model, train, test, solver="cg", scoring="forward", damping
     :data:`influence.jobs.DEFAULT_CHUNK_SIZE`); ``checkpoint`` (an :class:`influence.jobs.Checkpoint`)
     saves each finished chunk and reuses saved ones, ``progress`` shows a tqdm bar on stderr,
     ``executor`` computes the chunks elsewhere: either a callable ``executor(missing, on_done)`` (see
-    :func:`influence.chunks.run_chunks`) or an executor object with ``check(model, train)`` (called
+    :func:`influence.scoring.chunks.run_chunks`) or an executor object with ``check(model, train)`` (called
     before the solve, to refuse early) and ``bind(model, train, vectors, steps, scoring, batch_size)``
-    returning such a callable — e.g. ``influence.cluster.DaskExecutor(client)`` scores the chunks on
+    returning such a callable — e.g. ``influence.dask.executor.DaskExecutor(client)`` scores the chunks on
     Dask workers (``train`` must come from :func:`influence.load_npz`, a path every worker can read;
     the same numbers to the bit as without it for a given s_test) and, when the executor has a
     ``hessian_operator(model, train, batch_size)`` and no ``hessian`` is given, s_test is solved on
@@ -205,17 +206,17 @@ def influence_scores(model, train, test, solver="cg", scoring="forward", damping
     ``client=`` (before 0.2) is replaced by ``executor=DaskExecutor(client)``.
     ``sink``: a callable ``sink(start, stop, scores)`` receiving each chunk of the scores, float64
     (n_test, stop − start) also for one test point, instead of the whole matrix (then the function
-    returns None and memory holds one chunk at a time: :class:`influence.matrix.ScoreAggregates`
+    returns None and memory holds one chunk at a time: :class:`influence.scoring.matrix.ScoreAggregates`
     sums them, :class:`influence.jobs.ScoreJob` with ``matrix=`` writes them to a ``.npy`` file).
     Other arguments as in :func:`s_test`. Weights are unchanged (bit-identical) afterwards.
     """
     if scoring not in ("forward", "gradient"):
-        raise ValueError("scoring=%r is not one of 'forward', 'gradient'" % (scoring,))
+        raise InfluenceError("%s is not one of 'forward', 'gradient'" % param("scoring", scoring), parameter="scoring")
     train = _validate(model, train, "training data")
     test = _validate(model, test, "test data")
     if client is not None:
         raise TypeError("influence_scores(client=...) was replaced by "
-                        "executor=influence.cluster.DaskExecutor(client); pass that instead")
+                        "executor=influence.dask.executor.DaskExecutor(client); pass that instead")
     if hasattr(executor, "check"):
         executor.check(model, train)
     if s is None:
@@ -286,7 +287,8 @@ def self_influence(model, train, method="exact", k=None, damping=0.0, batch_size
             out, _ = run_chunks(compute, len(train), chunk_size, checkpoint, progress, "self-influence")
             return out
         if k is None:
-            raise ValueError("method='lanczos' needs the rank k (e.g. k=50)")
+            raise InfluenceError("%s needs the rank %s (e.g. %s)" % (param("method", "lanczos"), param("k"), param("k", 50)),
+                                 parameter="k", suggestion=50)
         saved = checkpoint.load_array("lanczos") if checkpoint is not None else None
         if saved is None:
             low = lanczos_inverse(H, int(k), damping=damping, **lanczos_options)

@@ -16,7 +16,8 @@ import collections
 
 import numpy as np
 
-from .hvp import GRID_RATIO, adaptive_difference
+from ..common.errors import InfluenceError, param
+from ..curvature.steps import GRID_RATIO, adaptive_difference
 
 __all__ = ["ForwardStep", "forward_steps", "forward_differences", "gradient_blocks", "chunk_scores",
            "PILOT_ROWS", "FORWARD_STENCIL", "GRADIENT_CHUNK"]
@@ -49,14 +50,15 @@ def _check_directions(model, directions):
         raise ValueError("directions have shape %s but the model has %d parameters; pass (m, %d)"
                          % (directions.shape, model.n_params, model.n_params))
     if not np.all(np.isfinite(directions)):
-        raise ValueError("directions contain NaN or Inf; check the solver's output (try damping > 0)")
+        raise InfluenceError("directions contain NaN or Inf; check the solver's output (try %s > 0)" % param("damping"),
+                             parameter="damping")
     return directions
 
 
 def forward_steps(model, data, directions, rel_step=None, stencil=None, batch_size=None):
     """Choose the forward-difference step for each direction (one :class:`ForwardStep` each).
 
-    By default the step is chosen per direction by :func:`influence.hvp.adaptive_difference` applied
+    By default the step is chosen per direction by :func:`influence.curvature.hessian.adaptive_difference` applied
     to the per-example losses of :data:`PILOT_ROWS` rows spread through ``data`` (a few dozen cheap
     forward passes): it returns the step whose Richardson (or central) estimate has the smallest
     estimated error. With ``rel_step`` given, r = rel_step·(1 + ‖w‖)/‖s‖. Weights are restored.

@@ -2,6 +2,8 @@
 non-negative number such as the damping. Depends on numpy only, so any module can import it."""
 import numpy as np
 
+from .errors import InfluenceError, param
+
 __all__ = ["norm", "check_nonneg", "check_damping"]
 
 
@@ -16,9 +18,11 @@ def check_nonneg(value, name, example):
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError("%s=%r is not a number; pass e.g. %s=%s" % (name, value, name, example))
+        raise InfluenceError("%s is not a number; pass e.g. %s" % (param(name, value), param(name, example)),
+                             parameter=name, suggestion=example)
     if not np.isfinite(v) or v < 0:
-        raise ValueError("%s=%r must be a finite number >= 0; pass e.g. %s=%s" % (name, value, name, example))
+        raise InfluenceError("%s must be a finite number >= 0; pass e.g. %s" % (param(name, value), param(name, example)),
+                             parameter=name, suggestion=example)
     return v
 
 

@@ -4,14 +4,14 @@ Scoring every training point is embarrassingly parallel over rows: :func:`run_ch
 ``range(n)`` into consecutive chunks, computes each with ``compute(start, stop)`` and assembles the
 results in row order. A checkpoint (e.g. :class:`influence.jobs.Checkpoint`) saves every finished
 chunk as it completes and hands back saved ones; an ``executor`` (e.g.
-:class:`influence.cluster.DaskExecutor`) computes the missing chunks elsewhere.
+:class:`influence.dask.executor.DaskExecutor`) computes the missing chunks elsewhere.
 """
 import sys
 import warnings
 
 import numpy as np
 
-from .data import check_batch_size
+from ..data import check_batch_size
 
 __all__ = ["run_chunks", "chunk_bounds", "ChunkRetryWarning", "DEFAULT_CHUNK_SIZE", "CHUNK_RETRIES"]
 

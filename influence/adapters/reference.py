@@ -22,8 +22,9 @@ against.
 """
 import numpy as np
 
-from .adapters.base import Model
-from .data import check_binary_labels, check_class_labels
+from ..common.errors import InfluenceError, param
+from .base import Model
+from ..data import check_binary_labels, check_class_labels
 
 __all__ = ["SoftmaxRegression", "LogisticRegression"]
 
@@ -40,7 +41,7 @@ class _LinearModel(Model):
         if int(n_features) < 1:
             raise ValueError("n_features=%r must be a positive integer" % (n_features,))
         if l2 < 0:
-            raise ValueError("l2=%r is negative; pass l2 >= 0" % (l2,))
+            raise InfluenceError("%s is negative; pass %s >= 0" % (param("l2", l2), param("l2")), parameter="l2")
         self.n_features = int(n_features)
         self.n_outputs = int(n_outputs)
         self.l2 = float(l2)

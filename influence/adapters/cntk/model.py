@@ -7,17 +7,20 @@ keyed by position; data of the wrong dtype would be cast silently, so the adapte
 one-element ``wrt`` returns a bare array rather than a dict.
 """
 import os
-import sys
 import threading
 
 import numpy as np
 
-from ..data import (Dataset, Sequences, _is_sparse, check_binary_labels, check_class_labels,
+from ...data import (Dataset, Sequences, is_sparse, check_binary_labels, check_class_labels,
                     first_bad)
-from .base import Model
+from ...common.errors import InfluenceError, param
+from ..base import Model
 
-from ._cntk_runtime import _cntk_call, import_cntk
-from .cntk_graph import constants_to_parameters, inference_graph, kinks
+from .onnx import is_onnx, load_onnx
+from .parameters import FunctionGradient, ParameterVector, is_sequence, owned, select_parameters  # noqa: F401
+from .runtime import Quiet, cntk_call, first_line, import_cntk
+from .builders import build_cnn, build_network  # noqa: F401 (public here too)
+from .graph import inference_graph, kinks
 
 __all__ = ["CNTKModel", "FunctionGradient", "ParameterVector", "import_cntk", "LOSSES", "build_network",
            "build_cnn", "load_onnx"]
@@ -25,269 +28,6 @@ __all__ = ["CNTKModel", "FunctionGradient", "ParameterVector", "import_cntk", "L
 #: Loss names accepted by :class:`CNTKModel` for a network output (see its docstring).
 LOSSES = ("cross_entropy", "binary_cross_entropy", "squared_error")
 
-
-class ParameterVector(object):
-    """A list of CNTK Parameters viewed as one flat vector (concatenated in list order).
-
-    ``set_params(get_params())`` is exact: values are copied bit-for-bit in the parameters' dtype.
-    """
-
-    def __init__(self, parameters):
-        self.parameters = list(parameters)
-        if not self.parameters:
-            raise ValueError("the CNTK Function has no trainable parameters; pass a model with at least "
-                             "one Parameter (e.g. a Dense layer)")
-        dtypes = {np.dtype(p.dtype) for p in self.parameters}
-        if len(dtypes) != 1:
-            raise ValueError("the model mixes parameter dtypes %s; build it with one dtype "
-                             "(float32 or float64)" % sorted(str(d) for d in dtypes))
-        self._dtype = dtypes.pop()
-        self.shapes = [tuple(p.shape) for p in self.parameters]
-        self.sizes = [int(np.prod(s)) for s in self.shapes]
-        self.offsets = np.cumsum([0] + self.sizes)
-        self._nd = import_cntk().NDArrayView
-        self._staging = None
-
-    @property
-    def dtype(self):
-        return self._dtype
-
-    @property
-    def n_params(self):
-        return int(self.offsets[-1])
-
-    def get_params(self):
-        out = np.empty(self.n_params, dtype=self._dtype)
-        for p, a, b in zip(self.parameters, self.offsets[:-1], self.offsets[1:]):
-            out[a:b] = p.value.ravel()
-        return out
-
-    def set_params(self, w):
-        w = np.asarray(w)
-        if w.shape != (self.n_params,):
-            raise ValueError("parameter vector has shape %s but the model has %d parameters; pass a flat "
-                             "vector of length %d" % (w.shape, self.n_params, self.n_params))
-        if self._staging is None:
-            self._staging = _StagingViews(self._nd, self.shapes, self._dtype)
-        for p, buf, view, a, b in zip(self.parameters, self._staging.buffers, self._staging.views,
-                                      self.offsets[:-1], self.offsets[1:]):
-            np.copyto(buf, w[a:b].reshape(buf.shape), casting="unsafe")   # cast to the parameters' dtype
-            p.set_value(view)                      # copies the staging buffer synchronously
-
-    def split(self, flat):
-        """Flat vector -> list of arrays shaped like the parameters."""
-        return [flat[a:b].reshape(s) for s, a, b in zip(self.shapes, self.offsets[:-1], self.offsets[1:])]
-
-    def flatten_grads(self, grads):
-        """``Function.grad``'s result (dict keyed by Parameter, or a bare array) -> flat float64."""
-        if not isinstance(grads, dict):
-            grads = {self.parameters[0]: grads}
-        out = np.empty(self.n_params)               # one allocation; slices cast on assignment
-        for p, a, b in zip(self.parameters, self.offsets[:-1], self.offsets[1:]):
-            out[a:b] = np.asarray(grads[p]).ravel()
-        return out
-
-
-def _is_sequence(var):
-    """Does the Variable carry a dynamic sequence axis (besides the batch axis)?"""
-    return len(var.dynamic_axes) >= 2
-
-
-def _owned(a, dtype):
-    """``a`` as a NEW C-contiguous array of ``dtype`` that owns its memory. CNTK may keep or resize the
-    buffer it is fed; a memory-mapped, read-only or non-contiguous slice of the caller's data (a view)
-    is never handed to it (issue 10 item 6: "Resize: Cannot resize the matrix because it is a view").
-    The copy is one batch, small next to CNTK's own work on it."""
-    return np.array(a, dtype=dtype, order="C", copy=True)
-
-
-class _StagingViews(object):
-    """One NumPy buffer per parameter and an ``NDArrayView`` borrowing it, made once: ``set_params``
-    writes the new values into the buffers and hands the same views to ``Parameter.set_value`` (which
-    copies), instead of creating a new NDArrayView per parameter per call."""
-
-    def __init__(self, nd, shapes, dtype):
-        self.buffers = [np.zeros(shape, dtype=dtype) for shape in shapes]
-        self.views = [nd.from_dense(buf, borrow=True) for buf in self.buffers]
-
-
-def _check_feed_array(name, a, var, dtype):
-    a = np.asarray(a)
-    if a.dtype.kind not in "iuf":
-        raise ValueError("input %r got data of dtype %s; pass real numbers (integer or floating point): "
-                         "bool, complex, object and string arrays are refused" % (name, a.dtype))
-    shape = tuple(var.shape)
-    if a.ndim < 1 or tuple(a.shape[1:]) != shape:
-        raise ValueError("input %r expects shape (n,) + %s but got %s; reshape the data"
-                         % (name, shape, a.shape))
-    if a.shape[0] == 0:
-        raise ValueError("input %r got 0 examples; pass at least one" % name)
-    if not np.all(np.isfinite(a)):
-        raise ValueError("input %r contains NaN or Inf; remove or impute those values" % name)
-    return _owned(a, dtype)
-
-
-class FunctionGradient(ParameterVector):
-    """Gradient of ``Σ_batch y`` w.r.t. all of ``y.parameters`` at a fixed feed, as a flat vector, in
-    inference mode (Dropout off, BatchNormalization by its running statistics: see
-    :func:`influence.adapters.cntk_graph.inference_graph`).
-
-    Calling the object evaluates the gradient at the current weights (the ``f`` of the
-    finite-difference routines in :mod:`influence.hvp`).
-    """
-
-    def __init__(self, y, x):
-        super(FunctionGradient, self).__init__(y.parameters)
-        self.y = y
-        self.y_inference = inference_graph(y)[0]
-        self.smooth = not kinks(self.y_inference)
-        args = list(y.arguments)
-        if isinstance(x, dict):
-            by_name = {a.name: a for a in args}
-            feed = {}
-            for k, val in x.items():
-                var = by_name.get(k, k) if isinstance(k, str) else k
-                if var not in args:
-                    raise ValueError("feed key %r is not an input of the Function (inputs: %s)"
-                                     % (k, [a.name for a in args]))
-                feed[var] = val
-            missing = [a.name or str(a) for a in args if a not in feed]
-            if missing:
-                raise ValueError("no data for input(s) %s; add them to the feed dict" % missing)
-        else:
-            if len(args) != 1:
-                raise ValueError("the Function has %d inputs %s; pass x as a dict {input: array}"
-                                 % (len(args), [a.name for a in args]))
-            feed = {args[0]: x}
-        self.feed = {var: _check_feed_array(var.name or "x", val, var, self.dtype)
-                     for var, val in feed.items()}
-
-    def __call__(self):
-        return self.flatten_grads(self.y_inference.grad(self.feed, wrt=self.parameters))
-
-    def flatten_vector(self, v):
-        """``v`` as {Parameter: array} (every parameter) or a flat vector -> flat float64."""
-        if isinstance(v, dict):
-            parts = []
-            for i, p in enumerate(self.parameters):
-                if p not in v:
-                    raise ValueError("v has no entry for parameter %d (%s, shape %s); give one array per "
-                                     "parameter of y.parameters" % (i, p.name, self.shapes[i]))
-                a = np.asarray(v[p], dtype=np.float64)
-                if a.shape != self.shapes[i]:
-                    raise ValueError("v[%s] (parameter %d) has shape %s but the parameter has shape %s"
-                                     % (p.name, i, a.shape, self.shapes[i]))
-                parts.append(a.ravel())
-            extra = [k for k in v if not any(k is p or k == p for p in self.parameters)]
-            if extra:
-                raise ValueError("v has entries for %d objects that are not parameters of y; remove them"
-                                 % len(extra))
-            flat = np.concatenate(parts)
-        else:
-            flat = np.asarray(v, dtype=np.float64)
-            if flat.shape != (self.n_params,):
-                raise ValueError("v has shape %s but y has %d parameters; pass a flat vector of length %d "
-                                 "or a dict {Parameter: array}" % (flat.shape, self.n_params, self.n_params))
-        if not np.all(np.isfinite(flat)):
-            raise ValueError("v contains NaN or Inf; pass finite values")
-        return flat
-
-    def unflatten_like(self, flat, like):
-        if isinstance(like, dict):
-            return {p: a.copy() for p, a in zip(self.parameters, self.split(flat))}
-        return flat
-
-
-def _select_parameters(parameters, exclude):
-    """``parameters`` without those ``exclude`` names (a name or a collection of names) or selects (a
-    predicate on the Parameter)."""
-    parameters = list(parameters)
-    if exclude is None:
-        return parameters
-    if callable(exclude):
-        kept = [p for p in parameters if not exclude(p)]
-        what = "the exclude predicate"
-    else:
-        names = {exclude} if isinstance(exclude, str) else set(exclude)
-        known = {p.name for p in parameters}
-        unknown = sorted(str(n) for n in names - known)
-        if unknown:
-            raise ValueError("exclude=%s names no parameter of the model (its parameter names: %s)"
-                             % (unknown, sorted(known)))
-        kept = [p for p in parameters if p.name not in names]
-        what = "exclude=%s" % sorted(names)
-    if not kept:
-        raise ValueError("%s leaves out all %d parameters of the model; keep at least one"
-                         % (what, len(parameters)))
-    return kept
-
-
-def _first_line(e):
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-#: CNTK's own model format: a protobuf Dictionary whose first entry is its "version".
-_CNTK_MAGIC = b"\n\x07version"
-
-
-def _is_onnx(path):
-    """``.onnx``, or a protobuf that starts like an ONNX ModelProto (field 1, ir_version) and not like
-    CNTK's format (trying CNTK's loader on an ONNX file can abort the process)."""
-    if str(path).lower().endswith(".onnx"):
-        return True
-    with open(path, "rb") as f:
-        head = f.read(16)
-    return head[:1] == b"\x08" and _CNTK_MAGIC not in head
-
-
-def load_onnx(path):
-    """A Function for the ONNX file ``path`` that the adapter can differentiate.
-
-    CNTK 2.7 imports ONNX initializers as Constants and the batch as a fixed leading dimension of 1
-    (inputs without a batch axis). The weights become Parameters
-    (:func:`~influence.adapters.cntk_graph.constants_to_parameters`, BatchNormalization statistics
-    stay Constants) and each such input is replaced by an input with a batch axis reshaped to the
-    file's (1, ...) shape; the output's leading 1 is dropped. A graph that cannot run on a batch
-    (e.g. CNTK's ONNX convolutions, built on ToBatchAxis/UnpackBatchAxis) is refused."""
-    C = import_cntk()
-    try:
-        with _Quiet():
-            f = C.Function.load(str(path), format=C.ModelFormat.ONNX)
-    except Exception as e:
-        raise ValueError("%s: CNTK 2.7 cannot import this ONNX model (%s); export it with ops CNTK's ONNX "
-                         "importer supports, or save the network with Function.save" % (path, _first_line(e)))
-    subs = {}
-    for a in f.arguments:
-        if not a.dynamic_axes and len(a.shape) >= 2 and a.shape[0] == 1:
-            subs[a] = C.reshape(C.input_variable(a.shape[1:], dtype=a.dtype, name=a.name), a.shape)
-    if subs:
-        f = f.clone(C.CloneMethod.share, subs)
-        if len(f.output.shape) >= 2 and f.output.shape[0] == 1:
-            f = C.reshape(f, f.output.shape[1:])
-    f = constants_to_parameters(f)
-    try:
-        with _Quiet():
-            f.eval({a: np.zeros((1,) + tuple(a.shape), dtype=a.dtype) for a in f.arguments})
-    except Exception as e:
-        raise ValueError("%s: this ONNX model cannot be evaluated on a batch of examples by CNTK 2.7 (%s); "
-                         "save the network with Function.save (CNTK format) instead" % (path, _first_line(e)))
-    return f
-
-
-class _Quiet(object):
-    """Silence CNTK's C++ stderr noise (file descriptor 2) for the duration of a block."""
-
-    def __enter__(self):
-        sys.stderr.flush()
-        self._saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-
-    def __exit__(self, *exc):
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
 
 
 class CNTKModel(Model):
@@ -310,7 +50,7 @@ class CNTKModel(Model):
     parameters' dtype batch by batch (float64 data into a float32 model is normal).
 
     Everything is evaluated in INFERENCE mode: the adapter differentiates a rewritten copy of the
-    network (:func:`influence.adapters.cntk_graph.inference_graph`) in which Dropout is the identity
+    network (:func:`influence.adapters.cntk.graph.inference_graph`) in which Dropout is the identity
     and BatchNormalization the fixed affine map of its running statistics; the copy shares the user's
     Parameters, and the running statistics (Constants) are never updated. ``loss_function`` is that
     inference-mode loss; ``rewritten`` lists the nodes rewritten. The BatchNormalization ``scale`` and
@@ -335,15 +75,15 @@ class CNTKModel(Model):
             raise ValueError("expected a CNTK Function, got %s; pass the network output (or use "
                              "CNTKModel.load(path))" % type(function).__name__)
         if l2 < 0 or not np.isfinite(l2):
-            raise ValueError("l2=%r must be a finite number >= 0" % (l2,))
+            raise InfluenceError("%s must be a finite number >= 0" % param("l2", l2), parameter="l2")
         self.l2 = float(l2)
         if batch_size is not None:
             self.batch_size = int(batch_size)
         # one CNTK evaluation at a time per model: a Function evaluated from two threads at once fails
-        # in CNTK 2.7 ("This Value object is invalid ...", measured), see _owned for the other half
+        # in CNTK 2.7 ("This Value object is invalid ...", measured), see owned for the other half
         self._lock = threading.RLock()
         self._pex_plan = None
-        self._params = ParameterVector(_select_parameters(function.parameters, exclude))
+        self._params = ParameterVector(select_parameters(function.parameters, exclude))
         #: ``exclude=`` as given (names or a predicate; the cluster ships names to its workers)
         self.exclude = exclude
         self.excluded = [p for p in function.parameters
@@ -369,7 +109,7 @@ class CNTKModel(Model):
             self._inference_output = self._dense_inputs(net)
             self.labels, self.loss_function = self._build_loss(self._inference_output, loss)
         self.features = self.inputs[0]
-        if _is_sequence(self.loss_function.output):
+        if is_sequence(self.loss_function.output):
             # per-step losses (a tagger): the example's loss is the sum over its steps
             self.loss_function = C.sequence.reduce_sum(self.loss_function)
         self.smooth = not kinks(self.loss_function)
@@ -392,7 +132,7 @@ class CNTKModel(Model):
         self._feed_vars = {}
         for var in self.inputs:
             if var.is_sparse:
-                make = C.sequence.input_variable if _is_sequence(var) else C.input_variable
+                make = C.sequence.input_variable if is_sequence(var) else C.input_variable
                 dense = make(var.shape, dtype=var.dtype, name=var.name)
                 subs[var] = dense
                 self._feed_vars[var.uid] = dense
@@ -439,7 +179,7 @@ class CNTKModel(Model):
         C = self._C
         dtype = self._params.dtype
         out_shape = tuple(z.output.shape)
-        make = C.sequence.input_variable if _is_sequence(z.output) else C.input_variable
+        make = C.sequence.input_variable if is_sequence(z.output) else C.input_variable
         if loss == "cross_entropy":
             if int(np.prod(out_shape)) < 2:
                 raise ValueError("cross_entropy needs a network with k >= 2 outputs, this one has shape %s; "
@@ -466,15 +206,15 @@ class CNTKModel(Model):
         C = import_cntk()
         if not os.path.isfile(path):
             raise ValueError("%s: no such model file; check the path" % path)
-        if _is_onnx(path):
+        if is_onnx(path):
             f = load_onnx(path)
         else:
             try:
-                with _Quiet():
+                with Quiet():
                     f = C.Function.load(path)
             except Exception as e:  # CNTK raises RuntimeError/ValueError with C++ stack traces
                 raise ValueError("%s is not a CNTK model file saved with Function.save nor an ONNX file (%s)"
-                                 % (path, _first_line(e)))
+                                 % (path, first_line(e)))
         if output is not None:
             node = f.find_by_name(output)
             if node is None:
@@ -540,7 +280,7 @@ class CNTKModel(Model):
         y = dataset.y
         if y is None:
             raise ValueError("%s has no labels but the loss needs them; pass (x, y)" % dataset.name)
-        if _is_sequence(self.labels):
+        if is_sequence(self.labels):
             self._check_step_labels(dataset)
             return
         if isinstance(y, Sequences):
@@ -578,17 +318,17 @@ class CNTKModel(Model):
         dim = int(np.prod(var.shape))
 
         def dense(a):
-            if _is_sparse(a):
-                return _owned(a.toarray(), dtype).reshape((a.shape[0],) + tuple(var.shape))
+            if is_sparse(a):
+                return owned(a.toarray(), dtype).reshape((a.shape[0],) + tuple(var.shape))
             a = np.asarray(a)
             if var.is_sparse and np.issubdtype(a.dtype, np.integer) and a.ndim == 1:
                 out = np.zeros((a.shape[0], dim), dtype=dtype)
                 out[np.arange(a.shape[0]), a] = 1
                 return out.reshape((a.shape[0],) + tuple(var.shape))
-            return _owned(a, dtype)
+            return owned(a, dtype)
         if isinstance(part, Sequences):
             return [dense(part[i]) for i in range(len(part))]
-        if _is_sequence(var):
+        if is_sequence(var):
             return [dense(part[i]) for i in range(part.shape[0])]
         return dense(part)
 
@@ -603,8 +343,8 @@ class CNTKModel(Model):
                 return [onehot(y[i]) for i in range(len(y))]
             return onehot(y)
         if isinstance(y, Sequences):
-            return [_owned(y[i], self.dtype).reshape((-1,) + tuple(self.labels.shape)) for i in range(len(y))]
-        return _owned(y, self.dtype).reshape((len(batch),) + tuple(self.labels.shape))
+            return [owned(y[i], self.dtype).reshape((-1,) + tuple(self.labels.shape)) for i in range(len(y))]
+        return owned(y, self.dtype).reshape((len(batch),) + tuple(self.labels.shape))
 
     # ------------------------------------------------------------------ prepared feeds
     # A batch of PreparedData (adapters/base.py) carries its feed already converted to CNTK Values, so
@@ -625,7 +365,7 @@ class CNTKModel(Model):
     def _per_example_losses(self, batch):
         feed = self._feed(batch)
         with self._lock:
-            out = _cntk_call(lambda: self.loss_function.eval(feed))
+            out = cntk_call(lambda: self.loss_function.eval(feed))
         return np.asarray(out, dtype=np.float64).reshape(len(batch))
 
     def _loss_sum(self, batch):
@@ -634,7 +374,7 @@ class CNTKModel(Model):
     # ------------------------------------------------------------------ per-example gradients
     def per_example_plan(self):
         """How :meth:`per_example_grads` computes each parameter's per-example gradient (built once):
-        a :class:`~influence.adapters.cntk_per_example.PerExamplePlan` whose ``routes`` give every
+        a :class:`~influence.adapters.cntk.per_example.PerExamplePlan` whose ``routes`` give every
         parameter's route (``"layer"``: Dense/Convolution weights and biases from one batched
         forward/backward pass; ``"direct"``: other parameters from the same pass; ``"loop"``: one
         gradient call per row) and whose ``fallback`` names the parameters left to the loop and why.
@@ -642,7 +382,7 @@ class CNTKModel(Model):
         takes the loop."""
         with self._lock:
             if self._pex_plan is None:
-                from .cntk_per_example import PerExamplePlan
+                from .per_example import PerExamplePlan
                 self._pex_plan = PerExamplePlan(self)
         return self._pex_plan
 
@@ -662,7 +402,7 @@ class CNTKModel(Model):
     def _grad_sum(self, batch):
         feed = self._feed(batch)
         with self._lock:
-            g = _cntk_call(lambda: self.loss_function.grad(feed, wrt=self._params.parameters))
+            g = cntk_call(lambda: self.loss_function.grad(feed, wrt=self._params.parameters))
         return self._params.flatten_grads(g)
 
     def _loss_and_grad_sum(self, batch):
@@ -670,7 +410,7 @@ class CNTKModel(Model):
         f = self.loss_function
         feed = self._feed(batch)
         with self._lock:
-            g, losses = _cntk_call(lambda: f.grad(feed, wrt=self._params.parameters, outputs=[f.output]))
+            g, losses = cntk_call(lambda: f.grad(feed, wrt=self._params.parameters, outputs=[f.output]))
         return float(np.sum(np.asarray(losses, dtype=np.float64))), self._params.flatten_grads(g)
 
     def predict(self, x, batch_size=None):
@@ -687,12 +427,12 @@ class CNTKModel(Model):
         for batch in data.batches(size):
             feed = {self._feed_vars[v.uid]: self._input_value(v, self._part(batch, v)) for v in self.inputs}
             with self._lock:
-                out = _cntk_call(lambda: out_var.eval(feed))
-            if _is_sequence(out_var.output):
+                out = cntk_call(lambda: out_var.eval(feed))
+            if is_sequence(out_var.output):
                 outs.extend(np.asarray(o, dtype=np.float64) for o in out)
             else:
                 outs.append(np.asarray(out, dtype=np.float64))
-        if _is_sequence(out_var.output):
+        if is_sequence(out_var.output):
             return Sequences.from_list(outs)
         return np.concatenate(outs).reshape((len(data),) + tuple(out_var.output.shape))
 
@@ -702,24 +442,24 @@ def _check_input(name, var, part):
     shape = tuple(var.shape)
     dim = int(np.prod(shape))
     if isinstance(part, Sequences):
-        if not _is_sequence(var):
+        if not is_sequence(var):
             raise ValueError("%s input %r got variable-length sequences but the input has no sequence axis; "
                              "pass one array row per example, or build the model with "
                              "C.sequence.input_variable" % (name, var.name))
         values = part.values
-        if _is_sparse(values) or (var.is_sparse and values.ndim == 1):
+        if is_sparse(values) or (var.is_sparse and values.ndim == 1):
             _check_sparse(name, var, values, dim)
         elif tuple(values.shape[1:]) != shape:
             raise ValueError("%s input %r has steps of shape %s but the model expects %s; reshape the steps"
                              % (name, var.name, tuple(values.shape[1:]), shape))
         return
-    if _is_sparse(part) or (var.is_sparse and np.ndim(part) == 1):
-        if _is_sequence(var):
+    if is_sparse(part) or (var.is_sparse and np.ndim(part) == 1):
+        if is_sequence(var):
             raise ValueError("%s input %r is a sequence input; pass a list of per-sequence arrays (or "
                              "influence.data.Sequences)" % (name, var.name))
         _check_sparse(name, var, part, dim)
         return
-    if _is_sequence(var):
+    if is_sequence(var):
         if part.ndim != 2 + len(shape) or tuple(part.shape[2:]) != shape:
             raise ValueError("%s input %r is a sequence input with steps of shape %s but got an array of shape "
                              "%s; pass a list of (steps,) + %s arrays" % (name, var.name, shape, part.shape, shape))
@@ -730,7 +470,7 @@ def _check_input(name, var, part):
 
 
 def _check_sparse(name, var, values, dim):
-    if _is_sparse(values):
+    if is_sparse(values):
         if values.shape[1] != dim:
             raise ValueError("%s input %r has sparse rows of width %d but the input has dimension %d; pass "
                              "a CSR matrix with %d columns" % (name, var.name, values.shape[1], dim, dim))
@@ -744,66 +484,3 @@ def _check_sparse(name, var, values, dim):
         raise ValueError("%s input %r has index %d outside 0..%d (the input's dimension is %d); fix the "
                          "indices or the vocabulary size" % (name, var.name, bad[0], dim - 1, dim))
 
-ACTIVATIONS = ("tanh", "relu", "sigmoid", "softplus")
-
-
-def _builder_checks(dtype, activation):
-    """(cntk, dtype) after the checks the network builders share."""
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise ValueError("dtype=%s is not supported by the CNTK adapter; pass float32 or float64" % dtype)
-    if activation not in ACTIVATIONS:
-        raise ValueError("activation=%r is not one of %s" % (activation, ", ".join(ACTIVATIONS)))
-    return import_cntk(), dtype
-
-
-def build_network(n_features, n_outputs, hidden=(), activation="tanh", dtype=np.float32, seed=0):
-    """A CNTK multilayer perceptron: an input of ``n_features`` (an int, or a shape tuple such as
-    (8, 8) — the first Dense layer consumes the whole tensor), Dense hidden layers of sizes ``hidden``
-    with ``activation``, and a linear output layer of ``n_outputs`` (logits). ``hidden=()`` is
-    softmax/logistic regression. Weights are Glorot-uniform with the given ``seed``."""
-    C, dtype = _builder_checks(dtype, activation)
-    act = getattr(C, activation)
-    with C.default_options(dtype=dtype):
-        shape = tuple(int(s) for s in n_features) if isinstance(n_features, (tuple, list)) else int(n_features)
-        x = C.input_variable(shape, dtype=dtype, name="features")
-        h = x
-        for i, width in enumerate(hidden):
-            h = C.layers.Dense(int(width), activation=act, init=C.glorot_uniform(seed=seed + i),
-                               name="hidden%d" % (i + 1))(h)
-        z = C.layers.Dense(int(n_outputs), activation=None, init=C.glorot_uniform(seed=seed + len(hidden)),
-                           name="output")(h)
-    return z
-
-
-def build_cnn(input_shape, n_outputs, channels=(8,), dropout=0.3, activation="relu", pooling="max",
-              dtype=np.float32, seed=0):
-    """A small CNTK convolutional network of the kind the CNTK tutorials build: for each entry of
-    ``channels``, ``Convolution2D((3, 3), c, pad=True)`` → ``BatchNormalization(map_rank=1)`` →
-    ``activation`` (relu by default) → ``MaxPooling((2, 2), strides=(2, 2))`` (``pooling="average"``:
-    AveragePooling; tanh + average pooling make the network smooth, see docs/your-network.md); then
-    ``Dropout(dropout)`` (none when 0) and a linear ``Dense(n_outputs)`` (logits). ``input_shape`` is (C, H, W). Weights are Glorot-uniform with
-    ``seed``. Influence is computed in inference mode (see :class:`CNTKModel`)."""
-    C, dtype = _builder_checks(dtype, activation)
-    if pooling not in ("max", "average"):
-        raise ValueError("pooling=%r is not 'max' or 'average'" % (pooling,))
-    act = getattr(C, activation)
-    pool = C.layers.MaxPooling if pooling == "max" else C.layers.AveragePooling
-    input_shape = tuple(int(s) for s in input_shape)
-    if len(input_shape) != 3:
-        raise ValueError("input_shape=%s is not (channels, height, width); reshape images to (n, C, H, W)"
-                         % (input_shape,))
-    with C.default_options(dtype=dtype):
-        x = C.input_variable(input_shape, dtype=dtype, name="features")
-        h = x
-        for i, c in enumerate(channels):
-            h = C.layers.Convolution2D((3, 3), int(c), pad=True, init=C.glorot_uniform(seed=seed + i),
-                                       name="conv%d" % (i + 1))(h)
-            h = C.layers.BatchNormalization(map_rank=1, name="bn%d" % (i + 1))(h)
-            h = act(h)
-            h = pool((2, 2), strides=(2, 2), name="pool%d" % (i + 1))(h)
-        if dropout:
-            h = C.layers.Dropout(float(dropout), seed=seed, name="dropout")(h)
-        z = C.layers.Dense(int(n_outputs), activation=None, init=C.glorot_uniform(seed=seed + len(channels)),
-                           name="output")(h)
-    return z

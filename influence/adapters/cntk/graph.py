@@ -27,7 +27,7 @@ cannot be cut without opening the block.
 imports ONNX initializers as Constants) into Parameters, keeping the running statistics of
 BatchNormalization as Constants.
 """
-from ._cntk_runtime import import_cntk
+from .runtime import import_cntk
 
 __all__ = ["inference_graph", "constants_to_parameters", "kinks", "TRAINING_OPS", "RANDOM_OPS", "KINK_OPS"]
 
@@ -55,7 +55,7 @@ def _describe(fn):
     return "%s node %r (uid %s)" % (fn.op_name, fn.name or fn.op_name, fn.uid)
 
 
-def _functions(f):
+def functions(f):
     """Every Function node of the graph of ``f`` reachable from its outputs, blocks NOT opened."""
     seen, out = set(), []
     stack = list(f.outputs)
@@ -81,7 +81,7 @@ def kinks(f):
     found, stack, seen = [], [f], set()
     while stack:
         g = stack.pop()
-        for fn in _functions(g):
+        for fn in functions(g):
             if fn.uid in seen:
                 continue
             seen.add(fn.uid)
@@ -97,7 +97,7 @@ def kinks(f):
 
 def _check_block_inside(block):
     """Refuse a block that hides a training-dependent or random op inside."""
-    for inner in _functions(block.block_root):
+    for inner in functions(block.block_root):
         op = _op(inner)
         if op in TRAINING_OPS or op in RANDOM_OPS:
             raise ValueError("%s contains a %s op inside it (%s), which cannot be switched to inference mode "
@@ -156,7 +156,7 @@ def _replacement(C, fn):
 
 def _next_node(g):
     """The first top-level node of ``g`` to rewrite, or None; raises on refused ops."""
-    for fn in _functions(g):
+    for fn in functions(g):
         op = _op(fn)
         if op in RANDOM_OPS:
             raise ValueError("%s draws random numbers at every evaluation, so gradients and Hessian-vector "
@@ -196,7 +196,7 @@ def constants_to_parameters(f):
     Function (``f`` when it has no such Constant)."""
     C = import_cntk()
     keep = set()
-    for fn in _functions(f):
+    for fn in functions(f):
         if _op(fn) == "BatchNormalization":
             ins = [i for i in fn.inputs if i.is_constant]
             named = [i for i in ins if i.name in _BN_STATS]

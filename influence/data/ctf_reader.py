@@ -29,6 +29,8 @@ from array import array
 import numpy as np
 import scipy.sparse as sp
 
+from ..common.errors import InfluenceError, param
+
 __all__ = ["CTFError", "InputSpec", "CTFReader", "read_ctf"]
 
 # Characters a value field may hold besides digits, signs, '.', 'e'/'E', ':' and whitespace. A chunk
@@ -37,7 +39,7 @@ __all__ = ["CTFError", "InputSpec", "CTFReader", "read_ctf"]
 _SUSPECT = re.compile(r"[^0-9eE.+\-:\s]")
 
 
-class CTFError(ValueError):
+class CTFError(InfluenceError):
     """A problem in a CTF file or in how its streams map to the model's inputs (one line)."""
 
 
@@ -73,7 +75,7 @@ class InputSpec(object):
         return "InputSpec(shape=%r, is_sparse=%r, is_sequence=%r)" % (self.shape, self.is_sparse, self.is_sequence)
 
 
-def _as_specs(inputs):
+def as_specs(inputs):
     """``{input name: InputSpec}`` from a dict (values InputSpec, int, shape tuple or CNTK Variable) or
     a list of CNTK input Variables (keyed by their names)."""
     if isinstance(inputs, dict):
@@ -140,7 +142,7 @@ class CTFReader(object):
 
     def __init__(self, path, inputs, mapping=None, skip=(), dtype=np.float64):
         self.path = os.fspath(path)
-        self.specs = _as_specs(inputs)
+        self.specs = as_specs(inputs)
         self.dtype = np.dtype(dtype)
         if self.dtype.kind != "f":
             raise ValueError("dtype %s: CTF values are read as floating point; pass np.float32 or np.float64"
@@ -343,8 +345,8 @@ class CTFReader(object):
                         continue
                     self._fail(line0 + k, "stream %r matches no input (the model's inputs are %s)"
                                % (name, self._input_list()),
-                               "name the stream after an input, map it with mapping={%r: INPUT} "
-                               "or ignore it with skip=[%r]" % (name, name))
+                               "name the stream after an input, map it with %s or ignore it with %s"
+                               % (param("mapping", {name: "INPUT"}), param("skip", [name])))
                 rest = parts[1] if len(parts) > 1 else ""
                 if not locate:  # fast paths for the two usual notations
                     if st.sparse:
@@ -456,8 +458,8 @@ class CTFReader(object):
                 seen = sorted(set(m.group(1) for l in lines for m in _STREAM_NAME.finditer(l)))
                 self._fail(line, "sequence %s has no values for input %r (streams on its lines: %s)"
                            % (key, st.name, ", ".join(repr(s) for s in seen) or "none"),
-                           "add a '|%s ...' sample to every sequence, or map a stream to it with "
-                           "mapping={STREAM: %r}" % (st.name, st.name))
+                           "add a '|%s ...' sample to every sequence, or map a stream to it with %s"
+                           % (st.name, param("mapping", {"STREAM": st.name})))
             if st.count > 1 and not st.spec.is_sequence:
                 self._fail(line, "sequence %s has %d samples for input %r, which is not a sequence input"
                            % (key, st.count, st.name),

@@ -17,7 +17,7 @@ import shutil
 
 import numpy as np
 
-from ._files import atomic_path
+from ..common.files import atomic_path
 
 __all__ = ["ScoreAggregates", "MatrixCheckpoint", "MATRIX_DTYPE"]
 
@@ -99,7 +99,7 @@ class ScoreAggregates(object):
 class MatrixCheckpoint(object):
     """A :class:`influence.jobs.Checkpoint` whose finished scoring chunks live in ONE memory-mapped
     ``.npy`` file of shape (n_test, n_train), :data:`MATRIX_DTYPE`, holding I_up,loss (the chunks
-    handed to :meth:`save_chunk` are g_iᵀ s_test, its negation, as :func:`influence.chunks.run_chunks`
+    handed to :meth:`save_chunk` are g_iᵀ s_test, its negation, as :func:`influence.scoring.chunks.run_chunks`
     computes them). A chunk is written into the file, flushed, and only then marked done by a small
     array in the checkpoint (``matrix-chunk-START-STOP``), so a killed run resumes from the marked
     chunks and the finished file equals an uninterrupted run's bit for bit. Every access maps the file

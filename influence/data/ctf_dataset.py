@@ -1,6 +1,6 @@
 """CNTK Text Format files as Datasets, read lazily in chunks with bounded memory.
 
-:func:`load_ctf` indexes a ``.ctf`` file once (:class:`influence.ctf.CTFReader`: a byte offset per
+:func:`load_ctf` indexes a ``.ctf`` file once (:class:`influence.data.ctf_reader.CTFReader`: a byte offset per
 sequence), reads it once in chunks of :data:`LOAD_CHUNK` sequences to check every value against the
 model and to keep what is small — the labels (n values, or one per step for a tagger) and the step
 counts of the sequence inputs (n int64 each) — and returns a :class:`CTFDataset`. Its rows are read
@@ -23,8 +23,10 @@ import threading
 import numpy as np
 import scipy.sparse as sp
 
-from .ctf import CTFError, CTFReader, InputSpec, _as_specs
-from .data import Dataset, Sequences, _part_subset, batch_bounds, check_batch_size, is_ctf_path, load_npz
+from ..common.errors import param
+from .ctf_reader import CTFError, CTFReader, InputSpec, as_specs
+from .dataset import Dataset, Sequences, part_subset, batch_bounds, check_batch_size
+from .npz import is_ctf_path, load_npz
 
 __all__ = ["CTFDataset", "load_ctf", "load_data", "LOAD_CHUNK", "CACHE_ROWS"]
 
@@ -196,7 +198,7 @@ class CTFDataset(Dataset):
             None if self.y is None else type(self.y).__name__)
 
     def _rows(self, start, stop):
-        y = None if self.y is None else _part_subset(self.y, slice(start, stop))
+        y = None if self.y is None else part_subset(self.y, slice(start, stop))
         return Dataset(self._src.read(start, stop), y, self.name, _checked=True)
 
     def subset(self, index):
@@ -229,7 +231,7 @@ class CTFDataset(Dataset):
         outs = [self._src.reader.read(int(run[0]), int(run[-1]) + 1) for run in np.split(rows, cuts) if run.size]
         if not outs:
             outs = [self._src.reader.read(0, 0)]
-        y = None if self.y is None else _part_subset(self.y, rows)
+        y = None if self.y is None else part_subset(self.y, rows)
         whole = Dataset(self._src.x(_concat(outs)), y, self.name, _checked=True)
         if rows.size == index.size and np.array_equal(rows, index):
             return whole
@@ -246,7 +248,7 @@ class CTFDataset(Dataset):
         """Call ``check(chunk)`` on every chunk of :data:`LOAD_CHUNK` rows (a model's ``_validate``)."""
         for a in range(0, len(self), LOAD_CHUNK):
             b = min(a + LOAD_CHUNK, len(self))
-            y = None if self.y is None else _part_subset(self.y, slice(a, b))
+            y = None if self.y is None else part_subset(self.y, slice(a, b))
             check(Dataset(self._src.x(self._src.reader.read(a, b)), y, self.name, _checked=True))
 
 
@@ -258,7 +260,7 @@ def load_ctf(path, model_or_inputs, mapping=None, skip=(), name=None, labels=Non
     with the model, so the dataset comes back already validated for it), or
     ``{input name: InputSpec | shape}`` / a list of CNTK input Variables, with ``labels`` naming the
     input that holds the labels (kept as read). ``mapping={stream: input}`` and ``skip=[stream]`` as
-    in :class:`influence.ctf.CTFReader`."""
+    in :class:`influence.data.ctf_reader.CTFReader`."""
     path = os.path.abspath(os.fspath(path))
     mapping = dict(mapping or {})
     skip = sorted(set(skip))
@@ -276,7 +278,7 @@ def load_ctf(path, model_or_inputs, mapping=None, skip=(), name=None, labels=Non
             specs[label_name] = InputSpec(tuple(model.labels.shape), False, len(model.labels.dynamic_axes) > 1)
         dtype = np.dtype(model.dtype)
     else:
-        specs = _as_specs(model_or_inputs)
+        specs = as_specs(model_or_inputs)
         if labels is not None and labels not in specs:
             raise ValueError("labels=%r is not one of the inputs %s; name the input that holds the labels"
                              % (labels, sorted(specs)))
@@ -288,8 +290,8 @@ def load_ctf(path, model_or_inputs, mapping=None, skip=(), name=None, labels=Non
     for stream in skip:
         fed = [k for k in specs if renamed.get(k, k) == stream]
         if fed:
-            raise ValueError("skip=[%r]: stream %r feeds the model's input %r; drop it from skip (or map "
-                             "another stream to %r)" % (stream, stream, fed[0], fed[0]))
+            raise CTFError("%s: stream %r feeds the model's input %r; drop it from skip (or map "
+                           "another stream to %r)" % (param("skip", [stream]), stream, fed[0], fed[0]))
     reader = CTFReader(path, specs, mapping=mapping, skip=skip, dtype=dtype)
     convert = None
     if label_name is not None:
@@ -322,7 +324,7 @@ def load_ctf(path, model_or_inputs, mapping=None, skip=(), name=None, labels=Non
 
 def load_data(path, model_or_inputs=None, mapping=None, skip=(), name=None, labels=None):
     """A Dataset from a data file, by its extension: ``.ctf``/``.txt`` (CNTK Text Format) is read
-    lazily with :func:`influence.ctf_data.load_ctf` (``model_or_inputs``, ``mapping``, ``skip`` and
+    lazily with :func:`influence.data.ctf_dataset.load_ctf` (``model_or_inputs``, ``mapping``, ``skip`` and
     ``labels`` as there; dimensions from the model), anything else with :func:`load_npz` (then
     ``mapping``/``skip`` must not be given; ``model_or_inputs`` is not needed)."""
     if is_ctf_path(path):

@@ -1,5 +1,5 @@
 """Hessian-vector products on a Dask cluster: :class:`DaskHessianOperator`, the data-parallel
-:class:`~influence.hvp.HessianOperator`.
+:class:`~influence.curvature.hessian.HessianOperator`.
 
 The data term of H v is a central difference of the mean training gradient,
 ``(g(w + r v) − g(w − r v)) / 2r`` with ``g(w) = (1/n) Σ_i ∇ℓ(z_i, w)``. The sum over i splits over
@@ -9,7 +9,7 @@ its model loaded once), and per product the client sends the shifted weights ``w
 rounded to the model's dtype, exactly as the single-process operator sets them) and gets back, from
 every shard, the gradient sums at each of them. The client adds the shards' sums in shard order,
 divides by n and forms the same central difference with the same step (``rel_step``, calibrated by
-the same :func:`~influence.hvp.adaptive_difference` on the same direction). Shards start at batch
+the same :func:`~influence.curvature.hessian.adaptive_difference` on the same direction). Shards start at batch
 boundaries, so every batch is the batch of the single-process pass: only the order of the float64
 additions differs (≤ 1e-10 relative in float64, tested).
 
@@ -29,11 +29,12 @@ import warnings
 
 import numpy as np
 
-from .adapters.base import preserved_params, weights_digest
-from .cluster import (DEFAULT_RETRIES, _Job, _identity, _remember, _worker_data, _worker_model, check_inputs,
-                      file_fingerprint)
-from .data import batch_bounds, check_batch_size
-from .hvp import PREPARE_MAX_BYTES, HessianOperator, _step_scale, combine_central, shifted_weights
+from ..adapters.base import preserved_params, weights_digest
+from ..common.files import file_fingerprint
+from .worker import DEFAULT_RETRIES, WorkerJob, check_inputs, identity, remember, worker_data, worker_model
+from ..data import batch_bounds, check_batch_size
+from ..curvature.hessian import PREPARE_MAX_BYTES, HessianOperator
+from ..curvature.steps import combine_central, shifted_weights, step_scale
 
 __all__ = ["DaskHessianOperator"]
 
@@ -44,18 +45,18 @@ _SHARD_CACHE_SIZE = 8
 class DaskHessianOperator(HessianOperator):
     """(H + damping·I)·v for the mean training loss of ``model`` on ``train``, with the gradient sums
     computed by the workers of ``client`` (a ``distributed.Client``, e.g.
-    :func:`influence.cluster.connect`), one shard of rows each.
+    :func:`influence.dask.executor.connect`), one shard of rows each.
 
     ``train`` must come from a file every worker can read at the same path
     (:func:`influence.load_npz` or :func:`influence.load_ctf`). ``shards``: number of row shards
     (default: the number of workers when the operator is built); shard k runs on the k-th worker alive
     at each product (another one if it dies). The other arguments and attributes are those of
-    :class:`~influence.hvp.HessianOperator`, and so are the numbers: the same step rule and
+    :class:`~influence.curvature.hessian.HessianOperator`, and so are the numbers: the same step rule and
     calibration, the same batches, sums added in a different order (equal to ≤ 1e-10 relative in
     float64). ``minibatch(index)`` (LiSSA's small stochastic products) returns a single-process
     operator on those rows, computed on the client. Each worker converts its shard once for all
     products (``Model.prepare``) when the single-process operator would convert the whole data (its
-    ``nbytes ≤`` :data:`influence.hvp.PREPARE_MAX_BYTES`), so the number of workers changes the speed
+    ``nbytes ≤`` :data:`influence.curvature.hessian.PREPARE_MAX_BYTES`), so the number of workers changes the speed
     only by splitting the work.
 
     The client's weights are never moved by a product (only the one-time calibration moves them, and
@@ -76,7 +77,7 @@ class DaskHessianOperator(HessianOperator):
         if data_fingerprint is None or data_fingerprint.get("path") != self.data.source:
             data_fingerprint = file_fingerprint(self.data.source)
         size = model.batch_size if batch_size is None else check_batch_size(batch_size)
-        self._job = _Job(model, self.data, np.zeros((0, model.n_params)), None, "gradient", size, data_fingerprint)
+        self._job = WorkerJob(model, self.data, np.zeros((0, model.n_params)), None, "gradient", size, data_fingerprint)
         self._digest = self._job.params_digest
         self._prepare = self.data.nbytes <= PREPARE_MAX_BYTES
         n_shards = int(shards) if shards is not None else max(1, len(self._workers()))
@@ -94,7 +95,7 @@ class DaskHessianOperator(HessianOperator):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*[Ll]arge object.*")
                 # a task of its own (not scatter): if every worker holding it dies, it is recomputed
-                self._job_future = self.client.submit(_identity, self._job, key="influence-hjob-%s" % self._token,
+                self._job_future = self.client.submit(identity, self._job, key="influence-hjob-%s" % self._token,
                                                       pure=False)
         return self._job_future
 
@@ -162,7 +163,7 @@ class DaskHessianOperator(HessianOperator):
         self._check_client_weights()
         v = np.asarray(v, dtype=np.float64)
         w0 = self.model.get_params().astype(np.float64)      # the client's weights are not moved
-        scale = _step_scale(w0, v)
+        scale = step_scale(w0, v)
         rs = [float(t * scale) for t in rel_steps]
         weights = []
         for r in rs:
@@ -207,7 +208,7 @@ GRAD_PASSES = collections.Counter()
 
 
 def _worker_shard(job, model, a, b, prepare):
-    data = _worker_data(job, model)
+    data = worker_data(job, model)
     fp = job.data_fingerprint
     key = (job.model_key, job.data_path, fp["size"], fp["mtime_ns"], fp["sha256"], a, b, job.batch_size, prepare)
     with _SHARD_LOCK:
@@ -220,13 +221,13 @@ def _worker_shard(job, model, a, b, prepare):
     if prepare:
         rows = model.prepare(rows, job.batch_size)
     with _SHARD_LOCK:
-        _remember(_SHARDS, key, rows, _SHARD_CACHE_SIZE)
+        remember(_SHARDS, key, rows, _SHARD_CACHE_SIZE)
     return rows
 
 
 def _shard_grad_sums(job, a, b, weights, prepare):
     """Σ_{i in a..b} ∇ℓ(z_i, w) (no L2 term, float64) for each row w of ``weights``: (len, d)."""
-    model, lock = _worker_model(job)
+    model, lock = worker_model(job)
     rows = _worker_shard(job, model, a, b, prepare)
     out = np.empty((len(weights), model.n_params), dtype=np.float64)
     with lock:

@@ -1,8 +1,10 @@
 """Importing CNTK (the one place that does it) and calling it with the retry its intermittent
 "... is a view" error needs; the adapter, its graph rewriting and per-example gradients use both."""
+import os
+import sys
 import warnings
 
-__all__ = ["import_cntk", "VIEW_ERROR_RETRIES"]
+__all__ = ["import_cntk", "cntk_call", "Quiet", "first_line", "VIEW_ERROR_RETRIES"]
 
 
 def import_cntk():
@@ -25,7 +27,7 @@ def import_cntk():
 VIEW_ERROR_RETRIES = 2
 
 
-def _cntk_call(call):
+def cntk_call(call):
     """``call()``, repeated on CNTK's intermittent "... because it is a view" error (see
     :data:`VIEW_ERROR_RETRIES`); any other error, or that one too often, is raised."""
     for attempt in range(VIEW_ERROR_RETRIES + 1):
@@ -34,3 +36,23 @@ def _cntk_call(call):
         except RuntimeError as e:
             if "because it is a view" not in str(e) or attempt == VIEW_ERROR_RETRIES:
                 raise
+
+
+class Quiet(object):
+    """Silence CNTK's C++ stderr noise (file descriptor 2) for the duration of a block."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+    def __exit__(self, *exc):
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+
+
+def first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

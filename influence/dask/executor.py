@@ -20,7 +20,7 @@ What travels, and how often (see docs/cluster.md):
   (size, modification time, sampled bytes) the client took: a file rewritten meanwhile is refused.
   Workers cache the loaded data per (model, path, fingerprint), so a long-lived ``tcp://`` worker
   never serves an old file's rows.
-- Each task returns its chunk's scores (m × chunk floats); :func:`influence.chunks.run_chunks`
+- Each task returns its chunk's scores (m × chunk floats); :func:`influence.scoring.chunks.run_chunks`
   saves them to the checkpoint as they arrive (``--resume`` never recomputes a finished chunk) and
   assembles them in row order. With the same chunk size the result is identical to the bit to the
   single-process run: same chunk bounds, same batches within a chunk, same steps.
@@ -28,32 +28,22 @@ What travels, and how often (see docs/cluster.md):
 A worker that dies mid-run loses nothing: the scheduler reruns its tasks elsewhere (and ``retries``
 reruns tasks that raised), the job object is recomputed from its task if every copy was lost.
 """
-import collections
-import hashlib
 import os
-import pickle
 import re
 import socket
 import tempfile
-import threading
 import uuid
 import warnings
 
-import numpy as np
 
-from ._files import check_unchanged, file_fingerprint
-from .adapters.base import weights_digest
-from .adapters.cntk import CNTKModel
-from .ctf_data import load_data
-from .kernels import ForwardStep, chunk_scores
+from ..common.errors import InfluenceError, param
+from ..common.files import file_fingerprint
+from ..scoring.kernels import ForwardStep, chunk_scores
+from .worker import DEFAULT_RETRIES, WorkerJob, check_inputs, identity, worker_data, worker_model  # noqa: F401 (check_inputs: public here too)
 
-__all__ = ["connect", "check_reachable", "import_distributed", "parse_spec", "check_inputs",
+__all__ = ["connect", "check_reachable", "import_distributed", "parse_spec", "check_inputs", "chunk_executor",
            "DaskExecutor", "DEFAULT_RETRIES"]
 
-#: Extra attempts of a task that raised (a worker dying is handled by the scheduler on top of that).
-DEFAULT_RETRIES = 3
-#: Models / datasets kept per worker process (least recently used dropped first).
-_CACHE_SIZE = 4
 
 _INSTALL = ("pip install 'dask[distributed]' (on Python 3.6: pip install 'dask[distributed]==2021.3.0'; "
             "or the extra: pip install 'cntk-influence[cluster]')")
@@ -126,107 +116,19 @@ def connect(spec, timeout=30):
                          % (value, str(e).splitlines()[0] if str(e) else type(e).__name__, value))
 
 
-# ------------------------------------------------------------------------------------ client side
-def check_inputs(client, model, train):
-    """Raise a one-line ValueError unless ``train`` comes from a file and ``model`` can be shipped."""
-    if getattr(train, "source", None) is None:
-        raise ValueError("scoring on a cluster needs training data the workers can read themselves: "
-                         "load it with influence.load_npz(path) or influence.load_ctf(path, model) from "
-                         "a path all workers can read (in-memory arrays are not shipped)")
-    if not os.path.isfile(train.source):
-        raise ValueError("the training data file %s no longer exists; reload it with influence.load_data"
-                         % train.source)
-    if not hasattr(client, "submit"):
-        raise ValueError("DaskExecutor(%r): not a distributed.Client; pass influence.cluster.connect('local:2') "
-                         "or distributed.Client('tcp://host:port')" % (client,))
-    if not _is_cntk(model):
-        _model_spec(model)     # a CNTKModel always ships (Function.save); anything else must pickle
-    else:
-        _exclude_names(model)
-
-
-def _exclude_names(model):
-    """The parameter names a CNTKModel was built with ``exclude=`` (None without); a predicate cannot
-    travel to the workers and is refused."""
-    exclude = getattr(model, "exclude", None)
-    if exclude is None:
-        return None
-    if callable(exclude):
-        raise ValueError("the model was built with a predicate exclude=%r, which cannot be sent to the cluster "
-                         "workers; build it with exclude= parameter names (e.g. exclude=['scale', 'bias'])"
-                         % (exclude,))
-    return sorted({exclude} if isinstance(exclude, str) else {str(e) for e in exclude})
-
-
-def _is_cntk(model):
-    return isinstance(model, CNTKModel)
-
-
-def _model_spec(model):
-    """(kind, blob, options): what a worker needs to rebuild ``model`` with its current weights."""
-    if _is_cntk(model):
-        fd, path = tempfile.mkstemp(suffix=".model", prefix="influence-ship-")
-        os.close(fd)
-        try:
-            model.save(path)
-            with open(path, "rb") as f:
-                blob = f.read()
-        finally:
-            os.remove(path)
-        options = {"loss": model.loss_name, "l2": model.l2, "batch_size": model.batch_size}
-        exclude = _exclude_names(model)
-        if exclude is not None:
-            options["exclude"] = exclude
-        if model.loss_name is None:
-            options["features"] = model.features.name or None
-            options["labels"] = None if model.labels is None else (model.labels.name or None)
-        return "cntk", blob, options
-    try:
-        blob = pickle.dumps(model, protocol=4)
-    except Exception as e:
-        raise ValueError("the model (%s) cannot be shipped to the workers: it is neither a CNTKModel nor "
-                         "picklable (%s)" % (type(model).__name__, str(e).splitlines()[0] if str(e) else e))
-    return "pickle", blob, {}
-
-
-class _Job(object):
-    """Everything a task needs besides its row range; shipped once per worker."""
-
-    def __init__(self, model, train, vectors, steps, scoring, batch_size, data_fingerprint):
-        kind, blob, options = _model_spec(model)
-        self.model_kind, self.model_blob, self.model_options = kind, blob, options
-        h = hashlib.sha256(blob)
-        h.update(repr(sorted(options.items())).encode())
-        self.model_key = h.hexdigest()[:24]
-        self.params_digest = weights_digest(model)
-        self.data_path = train.source
-        self.data_fingerprint = data_fingerprint
-        self.data_name = train.name
-        self.data_options = dict(getattr(train, "source_options", None) or {})
-        self.n_rows = len(train)
-        self.vectors = np.ascontiguousarray(vectors, dtype=np.float64)
-        self.steps = None if steps is None else [tuple(s) for s in steps]
-        self.scoring = scoring
-        self.batch_size = batch_size
-
-
-def _identity(x):
-    return x
-
-
 class DaskExecutor(object):
     """Score the chunks of :func:`influence.influence_scores` (``executor=DaskExecutor(client)``) on
     the workers of ``client``, a ``distributed.Client`` (e.g. :func:`connect`).
 
     ``check(model, train)`` refuses early (before the solve) training data not loaded from a file,
     a model that cannot be shipped, or a client that is not one, and takes the content fingerprint
-    of the training file (:func:`influence._files.file_fingerprint`) unless ``data_fingerprint`` is
+    of the training file (:func:`influence.common.files.file_fingerprint`) unless ``data_fingerprint`` is
     given (e.g. the one :class:`influence.jobs.ScoreJob` took when it started). Every worker
     verifies that fingerprint before it reads a row, so a file rewritten after the client looked at
     it is refused naming it. ``bind(...)`` returns the ``executor(missing, on_done)`` callable of
-    :func:`influence.chunks.run_chunks`; failed tasks are retried ``retries`` times by Dask.
+    :func:`influence.scoring.chunks.run_chunks`; failed tasks are retried ``retries`` times by Dask.
     ``hessian=True`` (default): s_test's Hessian-vector products run on the workers as well
-    (:meth:`hessian_operator`, a :class:`influence.cluster_hvp.DaskHessianOperator`); ``False`` solves
+    (:meth:`hessian_operator`, a :class:`influence.dask.hessian.DaskHessianOperator`); ``False`` solves
     s_test on the client."""
 
     def __init__(self, client, retries=DEFAULT_RETRIES, data_fingerprint=None, hessian=True):
@@ -244,27 +146,31 @@ class DaskExecutor(object):
         self._taken = pinned if pinned is not None and pinned.get("path") == train.source \
             else file_fingerprint(train.source)
 
+    def fingerprint(self, model, train):
+        """The training file's fingerprint the workers verify: the one :meth:`check` took for this file,
+        checking first when it has not looked at ``train``'s file yet."""
+        if self._taken is None or self._taken.get("path") != getattr(train, "source", None):
+            self.check(model, train)
+        return self._taken
+
     def hessian_operator(self, model, train, batch_size=None):
-        """The :class:`influence.cluster_hvp.DaskHessianOperator` of ``train`` on this client's
+        """The :class:`influence.dask.hessian.DaskHessianOperator` of ``train`` on this client's
         workers (None when built with ``hessian=False``: s_test is then solved on the client);
         :func:`influence.influence_scores` and :class:`influence.jobs.ScoreJob` solve s_test on it."""
         if not self.hessian:
             return None
-        from .cluster_hvp import DaskHessianOperator       # it builds on this module
-        if self._taken is None or self._taken.get("path") != getattr(train, "source", None):
-            self.check(model, train)
+        from .hessian import DaskHessianOperator       # it builds on this module
         return DaskHessianOperator(self.client, model, train, batch_size=batch_size, retries=self.retries,
-                                   data_fingerprint=self._taken)
+                                   data_fingerprint=self.fingerprint(model, train))
 
     def bind(self, model, train, vectors, steps=None, scoring="forward", batch_size=None):
         if scoring not in ("forward", "gradient"):
-            raise ValueError("scoring=%r is not one of 'forward', 'gradient'" % (scoring,))
+            raise InfluenceError("%s is not one of 'forward', 'gradient'" % param("scoring", scoring), parameter="scoring")
         if scoring == "forward" and steps is None:
-            raise ValueError("forward scoring on a cluster needs the steps (influence.kernels.forward_steps)")
-        if self._taken is None or self._taken.get("path") != train.source:
-            self.check(model, train)
+            raise ValueError("forward scoring on a cluster needs the steps (influence.scoring.kernels.forward_steps)")
+        taken = self.fingerprint(model, train)
         check_inputs(self.client, model, train)
-        return _executor(self.client, _Job(model, train, vectors, steps, scoring, batch_size, self._taken),
+        return _executor(self.client, WorkerJob(model, train, vectors, steps, scoring, batch_size, taken),
                          self.retries)
 
 
@@ -273,7 +179,7 @@ def _executor(client, job, retries):
 
 
 def chunk_executor(client, job, task, retries, name):
-    """The ``executor(missing, on_done)`` of :func:`influence.chunks.run_chunks` that runs
+    """The ``executor(missing, on_done)`` of :func:`influence.scoring.chunks.run_chunks` that runs
     ``task(job, a, b)`` on the workers for every missing chunk (a, b): ``job`` travels once, as a task
     of its own (not scatter: if every worker holding it dies, it is recomputed), each chunk is retried
     ``retries`` times, results are handed to ``on_done`` as they finish, and what is still pending
@@ -285,7 +191,7 @@ def chunk_executor(client, job, task, retries, name):
         token = uuid.uuid4().hex[:10]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Ll]arge object.*")
-            job_future = client.submit(_identity, job, key="influence-%s-job-%s" % (name, token), pure=False)
+            job_future = client.submit(identity, job, key="influence-%s-job-%s" % (name, token), pure=False)
         futures = {}
         for a, b in missing:
             fut = client.submit(task, job_future, a, b, key="influence-%s-%s-%d-%d" % (name, token, a, b),
@@ -305,83 +211,10 @@ def chunk_executor(client, job, task, retries, name):
     return executor
 
 
-# ------------------------------------------------------------------------------------ worker side
-_LOCK = threading.Lock()
-_MODELS = collections.OrderedDict()   # model_key -> (model, lock)
-_DATA = collections.OrderedDict()     # (model_key, path, content fingerprint) -> validated Dataset
-#: Number of times each model was loaded in this process (tests check: once per worker).
-LOADS = collections.Counter()
-
-
-def _remember(cache, key, value, size=_CACHE_SIZE):
-    """Put ``value`` in the OrderedDict ``cache`` (newest last), dropping the oldest beyond ``size``."""
-    cache[key] = value
-    while len(cache) > size:
-        cache.popitem(last=False)
-
-
-def _load_model(job):
-    if job.model_kind == "pickle":
-        return pickle.loads(job.model_blob)
-    fd, path = tempfile.mkstemp(suffix=".model", prefix="influence-worker-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(job.model_blob)
-        return CNTKModel.load(path, **job.model_options)
-    finally:
-        os.remove(path)
-
-
-def _worker_model(job):
-    """(model, lock) for ``job``, loaded once per process. The lock serializes tasks on one model
-    (forward differences move its weights), for workers started with several threads."""
-    with _LOCK:
-        entry = _MODELS.get(job.model_key)
-        if entry is None:
-            model = _load_model(job)
-            if weights_digest(model) != job.params_digest:
-                raise RuntimeError("the model loaded on worker pid %d has weights that differ from the "
-                                   "client's; check that the workers run the same influence/CNTK versions"
-                                   % os.getpid())
-            entry = (model, threading.Lock())
-            LOADS[job.model_key] += 1
-            _remember(_MODELS, job.model_key, entry)
-        else:
-            _MODELS.move_to_end(job.model_key)
-        return entry
-
-
-def _worker_data(job, model):
-    """The validated training data of ``job``, after checking that the file this worker reads has the
-    content fingerprint the client took; cached per (model, path, fingerprint)."""
-    fp = job.data_fingerprint
-    key = (job.model_key, job.data_path, fp["size"], fp["mtime_ns"], fp["sha256"])
-    here = "worker pid %d" % os.getpid()
-    if not os.path.isfile(job.data_path):
-        raise ValueError("%s cannot read the training data %s: every worker needs it at the same path "
-                         "(a shared file system)" % (here, job.data_path))
-    try:
-        check_unchanged(fp, "the training data")
-    except ValueError as e:
-        raise ValueError("%s on %s: all workers must read the file the client loaded" % (e, here))
-    with _LOCK:
-        data = _DATA.get(key)
-        if data is not None:
-            _DATA.move_to_end(key)
-            return data
-    data = model.validate(load_data(job.data_path, model, name=job.data_name, **job.data_options), job.data_name)
-    if len(data) != job.n_rows:
-        raise ValueError("the training data %s on %s has %d rows, the client's %d; all workers must read "
-                         "the same file" % (job.data_path, here, len(data), job.n_rows))
-    with _LOCK:
-        _remember(_DATA, key, data)
-    return data
-
-
 def _score_chunk(job, start, stop):
     """g_iᵀ vectors[j] for rows start..stop of the job's training data: (m, stop - start) float64."""
-    model, lock = _worker_model(job)
-    data = _worker_data(job, model)
+    model, lock = worker_model(job)
+    data = worker_data(job, model)
     steps = None if job.steps is None else [ForwardStep(*s) for s in job.steps]
     with lock:
         return chunk_scores(model, data, job.vectors, job.scoring, steps, start, stop, job.batch_size)
