@@ -13,6 +13,7 @@ from .adapters.cntk import CNTKModel
 from .data import Dataset, load_npz, load_digits
 from .ctf_data import load_ctf, load_data
 from .hvp import HessianOperator, hvp
+from .curvature import GaussNewtonOperator, FisherOperator
 from . import models
 from .solvers import (solve, Solution, ConvergenceWarning, NonPositiveCurvatureError, DivergenceError,
                       cg, lissa, direct, lanczos, lanczos_inverse, LowRankInverse)
@@ -23,7 +24,7 @@ from .loo import verify_loo, LOOResult
 from . import evaluate
 
 __all__ = ["__version__", "Model", "CNTKModel", "Dataset", "load_npz", "load_data", "load_ctf", "load_digits", "models",
-           "HessianOperator", "hvp",
+           "HessianOperator", "hvp", "GaussNewtonOperator", "FisherOperator",
            "solve", "Solution", "ConvergenceWarning", "NonPositiveCurvatureError", "DivergenceError",
            "cg", "lissa", "direct", "lanczos", "lanczos_inverse", "LowRankInverse",
            "fit", "FitResult", "check_optimum", "NotAtOptimumWarning",

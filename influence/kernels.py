@@ -53,6 +53,13 @@ def _check_directions(model, directions):
     return directions
 
 
+def pilot_subset(data):
+    """The :data:`PILOT_ROWS` rows (evenly spaced through ``data``, all of them when fewer) on which a
+    finite-difference step is chosen."""
+    n = len(data)
+    return data.subset(np.unique(np.linspace(0, n - 1, min(n, PILOT_ROWS)).astype(np.int64)))
+
+
 def forward_steps(model, data, directions, rel_step=None, stencil=None, batch_size=None):
     """Choose the forward-difference step for each direction (one :class:`ForwardStep` each).
 
@@ -69,8 +76,7 @@ def forward_steps(model, data, directions, rel_step=None, stencil=None, batch_si
     if rel_step is not None and not (0 < rel_step < np.inf):
         raise ValueError("rel_step=%r must be a positive number (e.g. 1e-2), or None to choose it per "
                          "direction" % (rel_step,))
-    n = len(data)
-    pilot = data.subset(np.unique(np.linspace(0, n - 1, min(n, PILOT_ROWS)).astype(np.int64)))
+    pilot = pilot_subset(data)
     w0 = model.get_params().astype(np.float64)
     scale = 1.0 + np.sqrt(w0 @ w0)
     steps = []
