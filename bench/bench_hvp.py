@@ -154,16 +154,21 @@ def run_curvature(kind, repeats=20, seed=0):
     loss, params = model.loss_function, model.parameters
     feed = {k: model._C.Value(batch=a) for k, a in model._feed(data).items()}
     raw = lambda: loss.grad(feed, wrt=params)         # noqa: E731
-    raw()
-    times = {k: [] for k in ["raw"] + list(ops)}
+    out_fn = model._inference_output
+    out_feed = {k: a for k, a in feed.items() if any(k.uid == b.uid for b in out_fn.arguments)}
+    forward = lambda: out_fn.forward(out_feed, [out_fn.output])     # noqa: E731
+    raw(), forward()
+    times = {k: [] for k in ["raw", "forward"] + list(ops)}
     counts = {k: (op.n_hvp, getattr(op, "n_forward", 0), getattr(op, "n_backward", 0)) for k, op in ops.items()}
     for _ in range(repeats):
         times["raw"].append(_median_time(raw, 1))
+        times["forward"].append(_median_time(forward, 1))
         for k, op in ops.items():
             times[k].append(_median_time(lambda: op @ v, 1))
     med = {k: float(np.median(t)) for k, t in times.items()}
     low = {k: float(np.min(t)) for k, t in times.items()}
-    out = {"model": name, "kind": kind, "n_params": model.n_params, "n": len(data), "raw_s": med["raw"]}
+    out = {"model": name, "kind": kind, "n_params": model.n_params, "n": len(data), "raw_s": med["raw"],
+           "forward_ratio": med["forward"] / med["raw"]}
     for k, op in ops.items():
         n0, f0, b0 = counts[k]
         out[k] = {"s": med[k], "ratio": med[k] / med["raw"], "min_ratio": low[k] / low["raw"],
@@ -182,10 +187,12 @@ def main(argv=None):
     curvature = [run_curvature("mlp", args.repeats), run_curvature("cnn", args.repeats)]
     print("Curvature products ÷ one raw CNTK gradient over the same data (median of %d; ratio of minima)"
           % args.repeats)
-    print("%-78s %6s %8s %14s %14s %14s" % ("model", "d", "raw ms", "G·v/raw", "F·v/raw", "H·v/raw"))
+    print("%-78s %6s %8s %8s %14s %14s %14s" % ("model", "d", "raw ms", "fwd/raw", "G·v/raw", "F·v/raw",
+                                                 "H·v/raw"))
     for c in curvature:
-        print("%-78s %6d %8.2f %6.2f (%5.2f) %6.2f (%5.2f) %6.2f (%5.2f)" % (
-            c["model"], c["n_params"], 1e3 * c["raw_s"], c["gauss_newton"]["ratio"], c["gauss_newton"]["min_ratio"],
+        print("%-78s %6d %8.2f %8.2f %6.2f (%5.2f) %6.2f (%5.2f) %6.2f (%5.2f)" % (
+            c["model"], c["n_params"], 1e3 * c["raw_s"], c["forward_ratio"], c["gauss_newton"]["ratio"],
+            c["gauss_newton"]["min_ratio"],
             c["fisher"]["ratio"], c["fisher"]["min_ratio"], c["hessian"]["ratio"], c["hessian"]["min_ratio"]))
     for c in curvature:
         print("%s: damping='auto' for G = %.3g; G rel step %.2g" % (c["kind"], c["gauss_newton"]["damping_auto"],
