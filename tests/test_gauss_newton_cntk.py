@@ -212,6 +212,16 @@ def test_tagger_and_loss_function_models(cntk):
     one = sum(GaussNewtonOperator(model, ds.subset(slice(i, i + 1)), rel_step=G.rel_step) @ v - L2 * v
               for i in range(len(seqs)))
     assert np.linalg.norm(one / len(seqs) + L2 * v - gv) <= BATCH_TOL * np.linalg.norm(gv)
+    # the public primitives: ∇ℓ = Jᵀ(p − y) per step, and Σ 1·∇ℓ_i = Σ ∇ℓ_i
+    Z = model.outputs(ds)
+    p = np.exp(Z - Z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    residual = p - np.eye(2)[np.concatenate(tags)]
+    g = model.grad_sum(ds)
+    assert np.linalg.norm(model.jt_sum(ds, residual, batch_size=9) - g) <= BATCH_TOL * np.linalg.norm(g)
+    assert np.linalg.norm(model.weighted_grad_sum(ds, np.ones(len(seqs)), batch_size=9) - g) <= BATCH_TOL * np.linalg.norm(g)
+    with pytest.raises(ValueError, match="one row per output row"):
+        model.jt_sum(ds, residual[:3])
     assert same_state(before, state(z))
     # a model built from a loss Function: Gauss-Newton refused naming the Fisher, which works
     with C.default_options(dtype=dtype):

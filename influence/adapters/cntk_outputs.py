@@ -121,7 +121,8 @@ def jt_sum(model, batch, r):
         rr = r(_rows(value, k)) if callable(r) else r
         rr = np.asarray(rr, dtype=np.float64)
         if rr.shape != (len(_rows(value, k)), k):
-            raise ValueError("root gradients have shape %s but the batch has %d output rows of %d numbers"
+            raise ValueError("root gradients have shape %s but the batch has %d output rows of %d numbers; pass "
+                             "one row per output row (see Model.outputs)"
                              % (rr.shape, len(_rows(value, k)), k))
         return rr
     return _forward_backward(model, f, feed, make_root, tuple(f.output.shape))
