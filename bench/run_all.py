@@ -188,6 +188,18 @@ def render_hvp(res):
         lines += ["", "Minibatch operators (`H.minibatch(idx)`, a new one per product as in lissa; its "
                   "feed is converted once and used by both gradients):", ""]
         lines += _table(["dtype", "rows", "raw grad ms", "HVP ms", "HVP ÷ raw", "min ÷ min"], mini)
+    curv = res.get("curvature") or []
+    if curv:
+        lines += ["", "Curvature products ÷ one raw gradient over the same data (float32; in brackets the ratio "
+                  "of the minima): Gauss-Newton G·v (3 forward + 1 backward pass), empirical Fisher F·v, and the "
+                  "finite-difference Hessian H·v; *forward*: one forward pass ÷ one gradient "
+                  "(docs/concepts-curvature.md).", ""]
+        rows = [[c["model"], "{:,}".format(c["n_params"]), _g(1e3 * c["raw_s"], "%.2f"),
+                 _g(c.get("forward_ratio"), "%.2f")] +
+                ["**%s** (%s)" % (_g(c[k]["ratio"], "%.2f"), _g(c[k]["min_ratio"], "%.2f"))
+                 for k in ("gauss_newton", "fisher", "hessian")] for c in curv]
+        lines += _table(["model", "parameters", "raw grad ms", "forward", "G·v ÷ raw", "F·v ÷ raw", "H·v ÷ raw"],
+                        rows)
     return lines
 
 

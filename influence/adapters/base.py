@@ -17,7 +17,8 @@ import numpy as np
 
 from ..data import as_dataset, check_batch_size
 
-__all__ = ["Model", "DEFAULT_BATCH_SIZE", "preserved_params", "weights_digest", "PreparedData"]
+__all__ = ["Model", "DEFAULT_BATCH_SIZE", "preserved_params", "weights_digest", "PreparedData",
+           "OUTPUT_LOSSES", "output_loss_hvp"]
 
 #: Rows per forward/backward pass when the caller gives no ``batch_size``.
 DEFAULT_BATCH_SIZE = 2048
@@ -209,6 +210,108 @@ class Model(object):
             a += len(b)
         return out
 
+
+    # ------------------------------------------------------------------ output-space primitives
+    # What the Gauss-Newton and Fisher curvatures (influence.curvature) need besides the loss: the
+    # network outputs z (inference mode), the closed-form Hessian of the loss with respect to z, the
+    # transposed Jacobian product Σ J_rowᵀ r_row (one backward pass from root gradients r) and the
+    # per-example-weighted gradient sum Σ c_i ∇ℓ_i. An "output row" is one example's output, or for a
+    # sequence tagger (a loss summed over steps) one step's output, flattened to K numbers.
+    #: Name of the per-output-row loss (one of OUTPUT_LOSSES) whose Hessian with respect to the
+    #: outputs has a closed form, or None (then only the Fisher curvature is available).
+    output_loss = None
+
+    def _outputs(self, batch):
+        """The network outputs of a validated batch, float64 (rows, K), inference mode."""
+        raise NotImplementedError
+
+    def _n_output_rows(self, batch):
+        """Output rows of a batch: its examples (a sequence tagger's: its steps)."""
+        return len(batch)
+
+    def _jt_sum(self, batch, r):
+        """Σ_rows J_rowᵀ r_row (float64, n_params), J_row = ∂z_row/∂w, with ``r`` (rows, K) or a callable
+        ``r(z)`` given the outputs z of the SAME forward pass that the backward pass then uses."""
+        raise NotImplementedError
+
+    def _output_loss_hvp(self, batch, z, u):
+        """H_ℓ(z_row)·u_row for every output row (float64 (rows, K)), closed form (:func:`output_loss_hvp`)."""
+        return output_loss_hvp(self.check_output_loss(), z, u)
+
+    def _weighted_grad_sum(self, batch, c):
+        """Σ_i c_i ∇ℓ(z_i, w) over the batch (float64, n_params); default from per-example gradients."""
+        return np.asarray(c, dtype=np.float64) @ np.asarray(self._per_example_grads(batch), dtype=np.float64)
+
+    def check_output_loss(self):
+        """The name of the loss whose output Hessian has a closed form, or a one-line ValueError
+        pointing to the Fisher curvature (which works for any loss)."""
+        if self.output_loss not in OUTPUT_LOSSES:
+            raise ValueError("the Gauss-Newton curvature needs a loss with a closed-form Hessian in the network "
+                             "outputs (%s), but this model's loss is %s; use curvature=\"fisher\" "
+                             "(influence.FisherOperator), which works for any loss"
+                             % (", ".join(OUTPUT_LOSSES), "a user-built loss Function" if self.output_loss is None
+                                else repr(self.output_loss)))
+        return self.output_loss
+
+    def outputs(self, data, batch_size=None):
+        """Network outputs of every output row (float64 (rows, K); sequence taggers: one row per step,
+        sequences in order), inference mode."""
+        return np.concatenate([np.asarray(self._outputs(b), dtype=np.float64)
+                               for b in self._batches(data, batch_size)])
+
+    def jt_sum(self, data, r, batch_size=None):
+        """Σ_rows J_rowᵀ r_row over ``data`` (float64, n_params) for ``r`` (rows, K) as :meth:`outputs`
+        orders the rows: one forward and one backward pass per batch."""
+        r = np.asarray(r, dtype=np.float64)
+        total, a = np.zeros(self.n_params), 0
+        for b in self._batches(data, batch_size):
+            rows = self._n_output_rows(b)
+            total += self._jt_sum(b, r[a:a + rows])
+            a += rows
+        if a != len(r):
+            raise ValueError("r has %d rows but the data have %d output rows; pass one row per output row "
+                             "(see Model.outputs)" % (len(r), a))
+        return total
+
+    def weighted_grad_sum(self, data, c, batch_size=None):
+        """Σ_i c_i ∇ℓ(z_i, w) (no L2 term), float64 (n_params,), for per-example weights ``c`` (n,): one
+        forward and one backward pass per batch where the adapter allows it."""
+        c = np.asarray(c, dtype=np.float64).reshape(-1)
+        total, a = np.zeros(self.n_params), 0
+        for b in self._batches(data, batch_size):
+            total += self._weighted_grad_sum(b, c[a:a + len(b)])
+            a += len(b)
+        if a != len(c):
+            raise ValueError("c has %d weights but the data have %d examples; pass one weight per example"
+                             % (len(c), a))
+        return total
+
+
+#: Losses with a closed-form Hessian in the outputs (the names CNTKModel accepts).
+OUTPUT_LOSSES = ("cross_entropy", "binary_cross_entropy", "squared_error")
+
+
+def output_loss_hvp(loss, z, u):
+    """H_ℓ(z)·u per output row (float64 (rows, K)), H_ℓ = ∂²ℓ/∂z² in closed form:
+
+    - ``cross_entropy`` (softmax of the K logits): p⊙u − p·(pᵀu), p = softmax(z);
+    - ``binary_cross_entropy`` (one logit s): σ(s)(1 − σ(s))·u;
+    - ``squared_error`` (ℓ = Σ_j (z_j − y_j)², CNTK's, no ½): 2u.
+    None of them depends on the labels."""
+    z = np.asarray(z, dtype=np.float64)
+    u = np.asarray(u, dtype=np.float64)
+    if loss == "cross_entropy":
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        pu = p * u
+        return pu - p * pu.sum(axis=1, keepdims=True)
+    if loss == "binary_cross_entropy":
+        s = 0.5 * (1.0 + np.tanh(0.5 * z))
+        return (s * (1.0 - s)) * u
+    if loss == "squared_error":
+        return 2.0 * u
+    raise ValueError("loss=%r has no closed-form output Hessian (known: %s); use curvature=\"fisher\""
+                     % (loss, ", ".join(OUTPUT_LOSSES)))
 
 class PreparedData(object):
     """A dataset validated for ``model``, split into batches once and each batch converted once by the

@@ -129,9 +129,24 @@ class _LinearModel(Model):
     def _to_flat(self, dW, db):
         return np.concatenate([dW.ravel(), db])
 
+    # ------------------------------------------------------------------ output-space primitives
+    # (the Gauss-Newton and Fisher curvatures, influence.curvature): outputs z = W x + b, computed in
+    # the model's dtype like the losses; J_iᵀ r_i = (r_i x̃_iᵀ) in the flat order [W.ravel(), b].
+    def _outputs(self, batch):
+        return np.asarray(self._scores(batch), dtype=np.float64)
+
+    def _jt_sum(self, batch, r):
+        if callable(r):
+            r = r(self._outputs(batch))
+        r = np.asarray(r, dtype=np.float64).reshape(len(batch), self.n_outputs)
+        x = self._features(batch).astype(np.float64)
+        return self._to_flat(r.T @ x, r.sum(axis=0))
+
 
 class SoftmaxRegression(_LinearModel):
     """Multinomial logistic regression: k classes, softmax cross-entropy, L2 penalty ``l2``."""
+
+    output_loss = "cross_entropy"
 
     def __init__(self, n_features, n_classes, l2=0.0, dtype=np.float64, random_state=0, scale=0.01):
         if int(n_classes) < 2:
@@ -168,6 +183,10 @@ class SoftmaxRegression(_LinearModel):
         gw = (r[:, :, None] * x[:, None, :]).reshape(len(batch), -1)
         return np.hstack([gw, r])
 
+    def _weighted_grad_sum(self, batch, c):
+        r = self._residual(batch).astype(np.float64) * np.asarray(c, dtype=np.float64)[:, None]
+        return self._to_flat(r.T @ self._features(batch).astype(np.float64), r.sum(axis=0))
+
     def _hessian_sum(self, batch):
         p, xt = self._probs(batch, np.float64), self._augmented(batch, np.float64)
         k, q = self.n_classes, xt.shape[1]
@@ -198,6 +217,8 @@ class SoftmaxRegression(_LinearModel):
 class LogisticRegression(_LinearModel):
     """Binary logistic regression on labels {0, 1}, L2 penalty ``l2``."""
 
+    output_loss = "binary_cross_entropy"
+
     def __init__(self, n_features, l2=0.0, dtype=np.float64, random_state=0, scale=0.01):
         super(LogisticRegression, self).__init__(n_features, 1, l2, dtype, random_state, scale)
 
@@ -222,6 +243,10 @@ class LogisticRegression(_LinearModel):
     def _per_example_grads(self, batch):
         r = _sigmoid(self._margin(batch)) - self._labels(batch)
         return r[:, None] * self._augmented(batch)
+
+    def _weighted_grad_sum(self, batch, c):
+        r = (_sigmoid(self._margin(batch)) - self._labels(batch)).astype(np.float64) * np.asarray(c, dtype=np.float64)
+        return self._to_flat(r @ self._features(batch).astype(np.float64), np.array([r.sum()]))
 
     def _hessian_sum(self, batch):
         p = _sigmoid(self._margin(batch, np.float64))

@@ -4,7 +4,6 @@ definite" message and the one mechanism for deprecated argument names."""
 import collections
 import functools
 import inspect
-import sys
 import time
 import warnings
 
@@ -13,11 +12,7 @@ import scipy.sparse.linalg as spla
 
 from ..common.errors import InfluenceError, param
 from ..common.numeric import check_damping, check_nonneg, norm
-
-try:
-    from tqdm import tqdm as _tqdm
-except ImportError:  # pragma: no cover - tqdm is a dependency; a plain stderr line replaces it
-    _tqdm = None
+from ..common.progress import Progress  # noqa: F401  (the solvers' bar: public here too)
 
 #: Seed used when ``random_state=None``: every solver is repeatable bit for bit by default (resumable
 #: jobs rely on it); pass another int or a ``numpy.random.RandomState`` for other draws.
@@ -189,35 +184,6 @@ def residual_target(rtol, atol, bnorm):
 def warn_convergence(message):
     warnings.warn(message, ConvergenceWarning, stacklevel=4)   # caller > wrapper > solver > here
 
-
-class Progress(object):
-    """A tqdm bar on stderr showing the residual (a plain stderr line per second without tqdm)."""
-
-    def __init__(self, enabled, total, desc):
-        self.bar = None
-        self.plain = None
-        if not enabled:
-            return
-        if _tqdm is not None:
-            self.bar = _tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
-        else:
-            self.plain = [desc, 0, time.time()]
-
-    def update(self, residual=None, n=1):
-        if self.bar is not None:
-            self.bar.update(n)
-            if residual is not None:
-                self.bar.set_postfix_str("residual %.2e" % residual, refresh=False)
-        elif self.plain is not None:
-            self.plain[1] += n
-            if time.time() - self.plain[2] >= 1.0:
-                self.plain[2] = time.time()
-                sys.stderr.write("%s: %d, residual %s\n" % (self.plain[0], self.plain[1],
-                                                           "?" if residual is None else "%.2e" % residual))
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
 
 
 # ---------------------------------------------------------------------------------------- curvature

@@ -436,6 +436,29 @@ class CNTKModel(Model):
             return Sequences.from_list(outs)
         return np.concatenate(outs).reshape((len(data),) + tuple(out_var.output.shape))
 
+    # ------------------------------------------------------------------ output-space primitives
+    # The Gauss-Newton and Fisher curvatures (influence.curvature); implemented in outputs.py.
+    @property
+    def output_loss(self):
+        from . import outputs as cntk_outputs
+        return cntk_outputs.output_loss(self)
+
+    def _n_output_rows(self, batch):
+        from . import outputs as cntk_outputs
+        return cntk_outputs.n_output_rows(self, batch)
+
+    def _outputs(self, batch):
+        from . import outputs as cntk_outputs
+        return cntk_outputs.outputs(self, batch)
+
+    def _jt_sum(self, batch, r):
+        from . import outputs as cntk_outputs
+        return cntk_outputs.jt_sum(self, batch, r)
+
+    def _weighted_grad_sum(self, batch, c):
+        from . import outputs as cntk_outputs
+        return cntk_outputs.weighted_grad_sum(self, batch, c)
+
 
 def _check_input(name, var, part):
     """One-line errors for data that do not fit input ``var`` (shape, sequence axis, sparse indices)."""
