@@ -37,12 +37,12 @@ import scipy.sparse
 from .common.errors import InfluenceError, param
 from .common.files import InputChangedError, check_unchanged, file_fingerprint, write_json, write_npy
 from ._version import __version__
-from .data.dataset import Sequences
+from .data import Sequences
 from .adapters.base import weights_digest
 from .scoring.chunks import CHUNK_RETRIES, DEFAULT_CHUNK_SIZE, ChunkRetryWarning, chunk_bounds, run_chunks
-from .curvature.hessian import HessianOperator
+from .scoring.choice import check_curvature
 from .scoring.matrix import MatrixCheckpoint, ScoreAggregates
-from .scoring.scores import executor_hessian, influence_scores, plan_auto, s_test, self_influence
+from .scoring.scores import executor_hessian, influence_scores, s_test, self_influence
 from .solvers import DivergenceError, NonPositiveCurvatureError
 
 #: Errors that refuse the problem as posed (another damping or solver is needed, hence another
@@ -368,6 +368,13 @@ class Job(object):
         return None if self.checkpoint is None else dict(self.checkpoint.stats)
 
 
+def _damping_setting(damping):
+    """A job's damping as recorded in its fingerprint: None (the curvature's default), "auto" or a float."""
+    if damping is None or (isinstance(damping, str) and damping == "auto"):
+        return damping
+    return float(damping)
+
+
 class ScoreResult(object):
     """``scores``: (n_test, n_train) I_up,loss (None with ``aggregate``/``matrix``); ``solutions``:
     the solver's Solution per test point (None when s_test came from the checkpoint); ``chunks``:
@@ -407,10 +414,10 @@ class ScoreJob(Job):
 
     kind = "score"
 
-    def __init__(self, model, train, test, folder=None, resume=False, solver="cg", damping=0.0,
+    def __init__(self, model, train, test, folder=None, resume=False, solver="cg", damping=None,
                  scoring="forward", batch_size=None, chunk_size=None, check_optimum=True, progress=False,
                  executor=None, inputs=None, solver_options=None, on_plan=None, aggregate=False, matrix=None,
-                 groups=None):
+                 groups=None, curvature="auto", on_curvature=None):
         train = model.validate(train, getattr(train, "name", "training data"))
         if matrix is not None and folder is None:
             raise ValueError("matrix=%r needs folder= (the matrix file is built there and moved to %s at "
@@ -422,7 +429,10 @@ class ScoreJob(Job):
         self.groups = groups
         self._matrix_store = None
         self.on_plan = on_plan
-        self.solver, self.damping, self.scoring = solver, float(damping), scoring
+        self.solver, self.damping, self.scoring = solver, _damping_setting(damping), scoring
+        self.curvature, self.on_curvature = check_curvature(curvature), on_curvature
+        #: the STest of the last run's solve (None when s_test came from the checkpoint)
+        self.s_test = None
         self.batch_size, self.check_optimum = batch_size, check_optimum
         self.executor, self.solver_options = executor, dict(solver_options or {})
         if executor is not None and hasattr(executor, "check"):
@@ -432,7 +442,7 @@ class ScoreJob(Job):
 
     def _settings(self):
         return {"test": data_identity(self.test), "solver": self.solver, "damping": self.damping,
-                "scoring": self.scoring, "batch_size": self.batch_size, "matrix_file": self.matrix is not None,
+                "curvature": self.curvature, "scoring": self.scoring, "batch_size": self.batch_size, "matrix_file": self.matrix is not None,
                 "solver_options": plain_options(dict(self.solver_options, progress=None))}
 
     def _finish(self):
@@ -448,19 +458,13 @@ class ScoreJob(Job):
         t0 = time.perf_counter()
         vectors = ckpt.load_array("s_test") if ckpt is not None else None
         if vectors is None:
-            solver = self.solver
-            with executor_hessian(self.executor, self.model, self.train, self.batch_size) as hessian:
-                if solver == "auto":
-                    if hessian is None:
-                        hessian = HessianOperator(self.model, self.train, batch_size=self.batch_size)
-                    with self.model.preserving_params():
-                        plan = plan_auto(hessian, len(self.test), self.damping, self.solver_options)
-                    if self.on_plan is not None:
-                        self.on_plan(plan)
-                    solver = plan.method
-                st = s_test(self.model, self.train, self.test, solver, self.damping, self.batch_size,
-                            hessian=hessian, check_optimum=self.check_optimum, **self.solver_options)
-            vectors, solutions = st.vectors, st.solutions
+            on_workers = self.executor if self.curvature in ("auto", "hessian") else None
+            with executor_hessian(on_workers, self.model, self.train, self.batch_size) as hessian:
+                st = s_test(self.model, self.train, self.test, self.solver, self.damping, self.batch_size,
+                            hessian=hessian, check_optimum=self.check_optimum, curvature=self.curvature,
+                            on_curvature=self.on_curvature, on_plan=self.on_plan, **self.solver_options)
+            vectors, solutions, plan = st.vectors, st.solutions, st.plan
+            self.s_test = st
             if ckpt is not None:
                 ckpt.save_array("s_test", vectors)
         t1 = time.perf_counter()
@@ -487,20 +491,23 @@ class SelfInfluenceJob(Job):
 
     kind = "self"
 
-    def __init__(self, model, train, folder=None, resume=False, method="exact", k=None, damping=0.0,
+    def __init__(self, model, train, folder=None, resume=False, method="exact", k=None, damping=None,
                  batch_size=None, chunk_size=None, check_optimum=True, progress=False, inputs=None,
-                 **lanczos_options):
+                 curvature="auto", on_curvature=None, **lanczos_options):
         train = model.validate(train, getattr(train, "name", "training data"))
         Job.__init__(self, model, train, folder, resume, chunk_size, progress, inputs)
-        self.method, self.k, self.damping = method, k, float(damping)
+        self.method, self.k, self.damping = method, k, _damping_setting(damping)
+        self.curvature, self.on_curvature = check_curvature(curvature), on_curvature
         self.batch_size, self.check_optimum = batch_size, check_optimum
         self.lanczos_options = lanczos_options
 
     def _settings(self):
-        return {"method": self.method, "k": self.k, "damping": self.damping, "batch_size": self.batch_size,
+        return {"method": self.method, "k": self.k, "damping": self.damping, "curvature": self.curvature,
+                "batch_size": self.batch_size,
                 "solver_options": plain_options(dict(self.lanczos_options, progress=None))}
 
     def _compute(self):
         return self_influence(self.model, self.train, self.method, self.k, self.damping, self.batch_size,
                               check_optimum=self.check_optimum, chunk_size=self.chunk_size,
-                              checkpoint=self.checkpoint, progress=self.progress, **self.lanczos_options)
+                              checkpoint=self.checkpoint, progress=self.progress, curvature=self.curvature,
+                              on_curvature=self.on_curvature, **self.lanczos_options)

@@ -221,7 +221,7 @@ def _ctf_options(args, model):
 FLAGS = {"damping": "--damping", "rtol": "--rtol", "maxiter": "--maxiter", "random_state": "--seed",
          "chunk_size": "--chunk-size", "batch_size": "--batch-size", "k": "--k", "resume": "--resume",
          "folder": "--out", "l2": "--l2", "scoring": "--scoring", "method": "--solver", "solver": "--solver",
-         "mapping": "--ctf-map", "skip": "--ctf-skip", "gtol": "--gtol"}
+         "mapping": "--ctf-map", "skip": "--ctf-skip", "gtol": "--gtol", "curvature": "--curvature"}
 COMMAND_FLAGS = {"self": {"method": "--method"}}
 #: Parameters only the Python API has: the CLI never sets them, so an error naming one keeps the API word.
 API_ONLY = {"x0": "cg's starting point", "callback": "per-iteration hook", "recycle": "solve_many option",
@@ -478,7 +478,7 @@ class Warnings(object):
         self._cm.__exit__(*exc)
         seen = set()
         for w in self.caught:
-            text = "%s: %s" % (w.category.__name__, first_line(w.message))
+            text = "%s: %s" % (w.category.__name__, cli_text(w.message))
             if text not in seen and not issubclass(w.category, (DeprecationWarning, ImportWarning)) \
                     and not _BINARY_NOISE.match(str(w.message)):
                 seen.add(text)

@@ -8,7 +8,7 @@ text with another spelling (the CLI passes its table of flags). No regular expre
 message: a reworded message renders the same way."""
 import numbers
 
-__all__ = ["InfluenceError", "param", "render", "api_spelling", "parameters"]
+__all__ = ["InfluenceError", "param", "render", "api_spelling", "parameters", "warn"]
 
 _OPEN, _SEP, _CLOSE = u"\ue000", u"\ue001", u"\ue002"
 _NO_VALUE = object()
@@ -84,3 +84,12 @@ class InfluenceError(ValueError):
 
     def render(self, spelling=api_spelling):
         return render(self.template, spelling)
+
+
+def warn(category, template, stacklevel=2):
+    """``warnings.warn`` of a message with :func:`param` mentions: the warning's text is in API words
+    and ``warning.template`` keeps the marks (the CLI prints it in its flags)."""
+    import warnings
+    w = category(render(template))
+    w.template = str(template)
+    warnings.warn(w, stacklevel=stacklevel + 1)

@@ -18,6 +18,7 @@ per test point (4 with the Richardson stencil) instead of n per-example backward
 """
 import collections
 import contextlib
+import warnings
 
 import numpy as np
 import scipy.linalg
@@ -26,25 +27,33 @@ from ..common.errors import InfluenceError, param
 from ..common.numeric import check_damping
 from .chunks import DEFAULT_CHUNK_SIZE, run_chunks
 from ..data import check_batch_size
-from ..fitting import OPTIMUM_RTOL, warn_if_not_optimal
-from ..curvature.hessian import HessianOperator
+from ..fitting import OPTIMUM_RTOL, NotAtOptimumWarning, warn_if_not_optimal
+from .choice import choose_curvature, fallback_curvature
 from .kernels import (FORWARD_STENCIL, GRADIENT_CHUNK, ForwardStep, chunk_scores, forward_differences,
                       forward_steps, gradient_blocks, validated as _validate)
-from ..solvers import METHODS, dense_matrix, lanczos_inverse, plan_solver, solve_many
+from ..solvers import METHODS, NonPositiveCurvatureError, dense_matrix, lanczos_inverse, plan_solver, solve_many
 from ..solvers.dense import cholesky
 
 __all__ = ["s_test", "STest", "influence_scores", "predicted_loss_change", "self_influence",
            "directional_derivatives", "forward_steps", "forward_differences", "ForwardStep",
            "FORWARD_STENCIL", "GRADIENT_CHUNK"]
 
-STest = collections.namedtuple("STest", "vectors solutions damping plan")
-STest.__new__.__defaults__ = (None,)
+STest = collections.namedtuple("STest", "vectors solutions damping plan curvature curvature_reason")
+STest.__new__.__defaults__ = (None, "hessian", None)
 STest.__doc__ = """Result of :func:`s_test`. ``vectors``: float64 array (n_test, d), row j = (H + damping·I)⁻¹
 g_test_j (one row per test point, also for a single test point); ``solutions``: the solver's
 ``Solution`` for each row (x, converged, n_iter, n_hvp, residual, seconds; with direct and lanczos the
 shared factorisation's products and seconds are in the first row, see
 :func:`influence.solvers.solve_many`); ``damping``: the damping used; ``plan``: the
-:class:`influence.solvers.Plan` of ``solver="auto"`` (None otherwise)."""
+:class:`influence.solvers.Plan` of ``solver="auto"`` (None otherwise); ``curvature``: the curvature
+used ("hessian", "gauss-newton", "fisher", or "given" for a caller's operator) and
+``curvature_reason``, one line saying why and with which damping."""
+
+
+def total_damping(cur):
+    """The damping of a :class:`~influence.scoring.choice.Curvature`: the solver's plus the operator's own."""
+    return float(cur.damping) + float(getattr(cur.operator, "damping", 0.0) or 0.0) \
+        if cur.kind != "hessian" else float(cur.damping)
 
 #: Options that only cg (of the methods "auto" chooses from) takes: given one, "auto" plans cg.
 _CG_ONLY = ("maxiter", "stagnation", "curvature_steps", "recycle")
@@ -80,11 +89,27 @@ def _check_solver(solver):
                              % (param("solver", solver), ", ".join(METHODS), param("solver", "auto")), parameter="solver")
 
 
-def _training_hessian(model, train, batch_size, hessian, check_optimum):
-    """The HessianOperator of R on ``train`` (``hessian`` when given), after the optimum check."""
-    if check_optimum:
-        warn_if_not_optimal(model, train, OPTIMUM_RTOL, batch_size, stacklevel=4)
-    return HessianOperator(model, train, batch_size=batch_size) if hessian is None else hessian
+def _with_curvature(model, train, curvature, damping, batch_size, hessian, check_optimum, work, on_curvature=None):
+    """``work(cur)`` on the :class:`~influence.scoring.choice.Curvature` chosen for ``curvature``;
+    under ``"auto"``, a Hessian built here that turns out not positive definite is replaced by the
+    Gauss-Newton matrix and the work done again. ``on_curvature(cur)`` hears each choice. Returns (result, curvature)."""
+    cur = choose_curvature(model, train, curvature, damping, batch_size, hessian, check_optimum)
+    if on_curvature is not None:
+        on_curvature(cur)
+    if cur.requested == "auto" and cur.kind != "hessian":
+        warnings.warn("%s: using %s (curvature='auto'); influence then predicts the response to "
+                      "down-weighting points from these weights, not a retraining from scratch"
+                      % (cur.reason.split(": ", 1)[-1], cur.reason.split(": ", 1)[0]), NotAtOptimumWarning,
+                      stacklevel=4)
+    try:
+        return work(cur), cur
+    except NonPositiveCurvatureError as e:
+        if cur.requested != "auto" or cur.kind != "hessian" or hessian is not None:
+            raise          # a caller's operator (hessian=) is what was asked for: no switch
+        cur = fallback_curvature(model, train, cur, e, damping, batch_size)
+        if on_curvature is not None:
+            on_curvature(cur)
+        return work(cur), cur
 
 
 @contextlib.contextmanager
@@ -101,9 +126,13 @@ def executor_hessian(executor, model, train, batch_size=None):
             hessian.close()
 
 
-def s_test(model, train, test, solver="cg", damping=0.0, batch_size=None, hessian=None,
-           check_optimum=True, **solver_options):
-    """s_test = (H + damping·I)⁻¹ g_test for each test point, H = ∇²R(w) on ``train``.
+def s_test(model, train, test, solver="cg", damping=None, batch_size=None, hessian=None,
+           check_optimum=True, curvature="auto", on_curvature=None, on_plan=None, **solver_options):
+    """s_test = (C + damping·I)⁻¹ g_test for each test point, C the curvature of R on ``train``:
+    ``curvature="hessian"`` (H = ∇²R(w)), ``"gauss-newton"``, ``"fisher"`` or ``"auto"`` (the
+    Hessian at an optimum where H + damping·I is positive definite, else Gauss-Newton; see
+    :mod:`influence.scoring.choice`). ``damping=None``: 0 for the Hessian, ``"auto"`` (0.1 × the
+    mean eigenvalue) for Gauss-Newton and Fisher; a number or ``"auto"`` wins.
 
     ``test``: (x, y) with one row per test point (one row for a single point) or a Dataset.
     g_test = ∇ℓ(z_test, w) is the gradient of that point's loss WITHOUT the L2 term; several test
@@ -116,24 +145,31 @@ def s_test(model, train, test, solver="cg", damping=0.0, batch_size=None, hessia
     side on the previous solutions when that lowers the residual (``recycle=False`` turns that off); lissa solves each point on its own. ``hessian``: a ready :class:`~influence.curvature.hessian.HessianOperator` on ``train`` (reuses its
     calibrated step across calls), or an :class:`influence.dask.hessian.DaskHessianOperator` to run the
     products on a Dask cluster; by default one is built with ``batch_size``.
-    Returns :class:`STest` (``vectors`` of shape (n_test, d) and the solver's ``Solution`` per row).
-    Warns with :class:`~influence.fitting.NotAtOptimumWarning` when ``w`` is not a minimum of R.
+    Returns :class:`STest` (``vectors`` of shape (n_test, d), the solver's ``Solution`` per row, the
+    damping and the curvature used). Warns with :class:`~influence.fitting.NotAtOptimumWarning` when
+    ``w`` is not a minimum of R (saying which curvature was used instead). ``on_curvature``: called
+    with the :class:`~influence.scoring.choice.Curvature` once chosen (before the solve);
+    ``on_plan``: called with the plan of ``solver="auto"`` before the solve.
     Weights are unchanged (bit-identical) afterwards.
     """
     _check_solver(solver)
     train = _validate(model, train, "training data")
     test = _validate(model, test, "test data")
-    damping = check_damping(damping)
-    plan = None
     with model.preserving_params():
-        H = _training_hessian(model, train, batch_size, hessian, check_optimum)
         g_test = model.per_example_grads(test, batch_size)
-        if solver == "auto":
-            plan = plan_auto(H, len(g_test), damping, solver_options)
-            solver = plan.method
-        solutions = solve_many(H, g_test, solver, damping=float(damping), **solver_options)
+
+        def solve(cur):
+            method, plan = solver, None
+            if method == "auto":
+                plan = plan_auto(cur.operator, len(g_test), cur.damping, solver_options)
+                method = plan.method
+                if on_plan is not None:
+                    on_plan(plan)
+            return solve_many(cur.operator, g_test, method, damping=float(cur.damping), **solver_options), plan
+        (solutions, plan), cur = _with_curvature(model, train, curvature, damping, batch_size, hessian,
+                                                 check_optimum, solve, on_curvature)
     vectors = np.array([np.asarray(sol.x, dtype=np.float64).reshape(-1) for sol in solutions])
-    return STest(vectors, solutions, float(damping), plan)
+    return STest(vectors, solutions, total_damping(cur), plan, cur.kind, cur.reason)
 
 
 def _steps_checkpointed(model, train, directions, rel_step, stencil, batch_size, checkpoint):
@@ -174,11 +210,13 @@ def _score_rows(model, train, vectors, scoring, rel_step, stencil, batch_size, c
     return dots
 
 
-def influence_scores(model, train, test, solver="cg", scoring="forward", damping=0.0, batch_size=None,
+def influence_scores(model, train, test, solver="cg", scoring="forward", damping=None, batch_size=None,
                      s=None, hessian=None, rel_step=None, stencil=None,
                      check_optimum=True, chunk_size=None, checkpoint=None, progress=False, executor=None,
-                     client=None, sink=None, **solver_options):
-    """I_up,loss(z_i, z_test) = −g_testᵀ (H + damping·I)⁻¹ g_i for every training point z_i.
+                     client=None, sink=None, curvature="auto", **solver_options):
+    """I_up,loss(z_i, z_test) = −g_testᵀ (C + damping·I)⁻¹ g_i for every training point z_i, C the
+    curvature chosen by ``curvature`` (and ``damping``) as in :func:`s_test` (the Hessian H at an
+    optimum).
 
     This is the derivative of the test loss when z_i is up-weighted by ε in R (Koh & Liang 2017).
     Removing z_i is ε = −1/n, so the predicted change of the test loss is
@@ -220,9 +258,10 @@ def influence_scores(model, train, test, solver="cg", scoring="forward", damping
     if hasattr(executor, "check"):
         executor.check(model, train)
     if s is None:
-        with executor_hessian(executor if hessian is None else None, model, train, batch_size) as own:
+        on_workers = executor if hessian is None and curvature in ("auto", "hessian") else None
+        with executor_hessian(on_workers, model, train, batch_size) as own:
             s = s_test(model, train, test, solver, damping, batch_size, hessian if own is None else own,
-                       check_optimum, **solver_options)
+                       check_optimum, curvature, **solver_options)
     elif check_optimum:
         warn_if_not_optimal(model, train, OPTIMUM_RTOL, batch_size)
     vectors = np.atleast_2d(s.vectors if isinstance(s, STest) else np.asarray(s, dtype=np.float64))
@@ -248,54 +287,63 @@ def predicted_loss_change(scores, n_train):
     return -np.asarray(scores, dtype=np.float64) / float(n_train)
 
 
-def self_influence(model, train, method="exact", k=None, damping=0.0, batch_size=None, hessian=None,
+def self_influence(model, train, method="exact", k=None, damping=None, batch_size=None, hessian=None,
                    rel_step=None, stencil=None, check_optimum=True, chunk_size=None, checkpoint=None,
-                   progress=False, **lanczos_options):
-    """Self-influence s_i = g_iᵀ (H + damping·I)⁻¹ g_i of every training point (shape (n,)).
+                   progress=False, curvature="auto", on_curvature=None, **lanczos_options):
+    """Self-influence s_i = g_iᵀ (C + damping·I)⁻¹ g_i of every training point (shape (n,)), C the
+    curvature chosen by ``curvature`` and ``damping`` as in :func:`s_test`.
 
     High s_i: the point is fitted against the rest of the data (a likely mislabeled example).
 
-    ``method="exact"`` (small d): a dense H from d Hessian-vector products and the per-example
+    ``method="exact"`` (small d): a dense C from d curvature-vector products and the per-example
     gradients g_i; s_i from one dense solve. ``method="lanczos"`` (large d): the rank-``k``
-    approximation H ≈ U diag(θ) Uᵀ from :func:`influence.solvers.lanczos_inverse`, so
+    approximation C ≈ U diag(θ) Uᵀ from :func:`influence.solvers.lanczos_inverse`, so
     s_i ≈ Σ_k (u_kᵀ g_i)² / (θ_k + damping), every u_kᵀ g_i by forward differences along u_k
     (:func:`directional_derivatives`: no per-example gradient, 2 or 4 batched passes per u_k;
     Schioppa et al. 2022 with finite differences instead of forward-mode autodiff).
-    ``chunk_size``, ``checkpoint``, ``progress`` as in :func:`influence_scores` (the dense Hessian or
+    ``chunk_size``, ``checkpoint``, ``progress`` as in :func:`influence_scores` (the dense matrix or
     the Lanczos eigenpairs are checkpointed too). Weights are unchanged (bit-identical) afterwards.
+    ``on_curvature``: called with the :class:`~influence.scoring.choice.Curvature` once it is chosen
+    (e.g. to print which one and why before the long work).
     """
     if method not in ("exact", "lanczos"):
-        raise ValueError("method=%r is not one of 'exact', 'lanczos'" % (method,))
+        raise InfluenceError("%s is not one of 'exact', 'lanczos'" % param("method", method), parameter="method")
     if chunk_size is not None:
         check_batch_size(chunk_size, "chunk_size")
     train = _validate(model, train, "training data")
-    damping = check_damping(damping)
+    if method == "lanczos" and k is None:
+        raise InfluenceError("%s needs the rank %s (e.g. %s)" % (param("method", "lanczos"), param("k"), param("k", 50)),
+                             parameter="k", suggestion=50)
+    chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     with model.preserving_params():
-        H = _training_hessian(model, train, batch_size, hessian, check_optimum)
-        chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
         if method == "exact":
-            A = checkpoint.load_array("damped_hessian") if checkpoint is not None else None
-            if A is None:
-                A, _ = dense_matrix(H, damping, extra_matrices=1)      # A and its Cholesky factor
-                if checkpoint is not None:
-                    checkpoint.save_array("damped_hessian", A)
-            factor = cholesky(A, "self_influence", damping, getattr(H, "damping", 0.0))
+            def factorise(cur):
+                A = checkpoint.load_array("damped_hessian") if checkpoint is not None else None
+                if A is None:
+                    A, _ = dense_matrix(cur.operator, cur.damping, extra_matrices=1)   # A and its Cholesky factor
+                    if checkpoint is not None:
+                        checkpoint.save_array("damped_hessian", A)
+                return cholesky(A, "self_influence", cur.damping, getattr(cur.operator, "damping", 0.0))
+            factor, _ = _with_curvature(model, train, curvature, damping, batch_size, hessian, check_optimum,
+                                        factorise, on_curvature)
 
             def compute(a, b):
                 return np.concatenate([np.sum(G * scipy.linalg.cho_solve(factor, G.T).T, axis=1)
                                        for G in gradient_blocks(model, train, a, b, batch_size)])
             out, _ = run_chunks(compute, len(train), chunk_size, checkpoint, progress, "self-influence")
             return out
-        if k is None:
-            raise InfluenceError("%s needs the rank %s (e.g. %s)" % (param("method", "lanczos"), param("k"), param("k", 50)),
-                                 parameter="k", suggestion=50)
-        saved = checkpoint.load_array("lanczos") if checkpoint is not None else None
-        if saved is None:
-            low = lanczos_inverse(H, int(k), damping=damping, **lanczos_options)
-            theta = np.asarray(low.eigenvalues, dtype=np.float64) + float(getattr(low, "damping", damping))
-            saved = np.vstack([theta[None, :], np.asarray(low.eigenvectors, dtype=np.float64)])
-            if checkpoint is not None:
-                checkpoint.save_array("lanczos", saved)
+
+        def decompose(cur):
+            saved = checkpoint.load_array("lanczos") if checkpoint is not None else None
+            if saved is None:
+                low = lanczos_inverse(cur.operator, int(k), damping=cur.damping, **lanczos_options)
+                theta = np.asarray(low.eigenvalues, dtype=np.float64) + float(getattr(low, "damping", cur.damping))
+                saved = np.vstack([theta[None, :], np.asarray(low.eigenvectors, dtype=np.float64)])
+                if checkpoint is not None:
+                    checkpoint.save_array("lanczos", saved)
+            return saved
+        saved, _ = _with_curvature(model, train, curvature, damping, batch_size, hessian, check_optimum,
+                                   decompose, on_curvature)
         theta, U = saved[0], saved[1:]
     steps = _steps_checkpointed(model, train, U.T, rel_step, stencil, batch_size, checkpoint)
 
@@ -304,3 +352,4 @@ def self_influence(model, train, method="exact", k=None, damping=0.0, batch_size
         return np.sum(P ** 2 / theta[:, None], axis=0)
     out, _ = run_chunks(compute_lanczos, len(train), chunk_size, checkpoint, progress, "self-influence")
     return out
+

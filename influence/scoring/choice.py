@@ -1,0 +1,143 @@
+"""Which curvature an influence computation uses (``curvature=``), and its damping.
+
+``"hessian"``: H = ∇²R(w) by finite differences of gradients (:class:`influence.HessianOperator`),
+the classical influence function — meaningful at an optimum, where H is positive definite.
+``"gauss-newton"``: G = (1/n) Σ J_iᵀ H_ℓ J_i + l2·I (:class:`influence.GaussNewtonOperator`),
+positive semi-definite at any weights; with damping, influence on G predicts the response to
+down-weighting points from the trained weights (the proximal Bregman response function, Bae et al.
+2022), not a retraining from scratch. ``"fisher"``: the empirical Fisher (1/n) Σ g_i g_iᵀ + l2·I
+(:class:`influence.FisherOperator`), for any loss. ``"auto"`` (the default): the Hessian where the
+model is at an optimum (:func:`influence.check_optimum`) and H + damping·I is positive definite (a
+solver that meets negative curvature switches), otherwise the Gauss-Newton matrix (the Fisher for a
+loss without a closed-form output Hessian).
+
+``damping=None`` (the default) means 0 for the Hessian and ``"auto"`` for Gauss-Newton and Fisher:
+0.1 × the mean eigenvalue of the curvature (:func:`influence.curvature.auto_damping`); a number
+always wins.
+"""
+import collections
+
+from ..common.errors import InfluenceError, param, warn
+from ..common.numeric import check_damping
+from ..curvature import FisherOperator, GaussNewtonOperator, HessianOperator
+from ..fitting import OPTIMUM_RTOL, NotAtOptimumWarning, check_optimum as _optimum_check
+
+__all__ = ["CURVATURES", "Curvature", "choose_curvature", "check_curvature", "fallback_curvature"]
+
+#: The values of ``curvature=`` (and ``--curvature``).
+CURVATURES = ("auto", "hessian", "gauss-newton", "fisher")
+
+Curvature = collections.namedtuple("Curvature", "operator kind damping reason requested")
+Curvature.__doc__ = """The curvature of one computation: ``operator`` (a symmetric LinearOperator that
+already includes its damping when the damping was "auto"), ``kind`` ("hessian", "gauss-newton",
+"fisher" or "given" for a caller's operator), ``damping`` (the damping the solver adds on top of the
+operator: 0.0 when the operator holds it), ``reason`` (one line: why this curvature and damping),
+``requested`` (the ``curvature=`` asked for)."""
+
+
+def check_curvature(curvature):
+    if curvature not in CURVATURES:
+        raise InfluenceError("%s is not one of %s; pass e.g. %s" % (
+            param("curvature", curvature), ", ".join(CURVATURES), param("curvature", "auto")), parameter="curvature")
+    return curvature
+
+
+def _check_damping(damping):
+    if damping is None or (isinstance(damping, str) and damping == "auto"):
+        return damping
+    if isinstance(damping, str):
+        raise InfluenceError("%s is not a number nor 'auto'; pass e.g. %s or %s" % (
+            param("damping", damping), param("damping", 0.01), param("damping", "auto")), parameter="damping")
+    return check_damping(damping)
+
+
+def _operator(kind, model, train, damping, batch_size):
+    """(operator, solver damping, damping text) for ``kind`` with ``damping`` (None, "auto" or a number)."""
+    if kind == "hessian":
+        op = HessianOperator(model, train, batch_size=batch_size)
+        if damping == "auto":
+            from ..curvature import auto_damping
+            with model.preserving_params():
+                return op, auto_damping(op), "auto"
+        return op, 0.0 if damping is None else damping, None
+    cls = GaussNewtonOperator if kind == "gauss-newton" else FisherOperator
+    if damping is None or damping == "auto":
+        op = cls(model, train, damping="auto", batch_size=batch_size)
+        return op, 0.0, "auto"
+    return cls(model, train, damping=0.0, batch_size=batch_size), damping, None
+
+
+def _gauss_newton_kind(model):
+    """"gauss-newton" when the model's loss has a closed-form output Hessian, else "fisher"."""
+    check = getattr(model, "check_output_loss", None)
+    if check is None:
+        return "fisher"
+    try:
+        check()
+    except ValueError:
+        return "fisher"
+    return "gauss-newton"
+
+
+def _describe(kind, op, damping, why):
+    total = damping + float(getattr(op, "damping", 0.0) or 0.0)
+    name = {"hessian": "the Hessian", "gauss-newton": "the Gauss-Newton matrix", "fisher": "the empirical Fisher"}[kind]
+    auto = getattr(op, "damping_auto", False)
+    mean = getattr(op, "mean_eigenvalue", None)
+    dtext = ("damping %.3g (auto: 0.1 × mean eigenvalue %.3g)" % (total, mean)) if auto and mean is not None \
+        else "damping %.3g" % total
+    return "%s, %s%s" % (name, dtext, (": " + why) if why else "")
+
+
+def choose_curvature(model, train, curvature="auto", damping=None, batch_size=None, hessian=None,
+                     check_optimum=True):
+    """The :class:`Curvature` for ``curvature`` (module docstring) on validated ``train``.
+
+    ``hessian``: a ready operator (e.g. a calibrated HessianOperator or a Dask one) used as the
+    Hessian. With ``curvature="auto"`` the optimum check runs (unless ``check_optimum`` is False) and
+    decides between the Hessian and Gauss-Newton; with ``"hessian"`` a failed check warns
+    (:class:`influence.NotAtOptimumWarning`) naming ``curvature="gauss-newton"``."""
+    check_curvature(curvature)
+    damping = _check_damping(damping)
+    kind, why = curvature, None
+    if curvature in ("auto", "hessian") and check_optimum:
+        chk = _optimum_check(model, train, OPTIMUM_RTOL, batch_size)
+        if not chk.ok:
+            text = ("the weights are not at a minimum of the training objective: ‖∇R(w)‖ = %.3g > %.0e·σ_g = %.3g"
+                    % (chk.grad_norm, OPTIMUM_RTOL, chk.threshold))
+            if curvature == "auto":
+                kind = _gauss_newton_kind(model)
+                why = text
+            else:
+                warn(NotAtOptimumWarning,
+                     "%s; the Hessian's influence estimates assume ∇R(w) = 0 — use %s (the default %s "
+                     "chooses it here), or fit first with influence.fit(model, train)"
+                     % (text, param("curvature", "gauss-newton"), param("curvature", "auto")), stacklevel=4)
+                why = "asked for; " + text
+        elif curvature == "auto":
+            kind, why = "hessian", "at an optimum (‖∇R(w)‖ = %.3g <= %.3g)" % (chk.grad_norm, chk.threshold)
+    if kind == "auto":
+        kind, why = "hessian", "the optimum check is off"
+    if kind == "hessian" and hessian is not None:
+        d = 0.0 if damping is None else damping
+        if d == "auto":
+            from ..curvature import auto_damping
+            with model.preserving_params():
+                d = auto_damping(hessian)
+        op, solver_damping = hessian, d
+    else:
+        with model.preserving_params():
+            op, solver_damping, _ = _operator(kind, model, train, damping, batch_size)
+    return Curvature(op, kind, solver_damping, _describe(kind, op, solver_damping, why), curvature)
+
+
+def fallback_curvature(model, train, chosen, error, damping=None, batch_size=None):
+    """The Gauss-Newton :class:`Curvature` that replaces ``chosen`` (the Hessian under
+    ``curvature="auto"``) after ``error`` (a NonPositiveCurvatureError) showed H + damping·I is not
+    positive definite."""
+    kind = _gauss_newton_kind(model)
+    with model.preserving_params():
+        op, solver_damping, _ = _operator(kind, model, train, damping, batch_size)
+    first = str(error).split(":", 1)[-1].split(";")[0].strip()
+    why = "the Hessian is not positive definite (%s)" % first
+    return Curvature(op, kind, solver_damping, _describe(kind, op, solver_damping, why), chosen.requested)
