@@ -37,6 +37,7 @@ import scipy.sparse
 from ._files import InputChangedError, check_unchanged, file_fingerprint, write_json, write_npy
 from ._version import __version__
 from .data import Sequences
+from .adapters._cntk_runtime import is_interrupt
 from .adapters.base import weights_digest
 from .chunks import CHUNK_RETRIES, DEFAULT_CHUNK_SIZE, ChunkRetryWarning, chunk_bounds, run_chunks
 from .hvp import HessianOperator
@@ -318,7 +319,7 @@ class _Job(object):
         ckpt, self.checkpoint = self.checkpoint, None
         refusal = isinstance(error, REFUSALS)
         if ckpt is not None and ckpt.release(discard=refusal) and not refusal \
-                and not isinstance(error, (KeyboardInterrupt, SystemExit)):
+                and not isinstance(error, SystemExit) and not is_interrupt(error):
             raise JobFailed(error, ckpt.folder) from error
 
     def _finish(self):
