@@ -321,6 +321,8 @@ def _remember(cache, key, value, size=_CACHE_SIZE):
 
 
 def _load_model(job):
+    from .threads import worker_threads
+    worker_threads()          # one of several processes at once: one CPU thread (influence.threads)
     if job.model_kind == "pickle":
         return pickle.loads(job.model_blob)
     fd, path = tempfile.mkstemp(suffix=".model", prefix="influence-worker-")
