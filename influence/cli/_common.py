@@ -119,6 +119,82 @@ def _log(args, message):
         print(message, file=sys.stderr)
 
 
+# ---------------------------------------------------------------------------------------- plans, bars
+#: Work estimated to take longer than this (seconds) gets one plan line with the estimate on stderr
+#: before it starts (``influence: plan: ...``), next to its progress bar.
+PLAN_SECONDS = 10.0
+#: Objective-and-gradient passes over the training data of one warm-started L-BFGS retraining
+#: (leave-one-out, LDS subsets), for the plan line's estimate. Measured on the README's example
+#: (mlp:32, 1,200 digits, verify): ~100-300 passes per retraining at gtol 1e-9.
+RETRAIN_PASSES_ESTIMATE = 200
+#: Products of a rank-k Lanczos run (scipy's eigsh with ncv = 2k + 1 and restarts), per unit of k.
+LANCZOS_HVP_PER_RANK = 3
+
+
+def _duration(seconds):
+    return "%.0f s" % seconds if seconds < 120 else "%.1f min" % (seconds / 60.0)
+
+
+def _plan(args, text, seconds):
+    """``influence: plan: TEXT (estimated ~S)`` on stderr when ``seconds`` exceeds :data:`PLAN_SECONDS`
+    (not with --quiet): before long work, so that a silent terminal is never a surprise."""
+    if seconds is not None and seconds > PLAN_SECONDS:
+        _log(args, "influence: plan: %s (estimated ~%s; a progress bar follows)" % (text, _duration(seconds)))
+
+
+def _bar(args, total, desc, unit="it"):
+    """A tqdm bar on stderr (None with --quiet)."""
+    if getattr(args, "quiet", False):
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def _pass_seconds(model, data, batch_size=None):
+    """Seconds of one objective-and-gradient pass over ``data`` (timed once; weights untouched)."""
+    t0 = time.perf_counter()
+    model.grad(data, batch_size)
+    return time.perf_counter() - t0
+
+
+def _hvp_seconds(model, data, batch_size=None):
+    """Seconds of one Hessian-vector product on ``data`` (the step calibrated first, then one timed
+    product; weights restored)."""
+    from ..hvp import HessianOperator
+    op = HessianOperator(model, data, batch_size=batch_size)
+    v = np.random.RandomState(0).standard_normal(model.n_params)
+    with model.preserving_params():
+        op @ v
+        t0 = time.perf_counter()
+        op @ v
+        return time.perf_counter() - t0
+
+
+class _FitProgress(object):
+    """``train``: a plan line (when long) and a bar over the L-BFGS iterations; the object is the
+    ``callback`` of :func:`influence.fit`."""
+
+    def __init__(self, args, model, data):
+        self.args, self.bar = args, None
+        maxiter = args.lbfgs_maxiter
+        seconds = _pass_seconds(model, data, args.batch_size)
+        _plan(args, "L-BFGS on %d parameters and %d examples, ~%.3g s per pass over the data, at most %d "
+              "iterations (usually far fewer; the time is the bound)" % (model.n_params, len(data), seconds, maxiter),
+              1.1 * maxiter * seconds)
+        self.bar = _bar(args, maxiter, "L-BFGS", "it")
+
+    def __call__(self, xk):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
 class _Timer(object):
     """Named wall-clock timings, printed as a breakdown."""
 
@@ -148,8 +224,11 @@ class _Timer(object):
 def _existing_file(path, flag):
     if os.path.isdir(path):
         raise UsageError("%s %s is a folder; pass the path of a file" % (flag, path))
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise UsageError("%s %s: no such file; check the path" % (flag, path))
+    if not os.path.isfile(path):
+        raise UsageError("%s %s is not a regular file (a device, pipe or socket); pass the path of a saved file"
+                         % (flag, path))
     try:
         open(path, "rb").close()
     except (OSError, IOError) as e:
@@ -164,6 +243,12 @@ def _check_numbers(args):
         value = getattr(args, attr, None)
         if value is not None and value < 1:
             raise UsageError("%s %d is not a positive integer; pass e.g. %s 1000" % (flag, value, flag))
+    for flag, attr in (("--threads", "threads"), ("--rank", "rank"), ("--retrainings", "retrainings"),
+                       ("--solver-maxiter", "solver_maxiter"), ("--lbfgs-maxiter", "lbfgs_maxiter"), ("--top", "top")):
+        value = getattr(args, attr, None)
+        if isinstance(value, int) and value < 1:
+            raise UsageError("%s %d is not a positive integer; pass e.g. %s %s"
+                             % (flag, value, flag, VOCABULARY_DEFAULTS.get(flag) or 100))
     damping = getattr(args, "damping", None)
     if damping is not None and not (np.isfinite(damping) and damping >= 0):
         raise UsageError("--damping %r must be a finite number >= 0 (e.g. 0.01)" % damping)
@@ -278,13 +363,72 @@ def _parse_arch(arch):
                      "(e.g. cnn:8,16)" % arch)
 
 
-def _common_flags():
+# ---------------------------------------------------------------------------------------- vocabulary
+#: One flag per quantity, the same in every command (docs/cli.md's vocabulary table, generated from
+#: this list and the parsers; tests/test_cli_vocabulary.py checks each row against ``--help``):
+#: (quantity, flag, default, old spellings accepted for one release with a deprecation line).
+VOCABULARY = [
+    ("rank of the Lanczos approximation (eigenpairs kept)", "--rank", 50, ("--k",)),
+    ("training points removed one at a time and retrained without (leave-one-out)", "--retrainings", 20,
+     ("--k",)),
+    ("iterations of the inverse-HVP solver at most", "--solver-maxiter", None, ("--maxiter",)),
+    ("L-BFGS iterations at most (training, retraining)", "--lbfgs-maxiter", 2000, ("--maxiter",)),
+    ("rows of each ranked table", "--top", 10, ()),
+    ("shares of a ranking checked, in percent", "--top-percent", [5, 10, 20, 30], ("--top",)),
+    ("graph node of the model file to use", "--output-node", None, ("--output",)),
+    ("CPU threads of CNTK's math", "--threads", 1, ()),
+]
+VOCABULARY_DEFAULTS = {flag: default for _, flag, default, _ in VOCABULARY}
+#: Why a vocabulary flag has no number as its default (shown in --help and in the table).
+NO_DEFAULT_REASON = {"--solver-maxiter": "the solver's own (cg: 10·d for d parameters; lissa: its own step "
+                                        "budget; lanczos: 1000)",
+                     "--output-node": "the only output (or loss) of the file"}
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling of a flag (hidden from --help): it still works for one release, with a
+    deprecation line on stderr naming the new spelling."""
+
+    def __init__(self, option_strings, dest, new=None, **kwargs):
+        self.new = new
+        argparse.Action.__init__(self, option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print("influence: warning: %s is deprecated and will be removed in the next release; use %s"
+              % (option_string, self.new), file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _vocab_flag(p, flag, help, dest=None, old=(), **kwargs):
+    """Add the vocabulary ``flag`` (its default from :data:`VOCABULARY`, stated at the end of the help)
+    and, hidden, the old spellings in ``old`` (of the flag's row) that this command used to accept."""
+    default = VOCABULARY_DEFAULTS[flag]
+    if default is None:
+        text = "default: %s" % NO_DEFAULT_REASON[flag]
+    elif isinstance(default, list):
+        text = "default %s" % " ".join(str(v) for v in default)
+    else:
+        text = "default %s" % default
+    action = p.add_argument(flag, dest=dest, default=default, help="%s (%s)" % (help, text), **kwargs)
+    allowed = dict((row[1], row[3]) for row in VOCABULARY)[flag]
+    for spelling in old:
+        assert spelling in allowed, (flag, spelling)
+        p.add_argument(spelling, dest=action.dest, action=_Deprecated, new=flag, help=argparse.SUPPRESS,
+                       **{k: v for k, v in kwargs.items() if k in ("type", "nargs", "choices")})
+    return action
+
+
+def _common_flags(seed=True):
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("common options")
     g.add_argument("--quiet", action="store_true", help="no progress bars or progress messages on stderr")
-    g.add_argument("--seed", type=int, default=0, help="random seed for everything random, e.g. the "
-                   "lissa and lanczos solvers (default 0)")
+    if seed:
+        g.add_argument("--seed", type=int, default=0, help="random seed for everything random, e.g. the "
+                       "lissa and lanczos solvers (default 0)")
     g.add_argument("--json", action="store_true", help="print a machine-readable JSON summary on stdout")
+    _vocab_flag(g, "--threads", "CPU threads of CNTK's math in this process; Dask workers and parallel "
+                "retrainings always use 1 (measured: one thread per process is as fast alone and several "
+                "times faster next to other runs; docs/performance.md)", type=int, metavar="N")
     g.add_argument("--debug", action="store_true",
                    help="show tracebacks and CNTK's own messages on errors")
     return common
@@ -304,8 +448,8 @@ def _ctf_flags(p):
 def _model_flags(p, need_labels=True):
     p.add_argument("--model", required=True, metavar="M", help="model file saved by Function.save "
                    "(e.g. by 'influence train')")
-    p.add_argument("--output", metavar="NAME", help="name of the node to use (network output, or a loss "
-                   "node with --loss none) when the file holds several")
+    _vocab_flag(p, "--output-node", "name of the node to use (network output, or a loss node with --loss "
+                "none) when the file holds several", dest="output", old=("--output",), metavar="NAME")
     p.add_argument("--loss", choices=["cross_entropy", "binary_cross_entropy", "squared_error", "none"],
                    help="per-example loss on the network output ('none': the model is already a loss); "
                    "default: from the model's .json metadata, else cross_entropy")
@@ -396,17 +540,18 @@ def _misclassified(test, model, batch_size):
 
 
 def _solver_options(args):
-    """The solver options of --rtol/--maxiter/--seed/--k, one to one: rtol, maxiter, random_state, k."""
+    """The solver options of --rtol/--solver-maxiter/--seed/--rank, one to one: rtol, maxiter,
+    random_state, k."""
     opts = {"progress": not args.quiet, "random_state": args.seed}
     if args.rtol is not None:
         opts["rtol"] = args.rtol
-    if args.maxiter is not None:
+    if args.solver_maxiter is not None:
         if args.solver == "direct":
-            raise UsageError("--maxiter %d does not apply to --solver direct (it factorises once); drop it "
-                             "or pass --solver cg" % args.maxiter)
-        opts["maxiter"] = args.maxiter
+            raise UsageError("--solver-maxiter %d does not apply to --solver direct (it factorises once); drop "
+                             "it or pass --solver cg" % args.solver_maxiter)
+        opts["maxiter"] = args.solver_maxiter
     if args.solver == "lanczos":
-        opts["k"] = args.k
+        opts["k"] = args.rank
     return opts
 
 
@@ -444,6 +589,28 @@ def _label_text(labels, i):
     return "-" if labels is None else str(labels[i].item() if hasattr(labels[i], "item") else labels[i])
 
 
+#: What ``--out`` of each command can write, by extension (the extension decides the format).
+OUT_FORMATS = {"score": (".csv", ".json", ".npy"), "self": (".csv", ".json", ".npy"), "hvp": (".npy",),
+               "evaluate": (".json",)}
+
+
+def _out_format(args, command=None):
+    """The format of ``--out`` (its extension: ".csv", ".json" or ".npy"); an extension the command
+    cannot write is a usage error naming the ones it can. None without --out."""
+    path = getattr(args, "out", None)
+    if not path:
+        return None
+    command = command or args.command
+    formats = OUT_FORMATS[command]
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in formats:
+        names = formats[0] if len(formats) == 1 else "%s or %s" % (", ".join(formats[:-1]), formats[-1])
+        raise UsageError("--out %s: 'influence %s' writes %s files (the extension decides the format); give "
+                         "a name ending in %s, e.g. --out %s" % (path, command, names, names,
+                                                                 os.path.splitext(path)[0] + formats[0]))
+    return ext
+
+
 def _partial_folder(args):
     """OUT.partial (MATRIX.partial with ``score --matrix`` and no --out; None without either); checks
     --out, --matrix and --resume before any work."""
@@ -455,15 +622,23 @@ def _partial_folder(args):
                              "in .npy" % matrix)
         if args.out and os.path.abspath(matrix) == os.path.abspath(args.out):
             raise UsageError("--matrix %s is also --out; give the matrix and the table two paths" % matrix)
+        if args.out and args.out.lower().endswith(".npy"):
+            raise UsageError("--out %s is the score matrix already (.npy); drop --matrix, or give --out a .csv "
+                             "or .json name for the table" % args.out)
         check_writable(matrix, "--matrix")
     if not args.out:
-        if matrix is not None:
-            return matrix + ".partial"
-        if args.resume:
-            raise UsageError("--resume needs --out (the partial results live in OUT.partial/)")
-        return None
-    check_writable(args.out)
-    return args.out + ".partial"
+        if matrix is None:
+            if args.resume:
+                raise UsageError("--resume needs --out (the partial results live in OUT.partial/)")
+            return None
+        folder = matrix + ".partial"
+    else:
+        check_writable(args.out)
+        folder = args.out + ".partial"
+    if args.resume and not os.path.isfile(os.path.join(folder, "manifest.json")):
+        print("influence: --resume: %s/ holds nothing to resume; starting" % os.path.relpath(folder),
+              file=sys.stderr)
+    return folder
 
 
 def _job_inputs(args, extra):

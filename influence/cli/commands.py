@@ -10,22 +10,31 @@ import numpy as np
 
 from .._version import __version__
 from ._common import (
-    EXIT_OK, META_SUFFIX, UsageError, _Timer, _Warnings, _check_indices, _existing_file, _job_inputs,
-    _label_text, _labels, _load_data, _load_model, _load_split, _log, _parse_arch, _partial_folder)
+    EXIT_OK, META_SUFFIX, _FitProgress, UsageError, _Timer, _Warnings, _check_indices, _existing_file, _job_inputs,
+    _label_text, _labels, _load_data, _load_model, _load_split, _log, _out_format, _parse_arch, _partial_folder)
 
 
 # ---------------------------------------------------------------------------------------- commands
 def cmd_info(args):
     import scipy
-    print("influence  %s" % __version__)
-    print("python     %s (%s)" % (platform.python_version(), sys.executable))
-    print("numpy      %s" % np.__version__)
-    print("scipy      %s" % scipy.__version__)
+    from ..threads import get_threads
+    versions = {"influence": __version__, "python": platform.python_version(), "python_executable": sys.executable,
+                "numpy": np.__version__, "scipy": scipy.__version__, "cntk": None, "cntk_error": None,
+                "threads": get_threads()}
     try:
         from ..adapters.cntk import import_cntk
-        print("cntk       %s" % import_cntk().__version__)
+        versions["cntk"] = import_cntk().__version__
     except ImportError as e:
-        print("cntk       not available (%s)" % str(e).splitlines()[0])
+        versions["cntk_error"] = str(e).splitlines()[0]
+    if args.json:
+        print(json.dumps(versions, indent=2, sort_keys=True))
+        return EXIT_OK
+    print("influence  %s" % __version__)
+    print("python     %s (%s)" % (versions["python"], sys.executable))
+    print("numpy      %s" % np.__version__)
+    print("scipy      %s" % scipy.__version__)
+    print("cntk       %s" % (versions["cntk"] or "not available (%s)" % versions["cntk_error"]))
+    print("threads    %s (--threads)" % versions["threads"])
     return EXIT_OK
 
 
@@ -86,7 +95,9 @@ def cmd_train(args):
     _log(args, "training %s (%d parameters, %s) on %d examples with L-BFGS ..."
          % (args.arch, model.n_params, args.dtype, len(x)))
     with timer("fit (L-BFGS)"):
-        result = fit(model, data, gtol=args.gtol, maxiter=args.maxiter)
+        with _FitProgress(args, model, data) as callback:
+            result = fit(model, data, gtol=args.gtol, maxiter=args.lbfgs_maxiter, callback=callback)
+        grad_max = float(np.max(np.abs(model.grad(data))))      # what --gtol bounds (a max-norm)
     with timer("save"):
         with atomic_path(args.out) as tmp:
             model.save(tmp)
@@ -94,15 +105,16 @@ def cmd_train(args):
                 "dtype": args.dtype, "loss": loss, "l2": args.l2, "n_outputs": n_out,
                 "input_shape": list(shape), "train_data": os.path.abspath(args.data),
                 "n_train": len(x), "fit": {"loss": result.loss, "grad_norm": result.grad_norm,
+                                           "grad_max": grad_max, "gtol": args.gtol,
                                            "n_iter": result.n_iter, "converged": bool(result.converged)}}
         write_json(args.out + META_SUFFIX, meta)
     summary = dict(meta, model=os.path.abspath(args.out), seconds=timer.as_dict())
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
-        print("trained %s: %d parameters, %d L-BFGS iterations, objective %.6g, ‖∇R‖ = %.2e%s"
-              % (args.arch, model.n_params, result.n_iter, result.loss, result.grad_norm,
-                 "" if result.converged else "  (NOT converged: raise --maxiter)"))
+        print("trained %s: %d parameters, %d L-BFGS iterations, objective %.6g, max |∂R/∂w| = %.2e (--gtol %g)%s"
+              % (args.arch, model.n_params, result.n_iter, result.loss, grad_max, args.gtol,
+                 "" if result.converged else "  (NOT converged: raise --lbfgs-maxiter)"))
         print("saved %s and %s" % (args.out, args.out + META_SUFFIX))
         print("\n".join(timer.lines()))
     return EXIT_OK
@@ -112,6 +124,7 @@ def cmd_hvp(args):
     from ..hvp import HessianOperator
     from .._files import check_writable, write_npy
     if args.out:
+        _out_format(args)
         check_writable(args.out)
     timer = _Timer()
     with timer("load model"):
@@ -155,14 +168,15 @@ def cmd_hvp(args):
 
 def cmd_self(args):
     from ..jobs import SelfInfluenceJob
-    from .._files import write_table
+    from .._files import write_npy, write_table
+    out_format = _out_format(args)
     folder = _partial_folder(args)
     timer = _Timer()
     with timer("load model and data"):
         model, _ = _load_model(args)
         train = _load_split(args.train, "--train", model, args.ctf_options)
     n = len(train)
-    options = {"k": args.k, "random_state": args.seed} if args.method == "lanczos" else {}
+    options = {"k": args.rank, "random_state": args.seed} if args.method == "lanczos" else {}
     labels = _labels(train)
     with _Warnings():
         job = SelfInfluenceJob(model, train, folder=folder, resume=args.resume, method=args.method,
@@ -178,7 +192,10 @@ def cmd_self(args):
             order = np.argsort(-values, kind="mergesort")
             rank = np.empty(n, dtype=np.int64)
             rank[order] = np.arange(1, n + 1)
-            if args.out:
+            if out_format == ".npy":
+                with timer("write"):
+                    write_npy(args.out, np.asarray(values, dtype=np.float64))
+            elif args.out:
                 with timer("write"):
                     write_table(args.out, ["train_index", "label", "self_influence", "rank", "training_loss"],
                                 ((i, _label_text(labels, i), values[i], int(rank[i]), losses[i])
@@ -208,11 +225,11 @@ def cmd_verify(args):
         train = _load_split(args.train, "--train", model, args.ctf_options)
         test = _load_split(args.test, "--test", model, args.ctf_options)
     idx = _check_indices(args.test_index, len(test), "--test-index", "the test set")
-    if args.k < 1:
-        raise UsageError("--k %d: pass at least 1 training point to retrain without" % args.k)
+    if args.retrainings < 1:
+        raise UsageError("--retrainings %d: pass at least 1 training point to retrain without" % args.retrainings)
     with _Warnings():
-        with timer("influence + %d leave-one-out retrainings" % min(args.k, len(train))):
-            res = verify_loo(model, train, test.subset(idx), k=args.k, damping=args.damping,
+        with timer("influence + %d leave-one-out retrainings" % min(args.retrainings, len(train))):
+            res = verify_loo(model, train, test.subset(idx), k=args.retrainings, damping=args.damping,
                              random_state=args.seed, solver=args.solver, batch_size=args.batch_size)
     err = np.abs(res.predicted - res.actual)
     worst = np.argsort(-err, kind="mergesort")[:args.top]

@@ -4,8 +4,8 @@ from __future__ import print_function
 import numpy as np
 
 from ._common import (
-    EXIT_OK, TEST_INDEX_HELP, UsageError, _Parser, _Timer, _Warnings, _check_numbers, _ctf_flags,
-    _job_inputs, _load_model, _load_split, _model_flags, _partial_folder, _test_indices)
+    EXIT_OK, TEST_INDEX_HELP, UsageError, _Parser, _Timer, _Warnings, _check_numbers, _ctf_flags, _vocab_flag,
+    _job_inputs, _load_model, _load_split, _model_flags, _out_format, _partial_folder, _test_indices)
 
 
 # ---------------------------------------------------------------------------------------- evaluate
@@ -18,7 +18,8 @@ def _evaluate_check(args):
     """Refuse bad flags of ``influence evaluate`` before any work (nothing written)."""
     from .._files import check_writable
     _check_numbers(args)
-    for flag, attr, low in (("--subsets", "subsets", 2), ("--k", "k", 2), ("--maxiter", "maxiter", 1)):
+    for flag, attr, low in (("--subsets", "subsets", 2), ("--retrainings", "retrainings", 2),
+                            ("--lbfgs-maxiter", "lbfgs_maxiter", 1)):
         value = getattr(args, attr, None)
         if value is not None and value < low:
             raise UsageError("%s %d must be at least %d" % (flag, value, low))
@@ -30,17 +31,14 @@ def _evaluate_check(args):
         raise UsageError("--gtol %r must be positive (e.g. 1e-6)" % args.gtol)
     for p in getattr(args, "top_percent", None) or []:
         if not (0 < p <= 100):
-            raise UsageError("--top %r: pass percentages in (0, 100], e.g. --top 5 10 20" % p)
-    if getattr(args, "method", None) == "lanczos" and args.rank is None:
-        raise UsageError("--method lanczos needs --rank K (e.g. --rank 50)")
+            raise UsageError("--top-percent %r: pass percentages in (0, 100], e.g. --top-percent 5 10 20" % p)
     if args.plot:
         if not args.plot.lower().endswith(".png"):
             raise UsageError("--plot %s: the picture is a PNG; give a file name ending in .png" % args.plot)
         check_writable(args.plot, "--plot")
         from ..evaluate import _pyplot
         _pyplot()                                   # matplotlib missing: refused before any work
-    if args.out and not args.out.lower().endswith(".json"):
-        raise UsageError("--out %s: the results are JSON; give a file name ending in .json" % args.out)
+    _out_format(args, "evaluate")
     return _partial_folder(args)
 
 
@@ -98,7 +96,7 @@ def cmd_evaluate(args):
             items = args.test_index or ["0-%d" % (len(test) - 1)]
             idx = _test_indices(items, test, model, args.batch_size)
             test = test.subset(idx)
-    common = dict(seed=args.seed, gtol=args.gtol, maxiter=args.maxiter, damping=args.damping,
+    common = dict(seed=args.seed, gtol=args.gtol, maxiter=args.lbfgs_maxiter, damping=args.damping,
                   batch_size=args.batch_size, folder=folder, resume=args.resume, progress=not args.quiet,
                   inputs=_job_inputs(args, {} if idx is None else {"test_index": idx.tolist()}))
     client = None
@@ -108,7 +106,7 @@ def cmd_evaluate(args):
                 with timer("refit on flipped labels + rankings"):
                     res = evaluate.mislabel(model, train, fraction=args.fraction,
                                             top=tuple(p / 100.0 for p in args.top_percent), method=args.method,
-                                            k=args.rank, **common)
+                                            k=args.rank if args.method == "lanczos" else None, **common)
             else:
                 executor = None
                 if args.cluster:
@@ -123,8 +121,8 @@ def cmd_evaluate(args):
                         res = evaluate.lds(model, train, test, subsets=args.subsets, alpha=args.alpha,
                                            target=args.target, **scoring)
                 else:
-                    with timer("scores + %d leave-one-out retrainings" % min(args.k, len(train))):
-                        res = evaluate.loo(model, train, test, k=args.k, **scoring)
+                    with timer("scores + %d leave-one-out retrainings" % min(args.retrainings, len(train))):
+                        res = evaluate.loo(model, train, test, k=args.retrainings, **scoring)
     finally:
         if client is not None:
             client.close()
@@ -174,8 +172,8 @@ def _evaluate_parsers(sub, common):
         q.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
         q.add_argument("--gtol", type=float, default=1e-6, help="retrain (and re-tighten the reference optimum) "
                        "until max |∂R/∂w| <= GTOL (default 1e-6)")
-        q.add_argument("--maxiter", type=int, default=2000, help="L-BFGS iterations per retraining at most "
-                       "(default 2000)")
+        _vocab_flag(q, "--lbfgs-maxiter", "L-BFGS iterations per retraining at most", old=("--maxiter",),
+                    type=int, metavar="N")
         q.add_argument("--out", metavar="RESULTS.json", help="write every number here (JSON); the finished "
                        "work of an interrupted run is kept in RESULTS.json.partial/")
         q.add_argument("--plot", metavar="FIGURE.png", help="draw the result as a PNG (needs matplotlib)")
@@ -209,7 +207,8 @@ def _evaluate_parsers(sub, common):
                            "half at random) and compare the actual test-loss change of every test point with "
                            "the prediction -I/n of the influence scores and of the baselines.")
     flags(q)
-    q.add_argument("--k", type=int, default=20, help="training points to retrain without (default 20)")
+    _vocab_flag(q, "--retrainings", "training points to retrain without, one at a time", old=("--k",), type=int,
+                metavar="N")
     q = metrics.add_parser("mislabel", parents=[common], help="find flipped labels by self-influence",
                            description="Flip a fraction of the training labels (--seed), refit, and rank the "
                            "training points by self-influence g_iᵀ H⁻¹ g_i, by ‖g_i‖² (grad-dot), by training "
@@ -217,9 +216,9 @@ def _evaluate_parsers(sub, common):
                            "the detection curve.")
     flags(q, test=False, chunks=False)
     q.add_argument("--fraction", type=float, default=0.1, help="fraction of labels to flip (default 0.1)")
-    q.add_argument("--top", type=float, nargs="+", default=[5, 10, 20, 30], dest="top_percent", metavar="PCT",
-                   help="report the share found in the top PCT%% of each ranking (default 5 10 20 30)")
+    _vocab_flag(q, "--top-percent", "report the share found in the top PCT%% of each ranking", old=("--top",),
+                type=float, nargs="+", metavar="PCT")
     q.add_argument("--method", choices=["exact", "lanczos"], default="exact",
                    help="self-influence: exact (dense Hessian) or lanczos (rank --rank) (default exact)")
-    q.add_argument("--rank", type=int, metavar="K", help="rank of --method lanczos (e.g. 50)")
+    _vocab_flag(q, "--rank", "rank of --method lanczos", type=int, metavar="K")
     return p

@@ -10,18 +10,21 @@ import numpy as np
 
 from ._common import (
     EXIT_OK, UsageError, _Timer, _Warnings, _check_indices, _job_inputs, _label_text, _labels, _load_model,
-    _load_split, _log, _partial_folder, _print_timing, _solutions_json, _solver_options, _test_indices)
+    _load_split, _log, _out_format, _partial_folder, _print_timing, _solutions_json, _solver_options,
+    _test_indices)
 
 
 def _write_scores(args, timer, idx, n, train, scores):
     from ..scores import predicted_loss_change
-    from .._files import write_table, write_json
+    from .._files import write_npy, write_table, write_json
     if not args.out:
         return
     delta = predicted_loss_change(scores, n)
     train_labels = _labels(train)
     with timer("write"):
-        if args.out.lower().endswith(".json"):
+        if args.out.lower().endswith(".npy"):           # the (test points x training points) I_up,loss matrix
+            write_npy(args.out, np.atleast_2d(np.asarray(scores, dtype=np.float64)))
+        elif args.out.lower().endswith(".json"):
             write_json(args.out, {"test_index": idx, "n_train": n, "train_label": train_labels,
                                   "influence": scores, "predicted_loss_change": delta,
                                   "definition": "influence = I_up,loss = -g_test^T H^-1 g_i; "
@@ -36,6 +39,7 @@ def _write_scores(args, timer, idx, n, train, scores):
 def cmd_score(args):
     from ..jobs import ScoreJob
     from ..scores import predicted_loss_change
+    _out_format(args)
     folder = _partial_folder(args)
     if args.cluster:
         from ..cluster import check_reachable
@@ -128,7 +132,10 @@ def cmd_score(args):
         print(json.dumps(summary, indent=2, sort_keys=True))
         return EXIT_OK
     _print_timing(timer, idx, solutions, plan)
-    if args.out:
+    if _out_is_matrix(args):
+        print("saved %s (%d x %d float64 I_up,loss: row j is the j-th selected test point, column i the "
+              "training point i)" % (args.out, len(idx), n))
+    elif args.out:
         print("saved %s (%d rows)" % (args.out, n * len(idx)))
     return EXIT_OK
 
@@ -154,12 +161,14 @@ def _matrix_path(args, m):
         return args.matrix
     if not args.out:
         return None
-    path = os.path.splitext(args.out)[0] + ".npy"
-    if os.path.abspath(path) == os.path.abspath(args.out):
-        raise UsageError("--out %s: with %d test points (more than %d) the score matrix is written to OUT with "
-                         "the extension .npy, here --out itself; give --out a .csv or .json name, or pass "
-                         "--matrix PATH" % (args.out, m, MATRIX_TEST_POINTS))
-    return path
+    if _out_is_matrix(args):
+        return args.out
+    return os.path.splitext(args.out)[0] + ".npy"
+
+
+def _out_is_matrix(args):
+    """--out NAME.npy: the score matrix itself (no table file)."""
+    return bool(args.out) and args.out.lower().endswith(".npy")
 
 
 def _class_labels(test):
@@ -208,7 +217,7 @@ def _aggregate_columns(agg):
 def _write_aggregates(args, timer, train, agg):
     """--out in matrix mode: one row per training point (streamed), written atomically."""
     from .._files import write_table
-    if not args.out:
+    if not args.out or _out_is_matrix(args):
         return
     labels = _labels(train)
     names, arrays = _aggregate_columns(agg)
@@ -270,7 +279,7 @@ def _report_many(args, timer, model, train, test, idx, result, matrix_path):
     if matrix_path is None:
         print("  per test point: pass --out (or --matrix PATH) to save the whole score matrix")
     _print_timing(timer, idx, result.solutions, plan)
-    if args.out:
+    if args.out and not _out_is_matrix(args):
         print("saved %s (%d rows: sums and means over the test points per training point)" % (args.out, n))
     if matrix_path:
         print("saved %s (%d x %d float64 I_up,loss: row j is the j-th selected test point, column i the "
