@@ -21,6 +21,7 @@ from .scores import (s_test, STest, influence_scores, predicted_loss_change, sel
                      directional_derivatives)
 from .loo import verify_loo, LOOResult
 from . import evaluate
+from .threads import set_threads
 
 __all__ = ["__version__", "Model", "CNTKModel", "Dataset", "load_npz", "load_data", "load_ctf", "load_digits", "models",
            "HessianOperator", "hvp",
@@ -28,4 +29,4 @@ __all__ = ["__version__", "Model", "CNTKModel", "Dataset", "load_npz", "load_dat
            "cg", "lissa", "direct", "lanczos", "lanczos_inverse", "LowRankInverse",
            "fit", "FitResult", "check_optimum", "NotAtOptimumWarning",
            "s_test", "STest", "influence_scores", "predicted_loss_change", "self_influence",
-           "directional_derivatives", "verify_loo", "LOOResult"]
+           "directional_derivatives", "verify_loo", "LOOResult", "set_threads"]

@@ -25,9 +25,9 @@ from ._common import (
 from .commands import cmd_hvp, cmd_info, cmd_self, cmd_train, cmd_verify
 from .score import MATRIX_TEST_POINTS, cmd_score
 from .evaluate import _evaluate_parsers
-from ._common import ASCII_SYMBOLS, _test_indices  # noqa: F401  (part of influence.cli's surface)
+from ._common import ASCII_SYMBOLS, VOCABULARY, _test_indices  # noqa: F401  (part of influence.cli's surface)
 
-__all__ = ["main", "build_parser", "UsageError", "ASCII_SYMBOLS", "MATRIX_TEST_POINTS"]
+__all__ = ["main", "build_parser", "UsageError", "ASCII_SYMBOLS", "MATRIX_TEST_POINTS", "VOCABULARY"]
 
 
 # ---------------------------------------------------------------------------------------- parser
@@ -241,6 +241,8 @@ def main(argv=None):
                 return EXIT_USAGE
             from ..threads import set_threads
             if getattr(args, "threads", None) is not None:
+                if args.threads < 1:
+                    raise UsageError("--threads %d is not a positive integer; pass e.g. --threads 1" % args.threads)
                 set_threads(args.threads)  # before CNTK loads (OMP_NUM_THREADS), and into CNTK itself
             code = args.func(args)
             sys.stdout.flush()         # a reader that closed the pipe shows here, not at exit

@@ -636,7 +636,7 @@ def _partial_folder(args):
         check_writable(args.out)
         folder = args.out + ".partial"
     if args.resume and not os.path.isfile(os.path.join(folder, "manifest.json")):
-        print("influence: --resume: %s/ holds nothing to resume; starting" % os.path.relpath(folder),
+        print("influence: --resume: %s/ holds nothing to resume; starting" % folder,
               file=sys.stderr)
     return folder
 
