@@ -275,7 +275,7 @@ def self_influence(model, train, method="exact", k=None, damping=0.0, batch_size
         if method == "exact":
             A = checkpoint.load_array("damped_hessian") if checkpoint is not None else None
             if A is None:
-                A, _ = dense_matrix(H, damping, extra_matrices=1)      # A and its Cholesky factor
+                A, _ = dense_matrix(H, damping, extra_matrices=1, progress=progress)   # A and its Cholesky factor
                 if checkpoint is not None:
                     checkpoint.save_array("damped_hessian", A)
             factor = cholesky(A, "self_influence", damping, getattr(H, "damping", 0.0))
@@ -289,7 +289,7 @@ def self_influence(model, train, method="exact", k=None, damping=0.0, batch_size
             raise ValueError("method='lanczos' needs the rank k (e.g. k=50)")
         saved = checkpoint.load_array("lanczos") if checkpoint is not None else None
         if saved is None:
-            low = lanczos_inverse(H, int(k), damping=damping, **lanczos_options)
+            low = lanczos_inverse(H, int(k), damping=damping, **dict({"progress": progress}, **lanczos_options))
             theta = np.asarray(low.eigenvalues, dtype=np.float64) + float(getattr(low, "damping", damping))
             saved = np.vstack([theta[None, :], np.asarray(low.eigenvectors, dtype=np.float64)])
             if checkpoint is not None:

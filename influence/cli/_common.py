@@ -170,6 +170,48 @@ def _hvp_seconds(model, data, batch_size=None):
         return time.perf_counter() - t0
 
 
+def _plans_needed(args):
+    """Estimate only when a plan line can be printed: not with --quiet, not when resuming work."""
+    if getattr(args, "quiet", False):
+        return False
+    out = getattr(args, "out", None)
+    return not (getattr(args, "resume", False) and out and os.path.isdir(out + ".partial"))
+
+
+def _retrain_text(count, pass_seconds):
+    return "%d L-BFGS retraining%s (~%d passes over the data each, ~%.3g s per pass)" \
+           % (count, "" if count == 1 else "s", RETRAIN_PASSES_ESTIMATE, pass_seconds)
+
+
+def _self_plan(args, model, train):
+    """``self``: the plan line before the dense Hessian or the Lanczos run (when long)."""
+    if not _plans_needed(args):
+        return
+    from .score import FORWARD_PASS_PER_HVP as forward
+    hvp = _hvp_seconds(model, train, args.batch_size)
+    d, n = model.n_params, len(train)
+    if args.method == "exact":
+        _plan(args, "self --method exact: the dense Hessian from d = %d Hessian-vector products (~%.3g s each), "
+              "then the self-influence of %d training points" % (d, hvp, n), d * hvp)
+    else:
+        products = LANCZOS_HVP_PER_RANK * args.rank
+        _plan(args, "self --method lanczos: rank %d from ~%d Hessian-vector products (~%.3g s each), then 4 "
+              "forward passes over %d training points per eigenvector" % (args.rank, products, hvp, n),
+              (products + 4 * forward * args.rank) * hvp)
+
+
+def _retrain_plan(args, model, train, retrainings, what, m=1, extra_hvp=0):
+    """``verify``/``evaluate``: the plan line before the influence scores and the retrainings."""
+    if not _plans_needed(args):
+        return
+    from ..solvers.plan import CG_ITERATIONS_ESTIMATE
+    hvp = _hvp_seconds(model, train, args.batch_size)
+    solve = m * (min(model.n_params, CG_ITERATIONS_ESTIMATE) + 2) + extra_hvp
+    _plan(args, "%s: influence scores (~%d Hessian-vector products, ~%.3g s each) and %s"
+          % (what, solve, hvp, _retrain_text(retrainings, hvp / 2.0)),
+          solve * hvp + retrainings * RETRAIN_PASSES_ESTIMATE * hvp / 2.0)
+
+
 class _FitProgress(object):
     """``train``: a plan line (when long) and a bar over the L-BFGS iterations; the object is the
     ``callback`` of :func:`influence.fit`."""

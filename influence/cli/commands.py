@@ -10,7 +10,7 @@ import numpy as np
 
 from .._version import __version__
 from ._common import (
-    EXIT_OK, META_SUFFIX, _FitProgress, UsageError, _Timer, _Warnings, _check_indices, _existing_file, _job_inputs,
+    EXIT_OK, META_SUFFIX, _FitProgress, _retrain_plan, _self_plan, UsageError, _Timer, _Warnings, _check_indices, _existing_file, _job_inputs,
     _label_text, _labels, _load_data, _load_model, _load_split, _log, _out_format, _parse_arch, _partial_folder)
 
 
@@ -176,6 +176,7 @@ def cmd_self(args):
         model, _ = _load_model(args)
         train = _load_split(args.train, "--train", model, args.ctf_options)
     n = len(train)
+    _self_plan(args, model, train)
     options = {"k": args.rank, "random_state": args.seed} if args.method == "lanczos" else {}
     labels = _labels(train)
     with _Warnings():
@@ -227,10 +228,13 @@ def cmd_verify(args):
     idx = _check_indices(args.test_index, len(test), "--test-index", "the test set")
     if args.retrainings < 1:
         raise UsageError("--retrainings %d: pass at least 1 training point to retrain without" % args.retrainings)
+    k = min(args.retrainings, len(train))
+    _retrain_plan(args, model, train, k + 1, "verify", m=len(idx))     # + 1: the reference, re-tightened
     with _Warnings():
-        with timer("influence + %d leave-one-out retrainings" % min(args.retrainings, len(train))):
+        with timer("influence + %d leave-one-out retrainings" % k):
             res = verify_loo(model, train, test.subset(idx), k=args.retrainings, damping=args.damping,
-                             random_state=args.seed, solver=args.solver, batch_size=args.batch_size)
+                             random_state=args.seed, solver=args.solver, batch_size=args.batch_size,
+                             progress=not args.quiet)
     err = np.abs(res.predicted - res.actual)
     worst = np.argsort(-err, kind="mergesort")[:args.top]
     rows = [[int(res.indices[i]), float(res.predicted[i]), float(res.actual[i])] for i in worst]

@@ -4,7 +4,7 @@ from __future__ import print_function
 import numpy as np
 
 from ._common import (
-    EXIT_OK, TEST_INDEX_HELP, UsageError, _Parser, _Timer, _Warnings, _check_numbers, _ctf_flags, _vocab_flag,
+    EXIT_OK, LANCZOS_HVP_PER_RANK, TEST_INDEX_HELP, UsageError, _Parser, _retrain_plan, _Timer, _Warnings, _check_numbers, _ctf_flags, _vocab_flag,
     _job_inputs, _load_model, _load_split, _model_flags, _out_format, _partial_folder, _test_indices)
 
 
@@ -96,6 +96,14 @@ def cmd_evaluate(args):
             items = args.test_index or ["0-%d" % (len(test) - 1)]
             idx = _test_indices(items, test, model, args.batch_size)
             test = test.subset(idx)
+    if args.metric == "mislabel":
+        d = model.n_params
+        _retrain_plan(args, model, train, 1, "evaluate mislabel (a refit on flipped labels, then self-influence "
+                      "from %s)" % ("d = %d products" % d if args.method == "exact" else "rank %d" % args.rank),
+                      m=0, extra_hvp=d if args.method == "exact" else LANCZOS_HVP_PER_RANK * args.rank)
+    else:
+        count = args.subsets if args.metric == "lds" else min(args.retrainings, len(train))
+        _retrain_plan(args, model, train, count + 1, "evaluate %s" % args.metric, m=len(test))
     common = dict(seed=args.seed, gtol=args.gtol, maxiter=args.lbfgs_maxiter, damping=args.damping,
                   batch_size=args.batch_size, folder=folder, resume=args.resume, progress=not args.quiet,
                   inputs=_job_inputs(args, {} if idx is None else {"test_index": idx.tolist()}))
