@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from influence.cli import UsageError, _test_indices, main
+from influence.cli import UsageError, parse_test_indices, main
 from influence.data import Dataset
 from test_cli import trained, workdir  # noqa: F401 - the tiny trained model of the CLI tests
 
@@ -33,7 +33,7 @@ def _test_set():
     (["5-5"], [5]),
 ])
 def test_test_index_grammar(items, expected):
-    assert _test_indices(items, _test_set(), _Classifier(), None).tolist() == expected
+    assert parse_test_indices(items, _test_set(), _Classifier(), None).tolist() == expected
 
 
 @pytest.mark.parametrize("items,needle", [
@@ -45,18 +45,18 @@ def test_test_index_grammar(items, expected):
 ])
 def test_test_index_errors_name_the_item_and_the_fix(items, needle):
     with pytest.raises(UsageError) as e:
-        _test_indices(items, _test_set(), _Classifier(), None)
+        parse_test_indices(items, _test_set(), _Classifier(), None)
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
 def test_misclassified_needs_a_classifier_and_finds_something():
     regression = Dataset(np.zeros((4, 2)), np.zeros(4))
     with pytest.raises(UsageError, match="needs a classifier and integer class labels"):
-        _test_indices(["misclassified"], regression, _Classifier(), None)
+        parse_test_indices(["misclassified"], regression, _Classifier(), None)
     correct = _test_set()
     correct.y[:] = correct.x[:, 0].astype(np.int64)
     with pytest.raises(UsageError, match="selects nothing.*pass indices"):
-        _test_indices(["misclassified"], correct, _Classifier(), None)
+        parse_test_indices(["misclassified"], correct, _Classifier(), None)
 
 
 def test_score_auto_with_ranges_and_misclassified(trained, workdir, capsys):

@@ -20,25 +20,25 @@ import sys
 
 from .._version import __version__
 from ._common import (
-    EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, TEST_INDEX_HELP, UsageError, _Parser,
-    _ascii_safe_stdio, _common_flags, _ctf_flags, _first_line, _model_flags, _stderr_hidden, _vocab_flag)
+    EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, TEST_INDEX_HELP, UsageError, Parser,
+    ascii_safe_stdio, common_flags, ctf_flags, first_line, model_flags, stderr_hidden, _vocab_flag)
 from .commands import cmd_hvp, cmd_info, cmd_self, cmd_train, cmd_verify
 from .score import MATRIX_TEST_POINTS, cmd_score
-from .evaluate import _evaluate_parsers
-from ._common import ASCII_SYMBOLS, VOCABULARY, _test_indices  # noqa: F401  (part of influence.cli's surface)
+from .evaluate import evaluate_parsers
+from ._common import ASCII_SYMBOLS, VOCABULARY, parse_test_indices  # noqa: F401  (part of influence.cli's surface)
 
 __all__ = ["main", "build_parser", "UsageError", "ASCII_SYMBOLS", "MATRIX_TEST_POINTS", "VOCABULARY"]
 
 
 # ---------------------------------------------------------------------------------------- parser
 def build_parser():
-    common = _common_flags()
-    parser = _Parser(prog="influence", description="Influence functions (Koh & Liang 2017) on CNTK models: "
+    common = common_flags()
+    parser = Parser(prog="influence", description="Influence functions (Koh & Liang 2017) on CNTK models: "
                      "which training examples made the model predict this?")
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
-    p = sub.add_parser("info", parents=[_common_flags(seed=False)],
+    p = sub.add_parser("info", parents=[common_flags(seed=False)],
                        help="versions of influence, Python, numpy, scipy, CNTK",
                        description="Show the versions of influence, Python, numpy, scipy and CNTK.")
     p.set_defaults(func=cmd_info)
@@ -69,18 +69,18 @@ def build_parser():
     p = sub.add_parser("hvp", parents=[common], help="one Hessian-vector product of the training objective",
                        description="Compute (H + damping·I)·v for the mean training objective of a model "
                        "on a dataset, by central finite differences, and report its time.")
-    _model_flags(p)
+    model_flags(p)
     p.add_argument("--data", required=True, metavar="D.npz", help=".npz with x and y, or a .ctf file")
-    _ctf_flags(p)
+    ctf_flags(p)
     p.add_argument("--vector", required=True, metavar="v.npy", help="flat vector (.npy), one entry per parameter")
     p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
     p.add_argument("--out", metavar="hv.npy", help="save H·v here (.npy)")
     p.set_defaults(func=cmd_hvp)
 
     def score_flags(p, solver=True):
-        _model_flags(p)
+        model_flags(p)
         p.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y, or .ctf)")
-        _ctf_flags(p)
+        ctf_flags(p)
         p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian: (H + λI)⁻¹ (default 0)")
         p.add_argument("--chunk-size", type=int, default=10000, metavar="C",
                        help="training rows per chunk: the unit of progress and of --resume (default 10000)")
@@ -142,19 +142,19 @@ def build_parser():
     p = sub.add_parser("verify", parents=[common], help="leave-one-out check of the influence predictions",
                        description="Retrain without k training points (the most influential and random "
                        "ones), measure the actual change of the test loss and compare with the prediction.")
-    _model_flags(p)
+    model_flags(p)
     p.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y)")
     p.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y)")
     p.add_argument("--test-index", type=int, nargs="+", required=True, metavar="I", help="test point(s)")
     _vocab_flag(p, "--retrainings", "training points to retrain without, one at a time (half the most "
                 "influential, half at random)", old=("--k",), type=int, metavar="N")
-    _ctf_flags(p)
+    ctf_flags(p)
     p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
     p.add_argument("--solver", choices=["cg", "lissa", "direct", "lanczos"], default="cg", help="default cg")
     _vocab_flag(p, "--top", "worst disagreements to print", type=int, metavar="N")
     p.set_defaults(func=cmd_verify)
 
-    _evaluate_parsers(sub, common)
+    evaluate_parsers(sub, common)
     return parser
 
 
@@ -190,7 +190,7 @@ def _cli_terms(text, args):
 
 def _job_failed_text(e):
     from .._files import InputChangedError
-    cause = _first_line(e.cause)
+    cause = first_line(e.cause)
     folder = os.path.relpath(e.folder)
     if isinstance(e.cause, InputChangedError):
         return "%s (the partial results in %s/ belong to the old input)" % (cause, folder)
@@ -227,8 +227,8 @@ def _stdout_to_devnull():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
-    restore_stdio = _ascii_safe_stdio()
-    restore = None if debug else _stderr_hidden()
+    restore_stdio = ascii_safe_stdio()
+    restore = None if debug else stderr_hidden()
     from ..adapters._cntk_runtime import install_sigint_flag
     restore_sigint = install_sigint_flag()
     args = None
@@ -253,7 +253,7 @@ def main(argv=None):
         except (UsageError, ValueError, ImportError) as e:
             if debug:
                 raise
-            print("influence: error: %s" % _cli_terms(_first_line(e), args), file=sys.stderr)
+            print("influence: error: %s" % _cli_terms(first_line(e), args), file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:
             print(_interrupted_text(args), file=sys.stderr)
@@ -270,7 +270,7 @@ def main(argv=None):
                 print("influence: error: %s" % _cli_terms(_job_failed_text(e), args), file=sys.stderr)
             else:
                 print("influence: internal error: %s: %s (rerun with --debug for the traceback)"
-                      % (type(e).__name__, _first_line(e)), file=sys.stderr)
+                      % (type(e).__name__, first_line(e)), file=sys.stderr)
             return EXIT_FAILURE
     finally:
         restore_sigint()

@@ -53,7 +53,7 @@ def _encodes_symbols(stream):
         return False
 
 
-def _ascii_safe_stdio():
+def ascii_safe_stdio():
     """Rewrap sys.stdout/sys.stderr that cannot encode the symbols so that they print ASCII
     renderings (:data:`ASCII_SYMBOLS`) instead of raising. Returns a function that undoes it."""
     swapped = []
@@ -79,14 +79,14 @@ def _ascii_safe_stdio():
 
 
 # ---------------------------------------------------------------------------------------- plumbing
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit 2) instead of usage + message."""
 
     def error(self, message):
         raise UsageError("%s: %s (see '%s --help')" % (self.prog, message, self.prog))
 
 
-def _stderr_hidden():
+def stderr_hidden():
     """Send file descriptor 2 (where CNTK's C++ code writes) to /dev/null. Python's ``sys.stderr``
     keeps writing to the original stream (when it was file descriptor 2; a stream that is not, such
     as a test's capture, is left alone). Returns a function that undoes it."""
@@ -114,7 +114,7 @@ def _stderr_hidden():
     return restore
 
 
-def _log(args, message):
+def log(args, message):
     if not getattr(args, "quiet", False):
         print(message, file=sys.stderr)
 
@@ -139,7 +139,7 @@ def _plan(args, text, seconds):
     """``influence: plan: TEXT (estimated ~S)`` on stderr when ``seconds`` exceeds :data:`PLAN_SECONDS`
     (not with --quiet): before long work, so that a silent terminal is never a surprise."""
     if seconds is not None and seconds > PLAN_SECONDS:
-        _log(args, "influence: plan: %s (estimated ~%s; a progress bar follows)" % (text, _duration(seconds)))
+        log(args, "influence: plan: %s (estimated ~%s; a progress bar follows)" % (text, _duration(seconds)))
 
 
 def _bar(args, total, desc, unit="it"):
@@ -237,7 +237,7 @@ class _FitProgress(object):
             self.bar.close()
 
 
-class _Timer(object):
+class Timer(object):
     """Named wall-clock timings, printed as a breakdown."""
 
     def __init__(self):
@@ -263,7 +263,7 @@ class _Timer(object):
                ["  %-*s %8.3f s" % (width, "total", sum(s for _, s in self.steps))]
 
 
-def _existing_file(path, flag):
+def existing_file(path, flag):
     if os.path.isdir(path):
         raise UsageError("%s %s is a folder; pass the path of a file" % (flag, path))
     if not os.path.exists(path):
@@ -279,7 +279,7 @@ def _existing_file(path, flag):
     return path
 
 
-def _check_numbers(args):
+def check_numbers(args):
     """Refuse bad numeric flags before any work (and before OUT.partial/ is created)."""
     for flag, attr in (("--batch-size", "batch_size"), ("--chunk-size", "chunk_size")):
         value = getattr(args, attr, None)
@@ -299,10 +299,10 @@ def _check_numbers(args):
         raise UsageError("--l2 %r is negative or not finite; pass a value >= 0" % l2)
 
 
-def _load_data(path, flag="--data"):
+def load_data_file(path, flag="--data"):
     """A .npz file without a model (``influence train``): a CTF file needs the model's dimensions."""
     from ..data import is_ctf_path, load_npz
-    _existing_file(path, flag)
+    existing_file(path, flag)
     if is_ctf_path(path):
         raise UsageError("%s %s: 'influence train' reads .npz files only (a CTF file takes its dimensions "
                          "from a model); save the data with np.savez(path, x=..., y=...)" % (flag, path))
@@ -360,12 +360,12 @@ def _read_meta(model_path):
     return meta if isinstance(meta, dict) else {}
 
 
-def _load_model(args):
+def load_model(args):
     """The CNTKModel for ``--model``, with loss and l2 from the flags or from the metadata that
     ``influence train`` wrote beside the model."""
     from ..adapters.cntk import CNTKModel
-    _check_numbers(args)
-    _existing_file(args.model, "--model")
+    check_numbers(args)
+    existing_file(args.model, "--model")
     meta = _read_meta(args.model)
     loss = args.loss or meta.get("loss") or "cross_entropy"
     l2 = args.l2 if args.l2 is not None else float(meta.get("l2", 0.0))
@@ -375,7 +375,7 @@ def _load_model(args):
         model = CNTKModel.load(args.model, loss=None if loss == "none" else loss, output=args.output,
                                l2=l2, batch_size=args.batch_size)
     except ValueError as e:
-        text = _first_line(e)
+        text = first_line(e)
         raise UsageError(text if args.model in text else "--model %s: %s" % (args.model, text))
     args.ctf_options = _ctf_options(args, model)      # checked against the model before any data loads
     return model, meta
@@ -389,7 +389,7 @@ def _model_inputs(args):
             "model_metadata": file_fingerprint(meta) if os.path.isfile(meta) else None}
 
 
-def _parse_arch(arch):
+def parse_arch(arch):
     """--arch → (kind, sizes): ("mlp", ()) for softmax, ("mlp", hidden sizes), ("cnn", channels)."""
     if arch == "softmax":
         return "mlp", ()
@@ -460,7 +460,7 @@ def _vocab_flag(p, flag, help, dest=None, old=(), **kwargs):
     return action
 
 
-def _common_flags(seed=True):
+def common_flags(seed=True):
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("common options")
     g.add_argument("--quiet", action="store_true", help="no progress bars or progress messages on stderr")
@@ -476,7 +476,7 @@ def _common_flags(seed=True):
     return common
 
 
-def _ctf_flags(p):
+def ctf_flags(p):
     g = p.add_argument_group("CTF data", "--train/--test/--data may be CNTK Text Format files (.ctf or .txt), "
                              "read lazily in chunks; their streams map to the model's inputs by name (the "
                              "label stream to the label input: 'labels', 'targets' with squared_error, or "
@@ -487,7 +487,7 @@ def _ctf_flags(p):
                    help="ignore CTF stream STREAM (repeatable), e.g. a column the model has no input for")
 
 
-def _model_flags(p, need_labels=True):
+def model_flags(p, need_labels=True):
     p.add_argument("--model", required=True, metavar="M", help="model file saved by Function.save "
                    "(e.g. by 'influence train')")
     _vocab_flag(p, "--output-node", "name of the node to use (network output, or a loss node with --loss "
@@ -501,22 +501,22 @@ def _model_flags(p, need_labels=True):
                    help="examples per forward/backward pass (default 2048)")
 
 
-def _load_split(path, flag, model, ctf_options):
+def load_split(path, flag, model, ctf_options):
     """--train/--test/--data for ``model``: a .npz file, or a CTF file (.ctf/.txt) read lazily with
-    ``ctf_options`` ({"mapping", "skip"}: the command's --ctf-map/--ctf-skip, from _load_model)."""
+    ``ctf_options`` ({"mapping", "skip"}: the command's --ctf-map/--ctf-skip, from load_model)."""
     from ..data import is_ctf_path
     name = "%s %s" % (flag, path)
     if is_ctf_path(path):
         from ..ctf_data import load_ctf
-        _existing_file(path, flag)
+        existing_file(path, flag)
         try:
             data = load_ctf(path, model, mapping=ctf_options["mapping"], skip=ctf_options["skip"],
                             name=name)
         except ValueError as e:
-            text = _ctf_terms(_first_line(e)).replace(os.path.abspath(path), path)
+            text = _ctf_terms(first_line(e)).replace(os.path.abspath(path), path)
             raise UsageError("%s %s" % (flag, text) if text.startswith(path) else "%s %s: %s" % (flag, path, text))
     else:
-        data = _load_data(path, flag)
+        data = load_data_file(path, flag)
         data.name = name
     try:
         return model.validate(data, name)
@@ -524,7 +524,7 @@ def _load_split(path, flag, model, ctf_options):
         raise UsageError(str(e))
 
 
-def _check_indices(indices, n, flag, what):
+def check_indices(indices, n, flag, what):
     bad = [i for i in indices if not 0 <= i < n]
     if bad:
         raise UsageError("%s %d is out of range: %s has %d points (0..%d)" % (flag, bad[0], what, n, n - 1))
@@ -535,14 +535,14 @@ def _check_indices(indices, n, flag, what):
 #: direct/lanczos the shared factorisation's HVPs are in the first one).
 SOLUTION_LINES = 10
 
-#: Help of ``score --test-index``; the grammar is :func:`_test_indices`.
+#: Help of ``score --test-index``; the grammar is :func:`parse_test_indices`.
 TEST_INDEX_HELP = ("test points to explain (default: all): indices, inclusive ranges A-B (10-20 is 10, "
                    "11, ..., 20) and 'misclassified' (the test points whose predicted class differs from "
                    "their label), in any mix, e.g. --test-index 3 7 10-20 misclassified; repeats are "
                    "kept once, in the order given")
 
 
-def _test_indices(items, test, model, batch_size):
+def parse_test_indices(items, test, model, batch_size):
     """The test points selected by ``--test-index`` items (see :data:`TEST_INDEX_HELP`)."""
     n = len(test)
     chosen = []
@@ -562,7 +562,7 @@ def _test_indices(items, test, model, batch_size):
         else:
             raise UsageError("--test-index %r is not an index, an inclusive range A-B or 'misclassified'; "
                              "pass e.g. --test-index 3 7 10-20 misclassified" % item)
-    idx = _check_indices(chosen, n, "--test-index", "the test set")
+    idx = check_indices(chosen, n, "--test-index", "the test set")
     _, first = np.unique(idx, return_index=True)
     idx = idx[np.sort(first)]
     if not idx.size:
@@ -572,7 +572,7 @@ def _test_indices(items, test, model, batch_size):
 
 
 def _misclassified(test, model, batch_size):
-    labels = _labels(test)
+    labels = data_labels(test)
     if model.output is None or not model.n_classes or labels is None \
             or not np.issubdtype(np.asarray(labels).dtype, np.integer):
         raise UsageError("--test-index misclassified needs a classifier and integer class labels in --test "
@@ -581,7 +581,7 @@ def _misclassified(test, model, batch_size):
     return np.flatnonzero(predicted != np.asarray(labels))
 
 
-def _solver_options(args):
+def solver_options(args):
     """The solver options of --rtol/--solver-maxiter/--seed/--rank, one to one: rtol, maxiter,
     random_state, k."""
     opts = {"progress": not args.quiet, "random_state": args.seed}
@@ -602,7 +602,7 @@ def _solver_options(args):
 _BINARY_NOISE = re.compile(r"numpy\.(ufunc|dtype|ndarray) size changed")
 
 
-class _Warnings(object):
+class Warnings(object):
     """Collect warnings during a command and print each once, in one line, on stderr."""
 
     def __enter__(self):
@@ -616,18 +616,18 @@ class _Warnings(object):
         self._cm.__exit__(*exc)
         seen = set()
         for w in self.caught:
-            text = "%s: %s" % (w.category.__name__, _first_line(w.message))
+            text = "%s: %s" % (w.category.__name__, first_line(w.message))
             if text not in seen and not issubclass(w.category, (DeprecationWarning, ImportWarning)) \
                     and not _BINARY_NOISE.match(str(w.message)):
                 seen.add(text)
                 print("influence: warning: %s" % text, file=sys.stderr)
 
 
-def _labels(data):
+def data_labels(data):
     return data.y if data.y is not None and data.y.ndim == 1 else None
 
 
-def _label_text(labels, i):
+def label_text(labels, i):
     return "-" if labels is None else str(labels[i].item() if hasattr(labels[i], "item") else labels[i])
 
 
@@ -653,7 +653,7 @@ def _out_format(args, command=None):
     return ext
 
 
-def _partial_folder(args):
+def partial_folder(args):
     """OUT.partial (MATRIX.partial with ``score --matrix`` and no --out; None without either); checks
     --out, --matrix and --resume before any work."""
     from .._files import check_writable
@@ -683,14 +683,14 @@ def _partial_folder(args):
     return folder
 
 
-def _job_inputs(args, extra):
+def job_inputs(args, extra):
     fp = {"command": args.command}
     fp.update(_model_inputs(args))
     fp.update(extra)
     return fp
 
 
-def _print_timing(timer, idx, solutions, plan):
+def print_timing(timer, idx, solutions, plan):
     print("timing:")
     print("\n".join(timer.lines()))
     if solutions is not None:
@@ -708,13 +708,13 @@ def _print_timing(timer, idx, solutions, plan):
         print("  inverse HVP: reused from the checkpoint (--resume)")
 
 
-def _solutions_json(solutions):
+def solutions_json(solutions):
     return None if solutions is None else [
         {"converged": bool(sl.converged), "n_iter": int(sl.n_iter), "n_hvp": int(sl.n_hvp),
          "residual": float(sl.residual), "seconds": float(sl.seconds)} for sl in solutions]
 
 
-def _first_line(e):
+def first_line(e):
     text = str(e).strip()
     if isinstance(e, KeyError) and len(e.args) == 1:
         text = str(e.args[0])

@@ -10,8 +10,8 @@ import numpy as np
 
 from .._version import __version__
 from ._common import (
-    EXIT_OK, META_SUFFIX, _FitProgress, _retrain_plan, _self_plan, UsageError, _Timer, _Warnings, _check_indices, _existing_file, _job_inputs,
-    _label_text, _labels, _load_data, _load_model, _load_split, _log, _out_format, _parse_arch, _partial_folder)
+    EXIT_OK, META_SUFFIX, _FitProgress, _retrain_plan, _self_plan, UsageError, Timer, Warnings, check_indices, existing_file, job_inputs,
+    label_text, data_labels, load_data_file, load_model, load_split, log, _out_format, parse_arch, partial_folder)
 
 
 # ---------------------------------------------------------------------------------------- commands
@@ -43,13 +43,13 @@ def cmd_train(args):
     from ..data import Sequences
     from ..fitting import fit
     from .._files import atomic_path, check_writable, write_json
-    kind, sizes = _parse_arch(args.arch)
+    kind, sizes = parse_arch(args.arch)
     if args.l2 < 0:
         raise UsageError("--l2 %r is negative; pass a value >= 0" % args.l2)
     check_writable(args.out)
-    timer = _Timer()
+    timer = Timer()
     with timer("load data"):
-        data = _load_data(args.data)
+        data = load_data_file(args.data)
     x, y = data.x, data.y
     if isinstance(x, (dict, Sequences)) or isinstance(y, Sequences):
         raise UsageError("--data %s holds %s; 'influence train' builds only dense MLP/CNN networks on one "
@@ -92,7 +92,7 @@ def cmd_train(args):
         model = CNTKModel(z, loss=loss, l2=args.l2, batch_size=args.batch_size)
         if loss == "squared_error" and y.ndim == 1:
             data.y = y.reshape(-1, 1)
-    _log(args, "training %s (%d parameters, %s) on %d examples with L-BFGS ..."
+    log(args, "training %s (%d parameters, %s) on %d examples with L-BFGS ..."
          % (args.arch, model.n_params, args.dtype, len(x)))
     with timer("fit (L-BFGS)"):
         with _FitProgress(args, model, data) as callback:
@@ -126,12 +126,12 @@ def cmd_hvp(args):
     if args.out:
         _out_format(args)
         check_writable(args.out)
-    timer = _Timer()
+    timer = Timer()
     with timer("load model"):
-        model, _ = _load_model(args)
+        model, _ = load_model(args)
     with timer("load data"):
-        data = _load_split(args.data, "--data", model, args.ctf_options)
-    _existing_file(args.vector, "--vector")
+        data = load_split(args.data, "--data", model, args.ctf_options)
+    existing_file(args.vector, "--vector")
     with open(args.vector, "rb") as f:
         magic = f.read(6)
     if magic[:2] == b"PK":
@@ -170,20 +170,20 @@ def cmd_self(args):
     from ..jobs import SelfInfluenceJob
     from .._files import write_npy, write_table
     out_format = _out_format(args)
-    folder = _partial_folder(args)
-    timer = _Timer()
+    folder = partial_folder(args)
+    timer = Timer()
     with timer("load model and data"):
-        model, _ = _load_model(args)
-        train = _load_split(args.train, "--train", model, args.ctf_options)
+        model, _ = load_model(args)
+        train = load_split(args.train, "--train", model, args.ctf_options)
     n = len(train)
     _self_plan(args, model, train)
     options = {"k": args.rank, "random_state": args.seed} if args.method == "lanczos" else {}
-    labels = _labels(train)
-    with _Warnings():
+    labels = data_labels(train)
+    with Warnings():
         job = SelfInfluenceJob(model, train, folder=folder, resume=args.resume, method=args.method,
                                damping=args.damping, batch_size=args.batch_size, chunk_size=args.chunk_size,
                                check_optimum=not args.no_optimum_check, progress=not args.quiet,
-                               inputs=_job_inputs(args, {}), **options)
+                               inputs=job_inputs(args, {}), **options)
         with job:
             with timer("self-influence (%s)" % args.method):
                 values = job.run()
@@ -199,9 +199,9 @@ def cmd_self(args):
             elif args.out:
                 with timer("write"):
                     write_table(args.out, ["train_index", "label", "self_influence", "rank", "training_loss"],
-                                ((i, _label_text(labels, i), values[i], int(rank[i]), losses[i])
+                                ((i, label_text(labels, i), values[i], int(rank[i]), losses[i])
                                  for i in range(n)))
-    top = [[int(i), _label_text(labels, i), float(values[i]), float(losses[i])] for i in order[:args.top]]
+    top = [[int(i), label_text(labels, i), float(values[i]), float(losses[i])] for i in order[:args.top]]
     if args.json:
         print(json.dumps({"n_train": n, "method": args.method, "top": top, "seconds": timer.as_dict(),
                           "out": args.out, "chunks": chunks},
@@ -220,17 +220,17 @@ def cmd_self(args):
 
 def cmd_verify(args):
     from ..loo import verify_loo
-    timer = _Timer()
+    timer = Timer()
     with timer("load model and data"):
-        model, _ = _load_model(args)
-        train = _load_split(args.train, "--train", model, args.ctf_options)
-        test = _load_split(args.test, "--test", model, args.ctf_options)
-    idx = _check_indices(args.test_index, len(test), "--test-index", "the test set")
+        model, _ = load_model(args)
+        train = load_split(args.train, "--train", model, args.ctf_options)
+        test = load_split(args.test, "--test", model, args.ctf_options)
+    idx = check_indices(args.test_index, len(test), "--test-index", "the test set")
     if args.retrainings < 1:
         raise UsageError("--retrainings %d: pass at least 1 training point to retrain without" % args.retrainings)
     k = min(args.retrainings, len(train))
     _retrain_plan(args, model, train, k + 1, "verify", m=len(idx))     # + 1: the reference, re-tightened
-    with _Warnings():
+    with Warnings():
         with timer("influence + %d leave-one-out retrainings" % k):
             res = verify_loo(model, train, test.subset(idx), k=args.retrainings, damping=args.damping,
                              random_state=args.seed, solver=args.solver, batch_size=args.batch_size,

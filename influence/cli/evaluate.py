@@ -4,8 +4,8 @@ from __future__ import print_function
 import numpy as np
 
 from ._common import (
-    EXIT_OK, LANCZOS_HVP_PER_RANK, TEST_INDEX_HELP, UsageError, _Parser, _retrain_plan, _Timer, _Warnings, _check_numbers, _ctf_flags, _vocab_flag,
-    _job_inputs, _load_model, _load_split, _model_flags, _out_format, _partial_folder, _test_indices)
+    EXIT_OK, LANCZOS_HVP_PER_RANK, TEST_INDEX_HELP, UsageError, Parser, _retrain_plan, Timer, Warnings, check_numbers, ctf_flags, _vocab_flag,
+    job_inputs, load_model, load_split, model_flags, _out_format, partial_folder, parse_test_indices)
 
 
 # ---------------------------------------------------------------------------------------- evaluate
@@ -17,7 +17,7 @@ EVALUATE_NAMES = {"influence": "influence (H^-1)", "grad_dot": "grad-dot (H -> I
 def _evaluate_check(args):
     """Refuse bad flags of ``influence evaluate`` before any work (nothing written)."""
     from .._files import check_writable
-    _check_numbers(args)
+    check_numbers(args)
     for flag, attr, low in (("--subsets", "subsets", 2), ("--retrainings", "retrainings", 2),
                             ("--lbfgs-maxiter", "lbfgs_maxiter", 1)):
         value = getattr(args, attr, None)
@@ -39,7 +39,7 @@ def _evaluate_check(args):
         from ..evaluate import _pyplot
         _pyplot()                                   # matplotlib missing: refused before any work
     _out_format(args, "evaluate")
-    return _partial_folder(args)
+    return partial_folder(args)
 
 
 def _evaluate_print(args, res, timer):
@@ -86,15 +86,15 @@ def cmd_evaluate(args):
     if getattr(args, "cluster", None):
         from ..cluster import check_reachable
         check_reachable(args.cluster)
-    timer = _Timer()
+    timer = Timer()
     with timer("load model and data"):
-        model, _ = _load_model(args)
-        train = _load_split(args.train, "--train", model, args.ctf_options)
+        model, _ = load_model(args)
+        train = load_split(args.train, "--train", model, args.ctf_options)
         test = idx = None
         if args.metric != "mislabel":
-            test = _load_split(args.test, "--test", model, args.ctf_options)
+            test = load_split(args.test, "--test", model, args.ctf_options)
             items = args.test_index or ["0-%d" % (len(test) - 1)]
-            idx = _test_indices(items, test, model, args.batch_size)
+            idx = parse_test_indices(items, test, model, args.batch_size)
             test = test.subset(idx)
     if args.metric == "mislabel":
         d = model.n_params
@@ -106,10 +106,10 @@ def cmd_evaluate(args):
         _retrain_plan(args, model, train, count + 1, "evaluate %s" % args.metric, m=len(test))
     common = dict(seed=args.seed, gtol=args.gtol, maxiter=args.lbfgs_maxiter, damping=args.damping,
                   batch_size=args.batch_size, folder=folder, resume=args.resume, progress=not args.quiet,
-                  inputs=_job_inputs(args, {} if idx is None else {"test_index": idx.tolist()}))
+                  inputs=job_inputs(args, {} if idx is None else {"test_index": idx.tolist()}))
     client = None
     try:
-        with _Warnings():
+        with Warnings():
             if args.metric == "mislabel":
                 with timer("refit on flipped labels + rankings"):
                     res = evaluate.mislabel(model, train, fraction=args.fraction,
@@ -159,7 +159,7 @@ def _evaluate_no_metric(args):
                      "--model M --train T.npz --test Q.npz'; see 'influence evaluate --help')")
 
 
-def _evaluate_parsers(sub, common):
+def evaluate_parsers(sub, common):
     """``influence evaluate {lds,loo,mislabel}``: a parser with one sub-command per metric."""
     p = sub.add_parser("evaluate", help="how good are the scores? LOO, LDS, mislabel "
                        "detection, against baselines",
@@ -167,16 +167,16 @@ def _evaluate_parsers(sub, common):
                        "H replaced by the identity; random; training loss for mislabel): 'loo' (leave-one-out "
                        "for many test points), 'lds' (linear datamodeling score over random subsets), "
                        "'mislabel' (finding flipped labels). See docs/evaluation.md.")
-    metrics = p.add_subparsers(dest="metric", metavar="METRIC", parser_class=_Parser)
+    metrics = p.add_subparsers(dest="metric", metavar="METRIC", parser_class=Parser)
     p.set_defaults(func=_evaluate_no_metric)
 
     def flags(q, test=True, chunks=True):
-        _model_flags(q)
+        model_flags(q)
         q.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y, or .ctf)")
         if test:
             q.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y, or .ctf)")
             q.add_argument("--test-index", nargs="+", metavar="I", help=TEST_INDEX_HELP)
-        _ctf_flags(q)
+        ctf_flags(q)
         q.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
         q.add_argument("--gtol", type=float, default=1e-6, help="retrain (and re-tighten the reference optimum) "
                        "until max |∂R/∂w| <= GTOL (default 1e-6)")

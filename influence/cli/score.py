@@ -9,9 +9,9 @@ import sys
 import numpy as np
 
 from ._common import (
-    EXIT_OK, UsageError, _Timer, _Warnings, _check_indices, _job_inputs, _label_text, _labels, _load_model,
-    _load_split, _log, _out_format, _partial_folder, _print_timing, _solutions_json, _solver_options,
-    _test_indices)
+    EXIT_OK, UsageError, Timer, Warnings, check_indices, job_inputs, label_text, data_labels, load_model,
+    load_split, log, _out_format, partial_folder, print_timing, solutions_json, solver_options,
+    parse_test_indices)
 
 
 def _write_scores(args, timer, idx, n, train, scores):
@@ -20,7 +20,7 @@ def _write_scores(args, timer, idx, n, train, scores):
     if not args.out:
         return
     delta = predicted_loss_change(scores, n)
-    train_labels = _labels(train)
+    train_labels = data_labels(train)
     with timer("write"):
         if args.out.lower().endswith(".npy"):           # the (test points x training points) I_up,loss matrix
             write_npy(args.out, np.atleast_2d(np.asarray(scores, dtype=np.float64)))
@@ -30,7 +30,7 @@ def _write_scores(args, timer, idx, n, train, scores):
                                   "definition": "influence = I_up,loss = -g_test^T H^-1 g_i; "
                                   "predicted_loss_change = -influence / n_train"})
         else:
-            rows = ((int(t), i, _label_text(train_labels, i), scores[j, i], delta[j, i])
+            rows = ((int(t), i, label_text(train_labels, i), scores[j, i], delta[j, i])
                     for j, t in enumerate(idx) for i in range(n))     # streamed, not a list
             write_table(args.out, ["test_index", "train_index", "train_label", "influence",
                                    "predicted_loss_change"], rows)
@@ -40,19 +40,19 @@ def cmd_score(args):
     from ..jobs import ScoreJob
     from ..scores import predicted_loss_change
     _out_format(args)
-    folder = _partial_folder(args)
+    folder = partial_folder(args)
     if args.cluster:
         from ..cluster import check_reachable
         check_reachable(args.cluster)     # a bad spec or an unreachable scheduler fails before any work
-    timer = _Timer()
+    timer = Timer()
     with timer("load model and data"):
-        model, _ = _load_model(args)
-        train = _load_split(args.train, "--train", model, args.ctf_options)
-        test = _load_split(args.test, "--test", model, args.ctf_options)
+        model, _ = load_model(args)
+        train = load_split(args.train, "--train", model, args.ctf_options)
+        test = load_split(args.test, "--test", model, args.ctf_options)
     if args.test_index:
-        idx = _test_indices(args.test_index, test, model, args.batch_size)
+        idx = parse_test_indices(args.test_index, test, model, args.batch_size)
     else:
-        idx = _check_indices(range(len(test)), len(test), "--test-index", "the test set")
+        idx = check_indices(range(len(test)), len(test), "--test-index", "the test set")
     test_sel = test.subset(idx)
     n = len(train)
     many = args.matrix is not None or len(idx) > MATRIX_TEST_POINTS
@@ -69,16 +69,16 @@ def cmd_score(args):
             executor = DaskExecutor(client)
 
         def on_plan(plan):
-            _log(args, "influence: " + str(plan))
+            log(args, "influence: " + str(plan))
             if many and not args.test_index:
                 _cost_line(args, len(idx), n, matrix_path, plan)
-        with _Warnings():
+        with Warnings():
             job = ScoreJob(model, train, test_sel, folder=folder, resume=args.resume, solver=args.solver,
                            damping=args.damping, scoring=args.scoring, batch_size=args.batch_size,
                            chunk_size=args.chunk_size, check_optimum=not args.no_optimum_check,
                            progress=not args.quiet, executor=executor,
-                           inputs=_job_inputs(args, {"test_index": idx.tolist()}),
-                           solver_options=_solver_options(args), on_plan=on_plan,
+                           inputs=job_inputs(args, {"test_index": idx.tolist()}),
+                           solver_options=solver_options(args), on_plan=on_plan,
                            aggregate=many, matrix=matrix_path, groups=groups)
             with job:
                 result = job.run()
@@ -96,12 +96,12 @@ def cmd_score(args):
     if many:
         return _report_many(args, timer, model, train, test_sel, idx, result, matrix_path)
     delta = predicted_loss_change(scores, n)
-    train_labels = _labels(train)
+    train_labels = data_labels(train)
     plan = result.plan
     summary = {"n_train": n, "test_index": idx.tolist(), "solver": args.solver, "damping": args.damping,
                "plan": None if plan is None else dict(plan._asdict()),
                "scoring": args.scoring, "seconds": timer.as_dict(), "out": args.out,
-               "chunks": chunks, "solutions": _solutions_json(solutions),
+               "chunks": chunks, "solutions": solutions_json(solutions),
                "top": []}
     predicted = None
     if model.output is not None and model.n_classes:
@@ -112,11 +112,11 @@ def cmd_score(args):
         helpful = [int(i) for i in order[:args.top] if delta[j, i] > 0]
         harmful = [int(i) for i in order[::-1][:args.top] if delta[j, i] < 0]
         summary["top"].append({"test_index": int(t), "test_loss": float(test_losses[j]),
-                               "helpful": [[i, _label_text(train_labels, i), float(delta[j, i])] for i in helpful],
-                               "harmful": [[i, _label_text(train_labels, i), float(delta[j, i])] for i in harmful]})
+                               "helpful": [[i, label_text(train_labels, i), float(delta[j, i])] for i in helpful],
+                               "harmful": [[i, label_text(train_labels, i), float(delta[j, i])] for i in harmful]})
         if args.json:
             continue
-        head = "test point %d: label %s" % (t, _label_text(_labels(test_sel), j))
+        head = "test point %d: label %s" % (t, label_text(data_labels(test_sel), j))
         if predicted is not None:
             head += ", predicted %d" % predicted[j]
         print("%s, test loss %.4g" % (head, test_losses[j]))
@@ -125,13 +125,13 @@ def cmd_score(args):
             print("  %s:" % title)
             print("    %5s %8s %7s %24s" % ("rank", "index", "label", "test-loss change if removed"))
             for r, i in enumerate(chosen):
-                print("    %5d %8d %7s %+24.4e" % (r + 1, i, _label_text(train_labels, i), delta[j, i]))
+                print("    %5d %8d %7s %+24.4e" % (r + 1, i, label_text(train_labels, i), delta[j, i]))
             if not chosen:
                 print("    (none)")
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
         return EXIT_OK
-    _print_timing(timer, idx, solutions, plan)
+    print_timing(timer, idx, solutions, plan)
     if _out_is_matrix(args):
         print("saved %s (%d x %d float64 I_up,loss: row j is the j-th selected test point, column i the "
               "training point i)" % (args.out, len(idx), n))
@@ -173,7 +173,7 @@ def _out_is_matrix(args):
 
 def _class_labels(test):
     """The test points' integer class labels (per-class aggregates), or None (regression, no labels)."""
-    labels = _labels(test)
+    labels = data_labels(test)
     if labels is None or not np.issubdtype(np.asarray(labels).dtype, np.integer):
         return None
     return np.asarray(labels)
@@ -219,17 +219,17 @@ def _write_aggregates(args, timer, train, agg):
     from .._files import write_table
     if not args.out or _out_is_matrix(args):
         return
-    labels = _labels(train)
+    labels = data_labels(train)
     names, arrays = _aggregate_columns(agg)
     with timer("write"):
         write_table(args.out, ["train_index", "train_label"] + names,
-                    ((i, _label_text(labels, i)) + tuple(a[i] for a in arrays) for i in range(agg.n_train)))
+                    ((i, label_text(labels, i)) + tuple(a[i] for a in arrays) for i in range(agg.n_train)))
 
 
 def _ranked(agg, delta, labels, top):
     helpful, harmful = agg.ranking(delta, top)
-    return {"helpful": [[i, _label_text(labels, i), float(delta[i])] for i in helpful],
-            "harmful": [[i, _label_text(labels, i), float(delta[i])] for i in harmful]}
+    return {"helpful": [[i, label_text(labels, i), float(delta[i])] for i in helpful],
+            "harmful": [[i, label_text(labels, i), float(delta[i])] for i in harmful]}
 
 
 def _print_ranked(title, ranked):
@@ -249,7 +249,7 @@ def _print_ranked(title, ranked):
 def _report_many(args, timer, model, train, test, idx, result, matrix_path):
     """Print (or --json) the aggregate rankings of a matrix run."""
     agg, n, m = result.aggregates, len(train), len(idx)
-    labels = _labels(train)
+    labels = data_labels(train)
     delta_mean = agg.loss_change(agg.mean)
     overall = _ranked(agg, delta_mean, labels, args.top)
     per_class = []
@@ -263,7 +263,7 @@ def _report_many(args, timer, model, train, test, idx, result, matrix_path):
                "plan": None if plan is None else dict(plan._asdict()), "scoring": args.scoring,
                "seconds": timer.as_dict(), "out": args.out, "matrix": matrix_path,
                "matrix_shape": [m, n], "matrix_dtype": "float64", "chunks": result.chunks,
-               "solutions": _solutions_json(result.solutions),
+               "solutions": solutions_json(result.solutions),
                "aggregate": {"helpful": overall["helpful"], "harmful": overall["harmful"],
                              "per_class": per_class if agg.classes is not None else None}}
     if args.json:
@@ -278,7 +278,7 @@ def _report_many(args, timer, model, train, test, idx, result, matrix_path):
         _print_ranked("  test points of class %s (%d):" % (entry["class"], entry["test_points"]), entry)
     if matrix_path is None:
         print("  per test point: pass --out (or --matrix PATH) to save the whole score matrix")
-    _print_timing(timer, idx, result.solutions, plan)
+    print_timing(timer, idx, result.solutions, plan)
     if args.out and not _out_is_matrix(args):
         print("saved %s (%d rows: sums and means over the test points per training point)" % (args.out, n))
     if matrix_path:
