@@ -381,6 +381,28 @@ RENDERERS["cluster_hvp"] = render_cluster_hvp
 TITLES["cluster_hvp"] = "s_test on a Dask cluster: 2 workers vs 1 (bench_cluster_hvp.py)"
 
 
+def render_threads(res):
+    lines = ["One `influence score` process (digits mlp:32, float64, cg, one test point; CNTK start-up "
+             "included) alone and two at once, with `--threads 1` and `--threads 2` (CNTK's own default here: "
+             "one thread per core), without and with one busy-looping background process; mean wall and CPU "
+             "seconds per run over %d repeat(s) on %s cores. The 1-minute load average before each cell says "
+             "how busy the machine was besides (other users count too)." % (res.get("repeats", 1), res.get("cores")),
+             ""]
+    rows = [["loaded" if r["background"] else "idle", r["threads"], r["concurrent"], _g(r["wall"], "%.2f"),
+             _g(r["wall_max"], "%.2f"), _g(r["cpu"], "%.2f"), r.get("load_before") or ""] for r in res["rows"]]
+    lines += _table(["background", "threads", "runs at once", "wall s", "slowest wall s", "CPU s",
+                     "load before"], rows)
+    lines += ["", "Two at once ÷ alone (wall): " + ", ".join(
+        "%s **%.2f×**" % (k, v) for k, v in sorted(res["two_vs_one"].items())) + ".",
+              "A lone run, 1 thread ÷ 2 threads (wall): " + ", ".join(
+        "%s **%.2f×**" % (k, v) for k, v in sorted(res["alone_1_vs_2"].items())) + "."]
+    return lines
+
+
+RENDERERS["threads"] = render_threads
+TITLES["threads"] = "CPU threads per process: alone vs two at once (bench_threads.py)"
+
+
 def _json_default(o):
     if hasattr(o, "tolist"):
         return o.tolist()
@@ -401,6 +423,14 @@ def summary_lines(entries):
         out.append("cluster s_test, 2 vs 1 workers (n = {:,}): **%.2f×** end to end, %.2f× alternating products "
                    "(load average %.1f)".format(r["n"])
                    % (r["ratio_2_vs_1"], r.get("product_ratio_median", float("nan")), r["load_average_before"][0]))
+    except (KeyError, TypeError):
+        pass
+    try:
+        r = by["threads"]
+        out.append("two `influence score` runs at once ÷ one alone, default `--threads 1`: **%.2f×** (idle), %.2f× "
+                   "(loaded); with 2 threads %.2f× / %.2f×"
+                   % (r["two_vs_one"]["idle, 1 thread"], r["two_vs_one"]["loaded, 1 thread"],
+                      r["two_vs_one"]["idle, 2 threads"], r["two_vs_one"]["loaded, 2 threads"]))
     except (KeyError, TypeError):
         pass
     try:

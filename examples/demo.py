@@ -135,7 +135,7 @@ def score_both(name, model_path, paths, j, out_dir, args, solvers=("cg", "lissa"
         if solver == "lissa":
             argv += ["--json", "--seed", str(args.seed)]
             if args.lissa_maxiter is not None:
-                argv += ["--maxiter", str(args.lissa_maxiter)]
+                argv += ["--solver-maxiter", str(args.lissa_maxiter)]
         t = time.time()
         text = run_cli(argv, echo=(solver == "cg"))
         wall = time.time() - t
@@ -278,7 +278,7 @@ def main(argv=None):
     vm = args.verify_model
     with steps("leave-one-out check of the %s's predictions: influence verify (%d retrainings)" % (vm, args.k)):
         text = run_cli(["verify", "--model", paths[vm], "--train", paths["train"], "--test", paths["test"],
-                        "--test-index", str(result[vm]["test_index"]), "--k", str(args.k),
+                        "--test-index", str(result[vm]["test_index"]), "--retrainings", str(args.k),
                         "--damping", str(args.damping), "--quiet"])
         m = re.search(r"Pearson ([-\d.naninf]+), Spearman ([-\d.naninf]+)", text)
         result["loo"] = {"model": vm, "pearson": float(m.group(1)), "spearman": float(m.group(2))} if m else {}

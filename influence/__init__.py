@@ -20,6 +20,7 @@ from .scoring import (s_test, STest, influence_scores, predicted_loss_change, se
                      directional_derivatives)
 from .evaluate.leave_one_out import verify_loo, LOOResult
 from . import evaluate
+from .common.threads import set_threads
 from .common import moved as _moved
 
 _moved.install()
@@ -33,4 +34,4 @@ __all__ = ["__version__", "Model", "CNTKModel", "Dataset", "load_npz", "load_dat
            "cg", "lissa", "direct", "lanczos", "lanczos_inverse", "LowRankInverse",
            "fit", "FitResult", "check_optimum", "NotAtOptimumWarning",
            "s_test", "STest", "influence_scores", "predicted_loss_change", "self_influence",
-           "directional_derivatives", "verify_loo", "LOOResult"]
+           "directional_derivatives", "verify_loo", "LOOResult", "set_threads"]

@@ -38,6 +38,7 @@ from .common.errors import InfluenceError, param
 from .common.files import InputChangedError, check_unchanged, file_fingerprint, write_json, write_npy
 from ._version import __version__
 from .data import Sequences
+from .common.interrupt import is_interrupt
 from .adapters.base import weights_digest
 from .scoring.chunks import CHUNK_RETRIES, DEFAULT_CHUNK_SIZE, ChunkRetryWarning, chunk_bounds, run_chunks
 from .scoring.choice import check_curvature
@@ -320,7 +321,7 @@ class Job(object):
         ckpt, self.checkpoint = self.checkpoint, None
         refusal = isinstance(error, REFUSALS)
         if ckpt is not None and ckpt.release(discard=refusal) and not refusal \
-                and not isinstance(error, (KeyboardInterrupt, SystemExit)):
+                and not isinstance(error, SystemExit) and not is_interrupt(error):
             raise JobFailed(error, ckpt.folder) from error
 
     def _finish(self):

@@ -142,7 +142,7 @@ def test_self_and_verify_commands(trained, workdir, capsys):
     assert table["rank"][np.argmax(expected)] == 1
 
     code, out, err = run(["verify", "--model", trained, "--train", str(workdir / "train.npz"),
-                          "--test", str(workdir / "test.npz"), "--test-index", "4", "--k", "6", "--json",
+                          "--test", str(workdir / "test.npz"), "--test-index", "4", "--retrainings", "6", "--json",
                           "--quiet"], capsys)
     assert code == 0, err
     res = json.loads(out)

@@ -79,13 +79,13 @@ def test_resume_after_ctrl_c_gives_the_same_numbers(files, tmp_path, capsys, mon
 def test_loo_and_mislabel_report_every_baseline(files, capsys):
     d, model = files
     code, text, err = run(["evaluate", "loo", "--model", model, "--train", str(d / "train.npz"), "--test",
-                           str(d / "test.npz"), "--test-index", "0-2", "--k", "4", "--quiet", "--json"], capsys)
+                           str(d / "test.npz"), "--test-index", "0-2", "--retrainings", "4", "--quiet", "--json"], capsys)
     assert code == 0, err
     body = json.loads(text)
     assert body["k"] == 4 and body["n_test"] == 3 and set(body["pearson"]) == set(ev.METHODS)
     assert body["pearson"]["influence"] > 0.9
     code, text, err = run(["evaluate", "mislabel", "--model", model, "--train", str(d / "train.npz"),
-                           "--fraction", "0.2", "--top", "10", "50", "--quiet"], capsys)
+                           "--fraction", "0.2", "--top-percent", "10", "50", "--quiet"], capsys)
     assert code == 0, err
     for name in ("self-influence", "grad-dot", "training loss", "random", "top 10%", "top 50%", "AUC"):
         assert name in text
@@ -96,7 +96,7 @@ def test_loo_and_mislabel_report_every_baseline(files, capsys):
     (["--subsets", "1"], "--subsets 1 must be at least 2"),
     (["--resume"], "--resume needs --out"),
     (["--plot", "x.jpg"], "--plot x.jpg: the picture is a PNG"),
-    (["--out", "x.csv"], "--out x.csv: the results are JSON"),
+    (["--out", "x.csv"], "--out x.csv: 'influence evaluate' writes .json files"),
     (["--gtol", "0"], "--gtol 0.0 must be positive"),
     (["--cluster", "local"], "local:N"),
     (["--test-index", "99"], "--test-index 99 is out of range"),
@@ -114,8 +114,8 @@ def test_bad_flags_are_refused_in_one_line_and_write_nothing(files, tmp_path, ca
 def test_bad_metric_flags_are_refused(files, tmp_path, capsys):
     d, model = files
     base = ["evaluate", "mislabel", "--model", model, "--train", str(d / "train.npz")]
-    for extra, message in ((["--fraction", "1.5"], "--fraction 1.5"), (["--method", "lanczos"], "--rank K"),
-                           (["--top", "0"], "--top 0.0")):
+    for extra, message in ((["--fraction", "1.5"], "--fraction 1.5"), (["--method", "lanczos", "--rank", "0"], "--rank 0 is not a positive integer"),
+                           (["--top-percent", "0"], "--top-percent 0.0")):
         code, _, err = run(base + extra, capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     code, _, err = run(["evaluate"], capsys)

@@ -115,8 +115,8 @@ def test_a_failure_leaves_no_matrix_and_resume_gives_the_same_file(trained, work
 
 @pytest.mark.parametrize("extra,needle", [
     (["--matrix", "m.txt"], "--matrix m.txt: the score matrix is written as a .npy file; pass a path ending in .npy"),
-    (["--out", "s.npy"], "--out s.npy: with 20 test points (more than %d) the score matrix is written to OUT"
-     % MATRIX_TEST_POINTS),
+    (["--out", "s.txt"], "--out s.txt: 'influence score' writes .csv, .json or .npy files (the extension decides"),
+    (["--out", "s.npy", "--matrix", "m.npy"], "--out s.npy is the score matrix already (.npy); drop --matrix"),
     (["--out", "same.npy", "--matrix", "same.npy"], "--matrix same.npy is also --out"),
     (["--matrix", "nofolder/m.npy"], "--matrix nofolder/m.npy: folder"),
 ])

@@ -55,7 +55,7 @@ def test_score_self_verify_on_a_two_input_model(cntk, tmp_path, capsys):
     assert code == 0, err
     assert "most likely mislabeled" in out
 
-    code, out, err = run(["verify"] + common + ["--test", test_path, "--test-index", "1", "--k", "2",
+    code, out, err = run(["verify"] + common + ["--test", test_path, "--test-index", "1", "--retrainings", "2",
                                                 "--json"], capsys)
     assert code == 0, err
     res = json.loads(out)

@@ -177,7 +177,7 @@ def test_cli_score_self_verify_on_ctf_match_npz(cli_files, capsys):
                               "--out", str(d / ("self-%s.csv" % ext)), "--quiet"] + extra, capsys)
         assert code == 0, err
         code, out, err = run(["verify", "--model", model, "--train", str(d / ("train." + ext)), "--test",
-                              str(d / ("test." + ext)), "--test-index", "1", "--k", "3", "--json",
+                              str(d / ("test." + ext)), "--test-index", "1", "--retrainings", "3", "--json",
                               "--quiet"] + extra, capsys)
         assert code == 0, err
         verify = json.loads(out)

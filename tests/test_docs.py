@@ -33,10 +33,11 @@ def _gen_cli():
 
 
 def test_cli_md_is_generated_from_the_parsers():
-    from influence.cli import build_parser
+    from influence.cli import VOCABULARY, build_parser
     gen = _gen_cli()
     text = _read("docs", "cli.md")
-    assert text == gen.render_page(text, build_parser()), (
+    assert "influence/cli.py" not in text                            # a package now: influence/cli/
+    assert text == gen.render_page(text, build_parser(), VOCABULARY), (
         "docs/cli.md is out of date with influence/cli/; regenerate it with: %s" % gen.REGENERATE)
 
 
@@ -218,16 +219,22 @@ def test_signature_check_catches_drift():
 #:  - the venv paths become the interpreter running the tests (the same .venv under `make test`; a
 #:    git worktree shares the main checkout's venvs), with this checkout first on PYTHONPATH;
 #:  - reduced size: 300 training digits instead of 1,200, and 2 leave-one-out retrainings instead
-#:    of 20 (the network, mlp:32 with d = 2,410 parameters, and every flag stay as written);
+#:    of 6 (the network, mlp:32 with d = 2,410 parameters, and every flag stay as written): the full
+#:    block takes minutes (self's dense Hessian, the retrainings);
 #:  - `make` targets run as `make -n` (dry run: the target exists and resolves): `make test` inside
 #:    the test suite would recurse, and tests/test_demo.py runs `make demo`'s program at reduced size.
+#: A block that sets CHECKOUT= (the command line block) runs as ONE script, as pasted into an empty
+#: temporary folder: the CHECKOUT line names a checkout whose .venv is the environment running the
+#: tests, and PATH holds no venv, so `influence` and `python` come from `source .../activate`.
 README_SUBSTITUTIONS = [
     (".venv/bin/influence", "{python} -m influence"),
     (".venv/bin/python", "{python}"),
     ("x=x[:1200], y=y[:1200]", "x=x[:300], y=y[:300]"),
-    ("--test-index 7 --k 20", "--test-index 7 --k 2"),
+    ("--test-index 7 --retrainings 6", "--test-index 7 --retrainings 2"),
     (re.compile(r"^make (\w+)", re.M), r"make -n \1"),
 ]
+#: The line of the command block that names the checkout (the one line a user edits).
+CHECKOUT_LINE = re.compile(r"^CHECKOUT=\S+", re.M)
 #: The README blocks that need CNTK (they skip where CNTK is not importable, i.e. in .venv-modern).
 CNTK_MARKERS = ("influence train", "CNTKModel", "adapters.cntk")
 #: Seconds one README command may take.
@@ -265,6 +272,22 @@ def test_readme_has_blocks_to_run():
     langs = [lang for lang, _ in README_BLOCKS]
     assert langs.count("python") >= 1 and langs.count("bash") >= 2, langs
     assert any("influence self" in t for _, t in README_BLOCKS)
+    pasted = [t for _, t in README_BLOCKS if CHECKOUT_LINE.search(t)]
+    assert len(pasted) == 1 and 'source "$CHECKOUT/.venv/bin/activate"' in pasted[0]
+    assert ".venv/bin/" not in pasted[0].replace('"$CHECKOUT/.venv/bin/activate"', "")    # no relative venv path
+    for old, _ in README_SUBSTITUTIONS[2:4]:
+        assert old in pasted[0], old                                 # the reductions still apply
+
+
+def _checkout_with_this_venv(tmp_path):
+    """A checkout folder whose .venv is the environment running the tests: this one when it is, else a
+    folder with a .venv link to it."""
+    if os.path.realpath(sys.prefix) == os.path.realpath(os.path.join(ROOT, ".venv")):
+        return ROOT
+    fake = tmp_path / "checkout"
+    fake.mkdir()
+    os.symlink(sys.prefix, str(fake / ".venv"))
+    return str(fake)
     assert _shell_commands("# c\na \\\n  b\n\nc  # d\n") == ["a    b", "c  # d"]
 
 
@@ -278,9 +301,22 @@ def test_readme_block_runs(lang, text, tmp_path, request):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
     cwd = ROOT if "make " in text else str(tmp_path)
+    if CHECKOUT_LINE.search(text):                  # as pasted into an empty folder: one script
+        if not os.path.exists(os.path.join(sys.prefix, "bin", "activate")):
+            pytest.skip("the tests do not run in a virtual environment with bin/activate")
+        folder = tmp_path / "empty"
+        folder.mkdir()
+        cwd = str(folder)
+        env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                      if p and os.path.realpath(p) != os.path.realpath(os.path.join(sys.prefix, "bin")))
+        env.pop("VIRTUAL_ENV", None)
+        text = CHECKOUT_LINE.sub("CHECKOUT=" + shlex.quote(_checkout_with_this_venv(tmp_path)), text)
     text = _substituted(text)
-    commands = [[sys.executable, "-c", text]] if lang == "python" else \
-        [["bash", "-e", "-o", "pipefail", "-c", c] for c in _shell_commands(text)]
+    if CHECKOUT_LINE.search(text):
+        commands = [["bash", "-e", "-o", "pipefail", "-c", text]]
+    else:
+        commands = [[sys.executable, "-c", text]] if lang == "python" else \
+            [["bash", "-e", "-o", "pipefail", "-c", c] for c in _shell_commands(text)]
     failures = []
     for cmd in commands:
         proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -272,7 +272,7 @@ def test_cli_never_writes_the_model_file(cntk, tmp_path):
         ["hvp", "--model", model, "--data", train, "--vector", str(tmp_path / "v.npy"), "--out", str(tmp_path / "hv.npy")],
         ["score", "--model", model, "--train", train, "--test", test, "--test-index", "0", "--out", str(tmp_path / "s.csv")],
         ["self", "--model", model, "--train", train, "--out", str(tmp_path / "r.csv")],
-        ["verify", "--model", model, "--train", train, "--test", test, "--test-index", "0", "--k", "2"],
+        ["verify", "--model", model, "--train", train, "--test", test, "--test-index", "0", "--retrainings", "2"],
     ]
     for argv in commands:
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):

@@ -90,7 +90,9 @@ def test_interrupt_then_resume_is_byte_identical(job, tmp_path, command, sig):
     partial = out + ".partial"
     code, err = _interrupt(base[command] + ["--out", out], partial, sig)
     if sig == signal.SIGINT:
-        assert code == 130 and err.strip().splitlines()[-1] == "influence: interrupted", err
+        assert code == 130 and err.strip().splitlines()[-1] == (
+            "influence: interrupted; the finished work is kept in %s/: rerun the same command with --resume to "
+            "continue" % partial), err
     else:
         assert code == -signal.SIGKILL
     assert not os.path.exists(out)                                  # never a truncated result
@@ -131,7 +133,7 @@ def test_interrupt_then_resume_is_byte_identical(job, tmp_path, command, sig):
 
 def test_same_seed_same_lissa_scores_byte_for_byte(job, tmp_path):
     d, base, _ = job
-    argv = base["score"] + ["--solver", "lissa", "--maxiter", "300", "--damping", "0.01"]
+    argv = base["score"] + ["--solver", "lissa", "--solver-maxiter", "300", "--damping", "0.01"]
     outs = []
     for seed, name in ((3, "a.csv"), (3, "b.csv"), (4, "c.csv")):
         out = str(tmp_path / name)

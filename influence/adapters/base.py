@@ -36,7 +36,11 @@ def preserved_params(params):
     try:
         yield saved
     finally:
-        params.set_params(saved)
+        try:
+            params.set_params(saved)
+        except KeyboardInterrupt:        # Ctrl-C during the restore itself: restore, then stop
+            params.set_params(saved)
+            raise
 
 
 def weights_digest(params):

@@ -20,13 +20,13 @@ import sys
 from .._version import __version__
 from ._common import (
     EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, TEST_INDEX_HELP, UsageError, Parser,
-    ascii_safe_stdio, common_flags, ctf_flags, first_line, model_flags, stderr_hidden, cli_text)
+    ascii_safe_stdio, common_flags, ctf_flags, first_line, model_flags, stderr_hidden, vocab_flag, cli_text)
 from .commands import cmd_hvp, cmd_info, cmd_self, cmd_train, cmd_verify
 from .score import MATRIX_TEST_POINTS, cmd_score
 from .evaluate import evaluate_parsers
-from ._common import ASCII_SYMBOLS, parse_test_indices  # noqa: F401  (part of influence.cli's surface)
+from ._common import ASCII_SYMBOLS, VOCABULARY, parse_test_indices  # noqa: F401  (part of influence.cli's surface)
 
-__all__ = ["main", "build_parser", "UsageError", "ASCII_SYMBOLS", "MATRIX_TEST_POINTS"]
+__all__ = ["main", "build_parser", "UsageError", "ASCII_SYMBOLS", "MATRIX_TEST_POINTS", "VOCABULARY"]
 
 
 # ---------------------------------------------------------------------------------------- parser
@@ -37,7 +37,8 @@ def build_parser():
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
-    p = sub.add_parser("info", parents=[common], help="versions of influence, Python, numpy, scipy, CNTK",
+    p = sub.add_parser("info", parents=[common_flags(seed=False)],
+                       help="versions of influence, Python, numpy, scipy, CNTK",
                        description="Show the versions of influence, Python, numpy, scipy and CNTK.")
     p.set_defaults(func=cmd_info)
 
@@ -59,7 +60,7 @@ def build_parser():
     p.add_argument("--l2", type=float, default=1e-3, help="L2 coefficient λ in (λ/2)‖w‖² (default 1e-3)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default float32")
     p.add_argument("--gtol", type=float, default=1e-5, help="stop when max |∂R/∂w| <= GTOL (default 1e-5)")
-    p.add_argument("--maxiter", type=int, default=2000, help="L-BFGS iterations at most (default 2000)")
+    vocab_flag(p, "--lbfgs-maxiter", "L-BFGS iterations at most", old=("--maxiter",), type=int, metavar="N")
     p.add_argument("--batch-size", type=int, default=None, metavar="B", help="examples per pass (default 2048)")
     p.add_argument("--out", required=True, metavar="MODEL", help="where to save the model (e.g. model.cntk)")
     p.set_defaults(func=cmd_train)
@@ -92,7 +93,8 @@ def build_parser():
                            "parameters, training rows, test points and memory, printed before the solve)")
             p.add_argument("--rtol", type=float, help="relative tolerance of the inverse HVP: stop when "
                            "‖(H + λI)x − g_test‖ <= RTOL·‖g_test‖ (default: the solver's)")
-            p.add_argument("--maxiter", type=int, help="iterations of the solver at most (default: the solver's)")
+            vocab_flag(p, "--solver-maxiter", "iterations of the inverse-HVP solver at most", old=("--maxiter",),
+                        type=int, metavar="N")
 
     p = sub.add_parser("score", parents=[common], help="influence of every training point on test points",
                        description="Influence of every training point on the loss at test points: "
@@ -107,12 +109,13 @@ def build_parser():
     p.add_argument("--scoring", choices=["forward", "gradient"], default="forward",
                    help="forward: finite differences of batched forward passes (fast, default); gradient: "
                    "per-example gradients (reference)")
-    p.add_argument("--k", type=int, default=50, help="rank of the lanczos solver (default 50)")
-    p.add_argument("--top", type=int, default=10, help="rows of each ranked table (default 10)")
-    p.add_argument("--out", metavar="scores.csv|scores.json", help="write every score here; with more than %d "
-                   "test points (or --matrix): one row per training point with the sums and means over the "
-                   "test points (overall and per class), and the whole score matrix in OUT.npy (scores.csv -> "
-                   "scores.npy)" % MATRIX_TEST_POINTS)
+    vocab_flag(p, "--rank", "rank of --solver lanczos", old=("--k",), type=int, metavar="K")
+    vocab_flag(p, "--top", "rows of each ranked table", type=int, metavar="N")
+    p.add_argument("--out", metavar="scores.csv|scores.json|scores.npy", help="write every score here; the "
+                   "extension decides the format: .csv or .json a table (with more than %d test points or "
+                   "--matrix: one row per training point with the sums and means over the test points, overall "
+                   "and per class, and the whole score matrix in OUT.npy: scores.csv -> scores.npy), .npy the "
+                   "score matrix (test points x training points, I_up,loss, float64)" % MATRIX_TEST_POINTS)
     p.add_argument("--matrix", metavar="M.npy", help="write the whole score matrix (test points x training "
                    "points, I_up,loss, float64) here, chunk by chunk through a memory-mapped file in "
                    "M.partial/ or OUT.partial/ (resumable), also for %d test points or fewer; default with more: "
@@ -128,9 +131,11 @@ def build_parser():
     score_flags(p, solver=False)
     p.add_argument("--method", choices=["exact", "lanczos"], default="exact",
                    help="exact: dense Hessian (small models); lanczos: rank-k approximation (default exact)")
-    p.add_argument("--k", type=int, default=50, help="rank for --method lanczos (default 50)")
-    p.add_argument("--top", type=int, default=20, help="rows of the ranked table (default 20)")
-    p.add_argument("--out", metavar="ranking.csv", help="write every training point's self-influence here")
+    vocab_flag(p, "--rank", "rank of --method lanczos", old=("--k",), type=int, metavar="K")
+    vocab_flag(p, "--top", "rows of the ranked table", type=int, metavar="N")
+    p.add_argument("--out", metavar="ranking.csv|ranking.json|ranking.npy", help="write every training point's "
+                   "self-influence here; the extension decides the format: .csv or .json a table (index, label, "
+                   "self-influence, rank, training loss), .npy the self-influence vector (float64)")
     p.set_defaults(func=cmd_self)
 
     p = sub.add_parser("verify", parents=[common], help="leave-one-out check of the influence predictions",
@@ -140,11 +145,12 @@ def build_parser():
     p.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y)")
     p.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y)")
     p.add_argument("--test-index", type=int, nargs="+", required=True, metavar="I", help="test point(s)")
-    p.add_argument("--k", type=int, default=30, help="training points to retrain without (default 30)")
+    vocab_flag(p, "--retrainings", "training points to retrain without, one at a time (half the most "
+                "influential, half at random)", old=("--k",), type=int, metavar="N")
     ctf_flags(p)
     p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
     p.add_argument("--solver", choices=["cg", "lissa", "direct", "lanczos"], default="cg", help="default cg")
-    p.add_argument("--top", type=int, default=5, help="worst disagreements to print (default 5)")
+    vocab_flag(p, "--top", "worst disagreements to print", type=int, metavar="N")
     p.set_defaults(func=cmd_verify)
 
     evaluate_parsers(sub, common)
@@ -154,14 +160,16 @@ def build_parser():
 def _dense_text(e, command):
     """The dense Hessian would not fit: the advice in this command's flags."""
     if command == "self":
-        return "--method exact: %s; use --method lanczos --k 50 (a rank-50 approximation) instead" % e.reason
-    return "--solver direct: %s; use --solver cg (or --solver lanczos --k K, K < d - 1) instead" % e.reason
+        return "--method exact: %s; use --method lanczos --rank 50 (a rank-50 approximation) instead" % e.reason
+    return "--solver direct: %s; use --solver cg (or --solver lanczos --rank K, K < d - 1) instead" % e.reason
 
 
 def _error_text(e, args):
     """One line for a refused input, in the flags of the command that ran."""
     from ..solvers.dense import DenseMemoryError
     command = getattr(args, "command", None)
+    if command == "evaluate" and getattr(args, "metric", None):
+        command = "evaluate " + args.metric
     if isinstance(e, DenseMemoryError):
         return _dense_text(e, command)
     return cli_text(e, command)
@@ -178,6 +186,22 @@ def _job_failed_text(e, args=None):
     return "%s; the finished work is kept in %s/: rerun the same command with --resume to continue" % (cause, folder)
 
 
+def _interrupted_text(args):
+    """The one line after Ctrl-C: for a resumable command (--out given), where its finished work is
+    and that --resume continues it."""
+    if args is None or not hasattr(args, "resume"):
+        return "influence: interrupted"
+    out = getattr(args, "out", None) or getattr(args, "matrix", None)
+    if not out:
+        return "influence: interrupted (without --out nothing is kept to --resume)"
+    folder = out + ".partial"
+    if os.path.isdir(folder):
+        return "influence: interrupted; the finished work is kept in %s/: rerun the same command with " \
+               "--resume to continue" % folder
+    return "influence: interrupted before any work was finished; rerun the same command (with --resume " \
+           "it starts afresh)"
+
+
 def _stdout_to_devnull():
     """After EPIPE: point stdout's descriptor at /dev/null so the final flush cannot fail again."""
     try:
@@ -192,6 +216,8 @@ def main(argv=None):
     debug = "--debug" in argv
     restore_stdio = ascii_safe_stdio()
     restore = None if debug else stderr_hidden()
+    from ..common.interrupt import install_sigint_flag
+    restore_sigint = install_sigint_flag()
     args = None
     try:
         try:
@@ -200,6 +226,11 @@ def main(argv=None):
             if getattr(args, "func", None) is None:
                 parser.print_help()
                 return EXIT_USAGE
+            from ..common.threads import set_threads
+            if getattr(args, "threads", None) is not None:
+                if args.threads < 1:
+                    raise UsageError("--threads %d is not a positive integer; pass e.g. --threads 1" % args.threads)
+                set_threads(args.threads)  # before CNTK loads (OMP_NUM_THREADS), and into CNTK itself
             code = args.func(args)
             sys.stdout.flush()         # a reader that closed the pipe shows here, not at exit
             return code
@@ -212,12 +243,16 @@ def main(argv=None):
             print("influence: error: %s" % _error_text(e, args), file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:
-            print("influence: interrupted", file=sys.stderr)
+            print(_interrupted_text(args), file=sys.stderr)
             return EXIT_INTERRUPTED
         except Exception as e:   # after work began, a bug or a CNTK failure: still one line, unless --debug
+            from ..adapters._cntk_runtime import is_interrupt
+            from ..jobs import JobFailed
+            if is_interrupt(e) or isinstance(e, JobFailed) and is_interrupt(e.cause):
+                print(_interrupted_text(args), file=sys.stderr)      # Ctrl-C inside a CNTK call
+                return EXIT_INTERRUPTED
             if debug:
                 raise
-            from ..jobs import JobFailed
             if isinstance(e, JobFailed):
                 print("influence: error: %s" % _job_failed_text(e, args), file=sys.stderr)
             else:
@@ -225,6 +260,7 @@ def main(argv=None):
                       % (type(e).__name__, first_line(e)), file=sys.stderr)
             return EXIT_FAILURE
     finally:
+        restore_sigint()
         if restore is not None:
             restore()
         restore_stdio()

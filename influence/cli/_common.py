@@ -22,6 +22,10 @@ EXIT_BROKEN_PIPE = 141
 META_SUFFIX = ".json"
 
 
+from .flags import API_ONLY, COMMAND_FLAGS, FLAGS, cli_spelling, cli_text, first_line  # noqa: F401
+from .vocabulary import VOCABULARY, VOCABULARY_DEFAULTS, vocab_flag  # noqa: F401
+
+
 class UsageError(ValueError):
     """Bad command-line usage or input: reported in one line, exit code 2."""
 
@@ -148,8 +152,11 @@ class Timer(object):
 def existing_file(path, flag):
     if os.path.isdir(path):
         raise UsageError("%s %s is a folder; pass the path of a file" % (flag, path))
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise UsageError("%s %s: no such file; check the path" % (flag, path))
+    if not os.path.isfile(path):
+        raise UsageError("%s %s is not a regular file (a device, pipe or socket); pass the path of a saved file"
+                         % (flag, path))
     try:
         open(path, "rb").close()
     except (OSError, IOError) as e:
@@ -164,6 +171,12 @@ def check_numbers(args):
         value = getattr(args, attr, None)
         if value is not None and value < 1:
             raise UsageError("%s %d is not a positive integer; pass e.g. %s 1000" % (flag, value, flag))
+    for flag, attr in (("--threads", "threads"), ("--rank", "rank"), ("--retrainings", "retrainings"),
+                       ("--solver-maxiter", "solver_maxiter"), ("--lbfgs-maxiter", "lbfgs_maxiter"), ("--top", "top")):
+        value = getattr(args, attr, None)
+        if isinstance(value, int) and value < 1:
+            raise UsageError("%s %d is not a positive integer; pass e.g. %s %s"
+                             % (flag, value, flag, VOCABULARY_DEFAULTS.get(flag) or 100))
     damping = getattr(args, "damping", None)
     if damping is not None and not (np.isfinite(damping) and damping >= 0):
         raise UsageError("--damping %r must be a finite number >= 0 (e.g. 0.01)" % damping)
@@ -215,61 +228,6 @@ def _ctf_options(args, model):
     return {"mapping": mapping, "skip": list(skips)}
 
 
-#: The flag that sets each library parameter a library error may name (influence.common.errors.param):
-#: the ONE table from API words to command-line words. A command whose flag differs says so in
-#: COMMAND_FLAGS.
-FLAGS = {"damping": "--damping", "rtol": "--rtol", "maxiter": "--maxiter", "random_state": "--seed",
-         "chunk_size": "--chunk-size", "batch_size": "--batch-size", "k": "--k", "resume": "--resume",
-         "folder": "--out", "l2": "--l2", "scoring": "--scoring", "method": "--solver", "solver": "--solver",
-         "mapping": "--ctf-map", "skip": "--ctf-skip", "gtol": "--gtol", "curvature": "--curvature"}
-COMMAND_FLAGS = {"self": {"method": "--method"}}
-#: Parameters only the Python API has: the CLI never sets them, so an error naming one keeps the API word.
-API_ONLY = {"x0": "cg's starting point", "callback": "per-iteration hook", "recycle": "solve_many option",
-            "eigsh_tol": "lanczos option", "ncv": "lanczos option", "atol": "absolute tolerance",
-            "scale": "lissa option", "repeats": "lissa option", "depth": "lissa option",
-            "batches": "lissa option", "check_every": "lissa option", "steps": "lissa option",
-            "power_steps": "lissa option", "rel_step": "HessianOperator option", "subsets": "evaluate lds option",
-            "fraction": "evaluate mislabel option", "curvature_steps": "cg option", "inner_steps": "lissa option",
-            "stagnation": "cg option"}
-
-
-def _flag_value(name, value):
-    """A value as the command line writes it: strings bare, CTF mappings as STREAM=INPUT."""
-    import ast
-    try:
-        parsed = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return value
-    if isinstance(parsed, dict):
-        return " ".join("%s=%s" % item for item in parsed.items())
-    if isinstance(parsed, (list, tuple)):
-        return " ".join(str(v) for v in parsed)
-    return str(parsed)
-
-
-def cli_spelling(command=None):
-    """``spelling(name, value)`` for influence.common.errors.render in this command's flags."""
-    from ..common.errors import api_spelling
-    table = dict(FLAGS, **COMMAND_FLAGS.get(command, {}))
-
-    def spelling(name, value):
-        flag = table.get(name)
-        if flag is None:
-            return api_spelling(name, value)
-        if value is None or value == "True":
-            return flag
-        return "%s %s" % (flag, _flag_value(name, value))
-    return spelling
-
-
-def cli_text(e, command=None):
-    """The first line of exception ``e`` in the flags of ``command`` (library errors name parameters as
-    data; see influence.common.errors)."""
-    from ..common.errors import render
-    template = getattr(e, "template", None)
-    return first_line(e) if template is None else first_line(render(template, cli_spelling(command)))
-
-
 def _read_meta(model_path):
     meta_path = model_path + META_SUFFIX
     if not os.path.isfile(meta_path):
@@ -285,7 +243,7 @@ def _read_meta(model_path):
 def load_model(args):
     """The CNTKModel for ``--model``, with loss and l2 from the flags or from the metadata that
     ``influence train`` wrote beside the model."""
-    from ..adapters.cntk.model import CNTKModel
+    from ..adapters.cntk import CNTKModel
     check_numbers(args)
     existing_file(args.model, "--model")
     meta = _read_meta(args.model)
@@ -327,13 +285,17 @@ def parse_arch(arch):
                      "(e.g. cnn:8,16)" % arch)
 
 
-def common_flags():
+def common_flags(seed=True):
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("common options")
     g.add_argument("--quiet", action="store_true", help="no progress bars or progress messages on stderr")
-    g.add_argument("--seed", type=int, default=0, help="random seed for everything random, e.g. the "
-                   "lissa and lanczos solvers (default 0)")
+    if seed:
+        g.add_argument("--seed", type=int, default=0, help="random seed for everything random, e.g. the "
+                       "lissa and lanczos solvers (default 0)")
     g.add_argument("--json", action="store_true", help="print a machine-readable JSON summary on stdout")
+    vocab_flag(g, "--threads", "CPU threads of CNTK's math in this process; Dask workers and parallel "
+                "retrainings always use 1 (measured: one thread per process is as fast alone and several "
+                "times faster next to other runs; docs/performance.md)", type=int, metavar="N")
     g.add_argument("--debug", action="store_true",
                    help="show tracebacks and CNTK's own messages on errors")
     return common
@@ -353,8 +315,8 @@ def ctf_flags(p):
 def model_flags(p, need_labels=True):
     p.add_argument("--model", required=True, metavar="M", help="model file saved by Function.save "
                    "(e.g. by 'influence train')")
-    p.add_argument("--output", metavar="NAME", help="name of the node to use (network output, or a loss "
-                   "node with --loss none) when the file holds several")
+    vocab_flag(p, "--output-node", "name of the node to use (network output, or a loss node with --loss "
+                "none) when the file holds several", dest="output", old=("--output",), metavar="NAME")
     p.add_argument("--loss", choices=["cross_entropy", "binary_cross_entropy", "squared_error", "none"],
                    help="per-example loss on the network output ('none': the model is already a loss); "
                    "default: from the model's .json metadata, else cross_entropy")
@@ -445,17 +407,18 @@ def _misclassified(test, model, batch_size):
 
 
 def solver_options(args):
-    """The solver options of --rtol/--maxiter/--seed/--k, one to one: rtol, maxiter, random_state, k."""
+    """The solver options of --rtol/--solver-maxiter/--seed/--rank, one to one: rtol, maxiter,
+    random_state, k."""
     opts = {"progress": not args.quiet, "random_state": args.seed}
     if args.rtol is not None:
         opts["rtol"] = args.rtol
-    if args.maxiter is not None:
+    if args.solver_maxiter is not None:
         if args.solver == "direct":
-            raise UsageError("--maxiter %d does not apply to --solver direct (it factorises once); drop it "
-                             "or pass --solver cg" % args.maxiter)
-        opts["maxiter"] = args.maxiter
+            raise UsageError("--solver-maxiter %d does not apply to --solver direct (it factorises once); drop "
+                             "it or pass --solver cg" % args.solver_maxiter)
+        opts["maxiter"] = args.solver_maxiter
     if args.solver == "lanczos":
-        opts["k"] = args.k
+        opts["k"] = args.rank
     return opts
 
 
@@ -493,6 +456,28 @@ def label_text(labels, i):
     return "-" if labels is None else str(labels[i].item() if hasattr(labels[i], "item") else labels[i])
 
 
+#: What ``--out`` of each command can write, by extension (the extension decides the format).
+OUT_FORMATS = {"score": (".csv", ".json", ".npy"), "self": (".csv", ".json", ".npy"), "hvp": (".npy",),
+               "evaluate": (".json",)}
+
+
+def out_extension(args, command=None):
+    """The format of ``--out`` (its extension: ".csv", ".json" or ".npy"); an extension the command
+    cannot write is a usage error naming the ones it can. None without --out."""
+    path = getattr(args, "out", None)
+    if not path:
+        return None
+    command = command or args.command
+    formats = OUT_FORMATS[command]
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in formats:
+        names = formats[0] if len(formats) == 1 else "%s or %s" % (", ".join(formats[:-1]), formats[-1])
+        raise UsageError("--out %s: 'influence %s' writes %s files (the extension decides the format); give "
+                         "a name ending in %s, e.g. --out %s" % (path, command, names, names,
+                                                                 os.path.splitext(path)[0] + formats[0]))
+    return ext
+
+
 def partial_folder(args):
     """OUT.partial (MATRIX.partial with ``score --matrix`` and no --out; None without either); checks
     --out, --matrix and --resume before any work."""
@@ -504,15 +489,23 @@ def partial_folder(args):
                              "in .npy" % matrix)
         if args.out and os.path.abspath(matrix) == os.path.abspath(args.out):
             raise UsageError("--matrix %s is also --out; give the matrix and the table two paths" % matrix)
+        if args.out and args.out.lower().endswith(".npy"):
+            raise UsageError("--out %s is the score matrix already (.npy); drop --matrix, or give --out a .csv "
+                             "or .json name for the table" % args.out)
         check_writable(matrix, "--matrix")
     if not args.out:
-        if matrix is not None:
-            return matrix + ".partial"
-        if args.resume:
-            raise UsageError("--resume needs --out (the partial results live in OUT.partial/)")
-        return None
-    check_writable(args.out)
-    return args.out + ".partial"
+        if matrix is None:
+            if args.resume:
+                raise UsageError("--resume needs --out (the partial results live in OUT.partial/)")
+            return None
+        folder = matrix + ".partial"
+    else:
+        check_writable(args.out)
+        folder = args.out + ".partial"
+    if args.resume and not os.path.isfile(os.path.join(folder, "manifest.json")):
+        print("influence: --resume: %s/ holds nothing to resume; starting" % folder,
+              file=sys.stderr)
+    return folder
 
 
 def job_inputs(args, extra):
@@ -544,10 +537,3 @@ def solutions_json(solutions):
     return None if solutions is None else [
         {"converged": bool(sl.converged), "n_iter": int(sl.n_iter), "n_hvp": int(sl.n_hvp),
          "residual": float(sl.residual), "seconds": float(sl.seconds)} for sl in solutions]
-
-
-def first_line(e):
-    text = str(e).strip()
-    if isinstance(e, KeyError) and len(e.args) == 1:
-        text = str(e.args[0])
-    return text.splitlines()[0] if text else type(e).__name__

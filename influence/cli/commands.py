@@ -10,27 +10,37 @@ import numpy as np
 
 from .._version import __version__
 from ._common import (
-    EXIT_OK, META_SUFFIX, UsageError, Timer, Warnings, check_indices, existing_file, job_inputs,
-    label_text, data_labels, load_data_file, load_model, load_split, log, parse_arch, partial_folder)
+    EXIT_OK, META_SUFFIX, UsageError, Timer, Warnings, check_indices, existing_file, job_inputs, label_text,
+    data_labels, load_data_file, load_model, load_split, log, out_extension, parse_arch, partial_folder)
+from .plans import FitProgress, retrain_plan, self_plan
 
 
 # ---------------------------------------------------------------------------------------- commands
 def cmd_info(args):
     import scipy
+    from ..common.threads import get_threads
+    versions = {"influence": __version__, "python": platform.python_version(), "python_executable": sys.executable,
+                "numpy": np.__version__, "scipy": scipy.__version__, "cntk": None, "cntk_error": None,
+                "threads": get_threads()}
+    try:
+        from ..adapters.cntk import import_cntk
+        versions["cntk"] = import_cntk().__version__
+    except ImportError as e:
+        versions["cntk_error"] = str(e).splitlines()[0]
+    if args.json:
+        print(json.dumps(versions, indent=2, sort_keys=True))
+        return EXIT_OK
     print("influence  %s" % __version__)
-    print("python     %s (%s)" % (platform.python_version(), sys.executable))
+    print("python     %s (%s)" % (versions["python"], sys.executable))
     print("numpy      %s" % np.__version__)
     print("scipy      %s" % scipy.__version__)
-    try:
-        from ..adapters.cntk.model import import_cntk
-        print("cntk       %s" % import_cntk().__version__)
-    except ImportError as e:
-        print("cntk       not available (%s)" % str(e).splitlines()[0])
+    print("cntk       %s" % (versions["cntk"] or "not available (%s)" % versions["cntk_error"]))
+    print("threads    %s (--threads)" % versions["threads"])
     return EXIT_OK
 
 
 def cmd_train(args):
-    from ..adapters.cntk.model import CNTKModel, build_cnn, build_network
+    from ..adapters.cntk import CNTKModel, build_cnn, build_network
     from ..data import Sequences
     from ..fitting import fit
     from ..common.files import atomic_path, check_writable, write_json
@@ -86,7 +96,9 @@ def cmd_train(args):
     log(args, "training %s (%d parameters, %s) on %d examples with L-BFGS ..."
          % (args.arch, model.n_params, args.dtype, len(x)))
     with timer("fit (L-BFGS)"):
-        result = fit(model, data, gtol=args.gtol, maxiter=args.maxiter)
+        with FitProgress(args, model, data) as callback:
+            result = fit(model, data, gtol=args.gtol, maxiter=args.lbfgs_maxiter, callback=callback)
+        grad_max = float(np.max(np.abs(model.grad(data))))      # what --gtol bounds (a max-norm)
     with timer("save"):
         with atomic_path(args.out) as tmp:
             model.save(tmp)
@@ -94,15 +106,16 @@ def cmd_train(args):
                 "dtype": args.dtype, "loss": loss, "l2": args.l2, "n_outputs": n_out,
                 "input_shape": list(shape), "train_data": os.path.abspath(args.data),
                 "n_train": len(x), "fit": {"loss": result.loss, "grad_norm": result.grad_norm,
+                                           "grad_max": grad_max, "gtol": args.gtol,
                                            "n_iter": result.n_iter, "converged": bool(result.converged)}}
         write_json(args.out + META_SUFFIX, meta)
     summary = dict(meta, model=os.path.abspath(args.out), seconds=timer.as_dict())
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
-        print("trained %s: %d parameters, %d L-BFGS iterations, objective %.6g, ‖∇R‖ = %.2e%s"
-              % (args.arch, model.n_params, result.n_iter, result.loss, result.grad_norm,
-                 "" if result.converged else "  (NOT converged: raise --maxiter)"))
+        print("trained %s: %d parameters, %d L-BFGS iterations, objective %.6g, max |∂R/∂w| = %.2e (--gtol %g)%s"
+              % (args.arch, model.n_params, result.n_iter, result.loss, grad_max, args.gtol,
+                 "" if result.converged else "  (NOT converged: raise --lbfgs-maxiter)"))
         print("saved %s and %s" % (args.out, args.out + META_SUFFIX))
         print("\n".join(timer.lines()))
     return EXIT_OK
@@ -112,6 +125,7 @@ def cmd_hvp(args):
     from ..curvature.hessian import HessianOperator
     from ..common.files import check_writable, write_npy
     if args.out:
+        out_extension(args)
         check_writable(args.out)
     timer = Timer()
     with timer("load model"):
@@ -155,14 +169,16 @@ def cmd_hvp(args):
 
 def cmd_self(args):
     from ..jobs import SelfInfluenceJob
-    from ..common.files import write_table
+    from ..common.files import write_npy, write_table
+    out_format = out_extension(args)
     folder = partial_folder(args)
     timer = Timer()
     with timer("load model and data"):
         model, _ = load_model(args)
         train = load_split(args.train, "--train", model, args.ctf_options)
     n = len(train)
-    options = {"k": args.k, "random_state": args.seed} if args.method == "lanczos" else {}
+    self_plan(args, model, train)
+    options = {"k": args.rank, "random_state": args.seed} if args.method == "lanczos" else {}
     labels = data_labels(train)
     with Warnings():
         job = SelfInfluenceJob(model, train, folder=folder, resume=args.resume, method=args.method,
@@ -178,7 +194,10 @@ def cmd_self(args):
             order = np.argsort(-values, kind="mergesort")
             rank = np.empty(n, dtype=np.int64)
             rank[order] = np.arange(1, n + 1)
-            if args.out:
+            if out_format == ".npy":
+                with timer("write"):
+                    write_npy(args.out, np.asarray(values, dtype=np.float64))
+            elif args.out:
                 with timer("write"):
                     write_table(args.out, ["train_index", "label", "self_influence", "rank", "training_loss"],
                                 ((i, label_text(labels, i), values[i], int(rank[i]), losses[i])
@@ -208,12 +227,15 @@ def cmd_verify(args):
         train = load_split(args.train, "--train", model, args.ctf_options)
         test = load_split(args.test, "--test", model, args.ctf_options)
     idx = check_indices(args.test_index, len(test), "--test-index", "the test set")
-    if args.k < 1:
-        raise UsageError("--k %d: pass at least 1 training point to retrain without" % args.k)
+    if args.retrainings < 1:
+        raise UsageError("--retrainings %d: pass at least 1 training point to retrain without" % args.retrainings)
+    k = min(args.retrainings, len(train))
+    retrain_plan(args, model, train, k + 1, "verify", m=len(idx))     # + 1: the reference, re-tightened
     with Warnings():
-        with timer("influence + %d leave-one-out retrainings" % min(args.k, len(train))):
-            res = verify_loo(model, train, test.subset(idx), k=args.k, damping=args.damping,
-                             random_state=args.seed, solver=args.solver, batch_size=args.batch_size)
+        with timer("influence + %d leave-one-out retrainings" % k):
+            res = verify_loo(model, train, test.subset(idx), k=args.retrainings, damping=args.damping,
+                             random_state=args.seed, solver=args.solver, batch_size=args.batch_size,
+                             progress=not args.quiet)
     err = np.abs(res.predicted - res.actual)
     worst = np.argsort(-err, kind="mergesort")[:args.top]
     rows = [[int(res.indices[i]), float(res.predicted[i]), float(res.actual[i])] for i in worst]

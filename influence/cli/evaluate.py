@@ -4,8 +4,9 @@ from __future__ import print_function
 import numpy as np
 
 from ._common import (
-    EXIT_OK, TEST_INDEX_HELP, UsageError, Parser, Timer, Warnings, check_numbers, ctf_flags,
-    job_inputs, load_model, load_split, model_flags, partial_folder, parse_test_indices)
+    EXIT_OK, TEST_INDEX_HELP, UsageError, Parser, Timer, Warnings, check_numbers, ctf_flags, vocab_flag,
+    job_inputs, load_model, load_split, model_flags, out_extension, partial_folder, parse_test_indices)
+from .plans import LANCZOS_HVP_PER_RANK, retrain_plan
 
 
 # ---------------------------------------------------------------------------------------- evaluate
@@ -18,7 +19,8 @@ def _evaluate_check(args):
     """Refuse bad flags of ``influence evaluate`` before any work (nothing written)."""
     from ..common.files import check_writable
     check_numbers(args)
-    for flag, attr, low in (("--subsets", "subsets", 2), ("--k", "k", 2), ("--maxiter", "maxiter", 1)):
+    for flag, attr, low in (("--subsets", "subsets", 2), ("--retrainings", "retrainings", 2),
+                            ("--lbfgs-maxiter", "lbfgs_maxiter", 1)):
         value = getattr(args, attr, None)
         if value is not None and value < low:
             raise UsageError("%s %d must be at least %d" % (flag, value, low))
@@ -30,22 +32,19 @@ def _evaluate_check(args):
         raise UsageError("--gtol %r must be positive (e.g. 1e-6)" % args.gtol)
     for p in getattr(args, "top_percent", None) or []:
         if not (0 < p <= 100):
-            raise UsageError("--top %r: pass percentages in (0, 100], e.g. --top 5 10 20" % p)
-    if getattr(args, "method", None) == "lanczos" and args.rank is None:
-        raise UsageError("--method lanczos needs --rank K (e.g. --rank 50)")
+            raise UsageError("--top-percent %r: pass percentages in (0, 100], e.g. --top-percent 5 10 20" % p)
     if args.plot:
         if not args.plot.lower().endswith(".png"):
             raise UsageError("--plot %s: the picture is a PNG; give a file name ending in .png" % args.plot)
         check_writable(args.plot, "--plot")
-        from ..evaluate.evaluate import pyplot
+        from ..evaluate.report import pyplot
         pyplot()                                   # matplotlib missing: refused before any work
-    if args.out and not args.out.lower().endswith(".json"):
-        raise UsageError("--out %s: the results are JSON; give a file name ending in .json" % args.out)
+    out_extension(args, "evaluate")
     return partial_folder(args)
 
 
 def _evaluate_print(args, res, timer):
-    from ..evaluate.evaluate import METHODS
+    from ..evaluate import METHODS
     if args.metric == "lds":
         print("linear datamodeling score (%s): %d subsets of %d of %d training points, %d test points"
               % (res.target, res.subsets.shape[0], res.subsets.shape[1], res.n_train, res.actual.shape[0]))
@@ -82,7 +81,7 @@ def _evaluate_print(args, res, timer):
 
 
 def cmd_evaluate(args):
-    from ..evaluate import evaluate
+    from .. import evaluate
     from ..common.files import atomic_path, to_json, write_json
     folder = _evaluate_check(args)
     if getattr(args, "cluster", None):
@@ -98,7 +97,15 @@ def cmd_evaluate(args):
             items = args.test_index or ["0-%d" % (len(test) - 1)]
             idx = parse_test_indices(items, test, model, args.batch_size)
             test = test.subset(idx)
-    common = dict(seed=args.seed, gtol=args.gtol, maxiter=args.maxiter, damping=args.damping,
+    if args.metric == "mislabel":
+        d = model.n_params
+        retrain_plan(args, model, train, 1, "evaluate mislabel (a refit on flipped labels, then self-influence "
+                      "from %s)" % ("d = %d products" % d if args.method == "exact" else "rank %d" % args.rank),
+                      m=0, extra_hvp=d if args.method == "exact" else LANCZOS_HVP_PER_RANK * args.rank)
+    else:
+        count = args.subsets if args.metric == "lds" else min(args.retrainings, len(train))
+        retrain_plan(args, model, train, count + 1, "evaluate %s" % args.metric, m=len(test))
+    common = dict(seed=args.seed, gtol=args.gtol, maxiter=args.lbfgs_maxiter, damping=args.damping,
                   batch_size=args.batch_size, folder=folder, resume=args.resume, progress=not args.quiet,
                   inputs=job_inputs(args, {} if idx is None else {"test_index": idx.tolist()}))
     client = None
@@ -108,7 +115,7 @@ def cmd_evaluate(args):
                 with timer("refit on flipped labels + rankings"):
                     res = evaluate.mislabel(model, train, fraction=args.fraction,
                                             top=tuple(p / 100.0 for p in args.top_percent), method=args.method,
-                                            k=args.rank, **common)
+                                            k=args.rank if args.method == "lanczos" else None, **common)
             else:
                 executor = None
                 if args.cluster:
@@ -123,8 +130,8 @@ def cmd_evaluate(args):
                         res = evaluate.lds(model, train, test, subsets=args.subsets, alpha=args.alpha,
                                            target=args.target, **scoring)
                 else:
-                    with timer("scores + %d leave-one-out retrainings" % min(args.k, len(train))):
-                        res = evaluate.loo(model, train, test, k=args.k, **scoring)
+                    with timer("scores + %d leave-one-out retrainings" % min(args.retrainings, len(train))):
+                        res = evaluate.loo(model, train, test, k=args.retrainings, **scoring)
     finally:
         if client is not None:
             client.close()
@@ -174,8 +181,8 @@ def evaluate_parsers(sub, common):
         q.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
         q.add_argument("--gtol", type=float, default=1e-6, help="retrain (and re-tighten the reference optimum) "
                        "until max |∂R/∂w| <= GTOL (default 1e-6)")
-        q.add_argument("--maxiter", type=int, default=2000, help="L-BFGS iterations per retraining at most "
-                       "(default 2000)")
+        vocab_flag(q, "--lbfgs-maxiter", "L-BFGS iterations per retraining at most", old=("--maxiter",),
+                    type=int, metavar="N")
         q.add_argument("--out", metavar="RESULTS.json", help="write every number here (JSON); the finished "
                        "work of an interrupted run is kept in RESULTS.json.partial/")
         q.add_argument("--plot", metavar="FIGURE.png", help="draw the result as a PNG (needs matplotlib)")
@@ -209,7 +216,8 @@ def evaluate_parsers(sub, common):
                            "half at random) and compare the actual test-loss change of every test point with "
                            "the prediction -I/n of the influence scores and of the baselines.")
     flags(q)
-    q.add_argument("--k", type=int, default=20, help="training points to retrain without (default 20)")
+    vocab_flag(q, "--retrainings", "training points to retrain without, one at a time", old=("--k",), type=int,
+                metavar="N")
     q = metrics.add_parser("mislabel", parents=[common], help="find flipped labels by self-influence",
                            description="Flip a fraction of the training labels (--seed), refit, and rank the "
                            "training points by self-influence g_iᵀ H⁻¹ g_i, by ‖g_i‖² (grad-dot), by training "
@@ -217,9 +225,9 @@ def evaluate_parsers(sub, common):
                            "the detection curve.")
     flags(q, test=False, chunks=False)
     q.add_argument("--fraction", type=float, default=0.1, help="fraction of labels to flip (default 0.1)")
-    q.add_argument("--top", type=float, nargs="+", default=[5, 10, 20, 30], dest="top_percent", metavar="PCT",
-                   help="report the share found in the top PCT%% of each ranking (default 5 10 20 30)")
+    vocab_flag(q, "--top-percent", "report the share found in the top PCT%% of each ranking", old=("--top",),
+                type=float, nargs="+", metavar="PCT")
     q.add_argument("--method", choices=["exact", "lanczos"], default="exact",
                    help="self-influence: exact (dense Hessian) or lanczos (rank --rank) (default exact)")
-    q.add_argument("--rank", type=int, metavar="K", help="rank of --method lanczos (e.g. 50)")
+    vocab_flag(q, "--rank", "rank of --method lanczos", type=int, metavar="K")
     return p

@@ -10,18 +10,22 @@ import numpy as np
 
 from ._common import (
     EXIT_OK, UsageError, Timer, Warnings, check_indices, job_inputs, label_text, data_labels, load_model,
-    load_split, log, partial_folder, print_timing, solutions_json, solver_options, parse_test_indices)
+    load_split, log, out_extension, partial_folder, print_timing, solutions_json, solver_options,
+    parse_test_indices)
+from .plans import FORWARD_PASS_PER_HVP
 
 
 def _write_scores(args, timer, idx, n, train, scores):
     from ..scoring.scores import predicted_loss_change
-    from ..common.files import write_table, write_json
+    from ..common.files import write_npy, write_table, write_json
     if not args.out:
         return
     delta = predicted_loss_change(scores, n)
     train_labels = data_labels(train)
     with timer("write"):
-        if args.out.lower().endswith(".json"):
+        if args.out.lower().endswith(".npy"):           # the (test points x training points) I_up,loss matrix
+            write_npy(args.out, np.atleast_2d(np.asarray(scores, dtype=np.float64)))
+        elif args.out.lower().endswith(".json"):
             write_json(args.out, {"test_index": idx, "n_train": n, "train_label": train_labels,
                                   "influence": scores, "predicted_loss_change": delta,
                                   "definition": "influence = I_up,loss = -g_test^T H^-1 g_i; "
@@ -36,6 +40,7 @@ def _write_scores(args, timer, idx, n, train, scores):
 def cmd_score(args):
     from ..jobs import ScoreJob
     from ..scoring.scores import predicted_loss_change
+    out_extension(args)
     folder = partial_folder(args)
     if args.cluster:
         from ..dask.executor import check_reachable
@@ -128,7 +133,10 @@ def cmd_score(args):
         print(json.dumps(summary, indent=2, sort_keys=True))
         return EXIT_OK
     print_timing(timer, idx, solutions, plan)
-    if args.out:
+    if _out_is_matrix(args):
+        print("saved %s (%d x %d float64 I_up,loss: row j is the j-th selected test point, column i the "
+              "training point i)" % (args.out, len(idx), n))
+    elif args.out:
         print("saved %s (%d rows)" % (args.out, n * len(idx)))
     return EXIT_OK
 
@@ -140,11 +148,6 @@ def cmd_score(args):
 #: one table per test point; the CSV/JSON --out then holds one row per training point.
 MATRIX_TEST_POINTS = 10
 
-#: Cost line (``score`` with the default "all" test points in matrix mode): one forward-difference
-#: pass over the training rows (weights shifted, per-example losses) is estimated at this fraction of
-#: the Hessian-vector product timed by the plan; measured 0.69 on the digits softmax regression with
-#: CNTK (1500 training rows, 297 test points: 13.1 s of scoring for 1188 passes, one HVP 0.016 s).
-FORWARD_PASS_PER_HVP = 0.7
 
 
 def _matrix_path(args, m):
@@ -154,12 +157,14 @@ def _matrix_path(args, m):
         return args.matrix
     if not args.out:
         return None
-    path = os.path.splitext(args.out)[0] + ".npy"
-    if os.path.abspath(path) == os.path.abspath(args.out):
-        raise UsageError("--out %s: with %d test points (more than %d) the score matrix is written to OUT with "
-                         "the extension .npy, here --out itself; give --out a .csv or .json name, or pass "
-                         "--matrix PATH" % (args.out, m, MATRIX_TEST_POINTS))
-    return path
+    if _out_is_matrix(args):
+        return args.out
+    return os.path.splitext(args.out)[0] + ".npy"
+
+
+def _out_is_matrix(args):
+    """--out NAME.npy: the score matrix itself (no table file)."""
+    return bool(args.out) and args.out.lower().endswith(".npy")
 
 
 def _class_labels(test):
@@ -208,7 +213,7 @@ def _aggregate_columns(agg):
 def _write_aggregates(args, timer, train, agg):
     """--out in matrix mode: one row per training point (streamed), written atomically."""
     from ..common.files import write_table
-    if not args.out:
+    if not args.out or _out_is_matrix(args):
         return
     labels = data_labels(train)
     names, arrays = _aggregate_columns(agg)
@@ -270,7 +275,7 @@ def _report_many(args, timer, model, train, test, idx, result, matrix_path):
     if matrix_path is None:
         print("  per test point: pass --out (or --matrix PATH) to save the whole score matrix")
     print_timing(timer, idx, result.solutions, plan)
-    if args.out:
+    if args.out and not _out_is_matrix(args):
         print("saved %s (%d rows: sums and means over the test points per training point)" % (args.out, n))
     if matrix_path:
         print("saved %s (%d x %d float64 I_up,loss: row j is the j-th selected test point, column i the "

@@ -128,6 +128,8 @@ def remember(cache, key, value, size=CACHE_SIZE):
 
 
 def _load_model(job):
+    from ..common.threads import worker_threads
+    worker_threads()          # one of several processes at once: one CPU thread (influence.common.threads)
     if job.model_kind == "pickle":
         return pickle.loads(job.model_blob)
     fd, path = tempfile.mkstemp(suffix=".model", prefix="influence-worker-")

@@ -16,6 +16,7 @@ both "after removal minus before": the Pearson correlation of the two should be 
 test points the test loss is their mean.
 """
 import collections
+import sys
 import time
 
 import numpy as np
@@ -23,7 +24,7 @@ import numpy as np
 from ..common.errors import InfluenceError, param
 from ..fitting import minimize_lbfgs, objective
 from ..jobs import plain_options
-from ..scoring import influence_scores, predicted_loss_change
+from ..scoring import influence_scores, predicted_loss_change, s_test
 from .baselines import METHODS
 from .metrics import pearson, spearman
 from .retrain import EvalJob, RETRAIN_MAXITER, check_retrain
@@ -47,7 +48,7 @@ dict of wall times (scores, retraining)."""
 
 
 def verify_loo(model, train, test, indices=None, k=20, damping=0.0, random_state=0, solver="cg",
-               scoring="forward", gtol=LOO_GTOL, maxiter=5000, scores=None, batch_size=None,
+               scoring="forward", gtol=LOO_GTOL, maxiter=5000, scores=None, batch_size=None, progress=False,
                **solver_options):
     """Retrain without each of ``k`` training points and compare the actual change of the test loss
     with the influence prediction (see the module docstring for the sign convention).
@@ -58,7 +59,8 @@ def verify_loo(model, train, test, indices=None, k=20, damping=0.0, random_state
     w* is first re-tightened to the same ``gtol`` on the full data so both sides of the difference are
     optimized alike (the model's own weights are not changed). ``scores``: precomputed I_up,loss
     (skips :func:`influence_scores`, which otherwise runs with ``solver``, ``scoring``, ``damping``).
-    Restores the model's weights bit-identically (also on exceptions). Returns :class:`LOOResult`.
+    Restores the model's weights bit-identically (also on exceptions). ``progress``: bars (stderr) over
+    the solve, the scoring chunks and the retrainings. Returns :class:`LOOResult`.
     """
     train = model.validate(train, getattr(train, "name", "training data"))
     test = model.validate(test, getattr(test, "name", "test data"))
@@ -66,8 +68,9 @@ def verify_loo(model, train, test, indices=None, k=20, damping=0.0, random_state
     times = {}
     t0 = time.time()
     if scores is None:
-        scores = influence_scores(model, train, test, solver=solver, scoring=scoring, damping=damping,
-                                  batch_size=batch_size, **solver_options)
+        st = s_test(model, train, test, solver, damping, batch_size, **dict({"progress": progress}, **solver_options))
+        scores = influence_scores(model, train, test, scoring=scoring, damping=damping, batch_size=batch_size,
+                                  s=st, check_optimum=False, progress=progress)
     times["scores"] = time.time() - t0
     mean_scores = np.atleast_2d(scores).mean(axis=0)
     if mean_scores.shape != (n,):
@@ -94,12 +97,23 @@ def verify_loo(model, train, test, indices=None, k=20, damping=0.0, random_state
         w_ref = model.get_params()
         base = float(np.mean(model.per_example_losses(test, batch_size)))
         everything = np.arange(n)
-        for j, i in enumerate(indices):
-            model.set_params(w_ref)
-            rest = train.subset(np.delete(everything, i))
-            minimize_lbfgs(model, rest, n, gtol, maxiter, 30)
-            grad_norms[j] = np.linalg.norm(objective(model, rest, n)[1])
-            actual[j] = float(np.mean(model.per_example_losses(test, batch_size))) - base
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=indices.size, desc="retraining", unit="point", file=sys.stderr, leave=False,
+                       dynamic_ncols=True)
+        try:
+            for j, i in enumerate(indices):
+                model.set_params(w_ref)
+                rest = train.subset(np.delete(everything, i))
+                minimize_lbfgs(model, rest, n, gtol, maxiter, 30)
+                grad_norms[j] = np.linalg.norm(objective(model, rest, n)[1])
+                actual[j] = float(np.mean(model.per_example_losses(test, batch_size))) - base
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
     times["retraining"] = time.time() - t0
     return LOOResult(indices, predicted, actual, pearson(predicted, actual), spearman(predicted, actual),
                      scores, base_grad_norm, grad_norms, times)

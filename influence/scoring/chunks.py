@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 
+from ..common.interrupt import is_interrupt
 from ..data import check_batch_size
 
 __all__ = ["run_chunks", "chunk_bounds", "ChunkRetryWarning", "DEFAULT_CHUNK_SIZE", "CHUNK_RETRIES"]
@@ -41,13 +42,17 @@ def _bar(progress, total, desc):
 
 
 def _with_retries(compute, a, b, retries):
-    """compute(a, b), run again up to ``retries`` times after an unexpected error, with a warning."""
+    """compute(a, b), run again up to ``retries`` times after an unexpected error, with a warning.
+    KeyboardInterrupt is never caught, nor Ctrl-C in the form CNTK gives it (see
+    :func:`influence.adapters._cntk_runtime.is_interrupt`): it is raised as KeyboardInterrupt."""
     for attempt in range(retries + 1):
         try:
             return compute(a, b)
         except (ValueError, TypeError):
             raise
         except Exception as e:
+            if is_interrupt(e):          # Ctrl-C inside a CNTK call (a SystemError): never retried
+                raise KeyboardInterrupt() from e
             if attempt == retries:
                 raise
             text = str(e).strip().splitlines()

@@ -320,7 +320,7 @@ def self_influence(model, train, method="exact", k=None, damping=None, batch_siz
             def factorise(cur):
                 A = checkpoint.load_array("damped_hessian") if checkpoint is not None else None
                 if A is None:
-                    A, _ = dense_matrix(cur.operator, cur.damping, extra_matrices=1)   # A and its Cholesky factor
+                    A, _ = dense_matrix(cur.operator, cur.damping, extra_matrices=1, progress=progress)   # A and its Cholesky factor
                     if checkpoint is not None:
                         checkpoint.save_array("damped_hessian", A)
                 return cholesky(A, "self_influence", cur.damping, getattr(cur.operator, "damping", 0.0))
@@ -336,7 +336,8 @@ def self_influence(model, train, method="exact", k=None, damping=None, batch_siz
         def decompose(cur):
             saved = checkpoint.load_array("lanczos") if checkpoint is not None else None
             if saved is None:
-                low = lanczos_inverse(cur.operator, int(k), damping=cur.damping, **lanczos_options)
+                low = lanczos_inverse(cur.operator, int(k), damping=cur.damping,
+                                      **dict({"progress": progress}, **lanczos_options))
                 theta = np.asarray(low.eigenvalues, dtype=np.float64) + float(getattr(low, "damping", cur.damping))
                 saved = np.vstack([theta[None, :], np.asarray(low.eigenvectors, dtype=np.float64)])
                 if checkpoint is not None:

@@ -4,7 +4,7 @@ the feed checks and conversions the adapter shares."""
 import numpy as np
 
 from .graph import inference_graph, kinks
-from .runtime import import_cntk
+from .runtime import cntk_call, import_cntk
 
 __all__ = ["ParameterVector", "FunctionGradient", "is_sequence", "owned", "StagingViews", "check_feed_array",
            "select_parameters"]
@@ -43,7 +43,7 @@ class ParameterVector(object):
     def get_params(self):
         out = np.empty(self.n_params, dtype=self._dtype)
         for p, a, b in zip(self.parameters, self.offsets[:-1], self.offsets[1:]):
-            out[a:b] = p.value.ravel()
+            out[a:b] = cntk_call(lambda: p.value).ravel()
         return out
 
     def set_params(self, w):
@@ -56,7 +56,7 @@ class ParameterVector(object):
         for p, buf, view, a, b in zip(self.parameters, self._staging.buffers, self._staging.views,
                                       self.offsets[:-1], self.offsets[1:]):
             np.copyto(buf, w[a:b].reshape(buf.shape), casting="unsafe")   # cast to the parameters' dtype
-            p.set_value(view)                      # copies the staging buffer synchronously
+            cntk_call(lambda: p.set_value(view))  # copies the staging buffer synchronously
 
     def split(self, flat):
         """Flat vector -> list of arrays shaped like the parameters."""
@@ -147,7 +147,7 @@ class FunctionGradient(ParameterVector):
                      for var, val in feed.items()}
 
     def __call__(self):
-        return self.flatten_grads(self.y_inference.grad(self.feed, wrt=self.parameters))
+        return self.flatten_grads(cntk_call(lambda: self.y_inference.grad(self.feed, wrt=self.parameters)))
 
     def flatten_vector(self, v):
         """``v`` as {Parameter: array} (every parameter) or a flat vector -> flat float64."""

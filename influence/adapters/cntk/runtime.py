@@ -1,8 +1,19 @@
 """Importing CNTK (the one place that does it) and calling it with the retry its intermittent
-"... is a view" error needs; the adapter, its graph rewriting and per-example gradients use both."""
+"... is a view" error needs; the adapter, its graph rewriting and per-example gradients use both.
+
+Ctrl-C inside a CNTK call: CNTK's SWIG wrappers run Python code (array conversion) during a call;
+when SIGINT arrives then, Python's handler raises KeyboardInterrupt in that code, the wrapper
+ignores it and returns a result, and CPython reports ``SystemError: <built-in function ...>
+returned a result with an error set`` (the KeyboardInterrupt as its ``__cause__``).
+:func:`influence.common.interrupt.is_interrupt` recognises such an error and :func:`cntk_call` turns
+it back into the KeyboardInterrupt it is, so that no retry (the view-error retry here, the chunk
+retry of :mod:`influence.scoring.chunks`) ever takes Ctrl-C for a failure.
+"""
 import os
 import sys
 import warnings
+
+from ...common.interrupt import is_interrupt
 
 __all__ = ["import_cntk", "cntk_call", "Quiet", "first_line", "VIEW_ERROR_RETRIES"]
 
@@ -17,6 +28,8 @@ def import_cntk():
         raise ImportError(
             "CNTK is not importable (%s); it needs Python 3.5/3.6 with cntk==2.7.post2 and OpenMPI: "
             "run 'make venv' and use .venv/bin/python (see docs/installing.md)" % e)
+    from ...common.threads import apply_threads
+    apply_threads()                      # the threads chosen by influence.set_threads, if any
     return cntk
 
 
@@ -29,10 +42,15 @@ VIEW_ERROR_RETRIES = 2
 
 def cntk_call(call):
     """``call()``, repeated on CNTK's intermittent "... because it is a view" error (see
-    :data:`VIEW_ERROR_RETRIES`); any other error, or that one too often, is raised."""
+    :data:`VIEW_ERROR_RETRIES`); any other error, or that one too often, is raised. Ctrl-C during
+    the call is raised as KeyboardInterrupt (never retried), whatever form CNTK gave it."""
     for attempt in range(VIEW_ERROR_RETRIES + 1):
         try:
             return call()
+        except SystemError as e:
+            if is_interrupt(e):
+                raise KeyboardInterrupt() from e
+            raise
         except RuntimeError as e:
             if "because it is a view" not in str(e) or attempt == VIEW_ERROR_RETRIES:
                 raise
