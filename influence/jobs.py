@@ -52,7 +52,7 @@ REFUSALS = (NonPositiveCurvatureError, DivergenceError)
 
 __all__ = ["ScoreJob", "ScoreResult", "SelfInfluenceJob", "Checkpoint", "JobFailed", "LockedError",
            "StaleLockWarning", "InputChangedError", "REFUSALS", "run_chunks", "chunk_bounds", "file_fingerprint", "DEFAULT_CHUNK_SIZE",
-           "CHUNK_RETRIES", "ChunkRetryWarning"]
+           "CHUNK_RETRIES", "ChunkRetryWarning", "damping_setting"]
 
 
 def _digest(value):
@@ -369,7 +369,7 @@ class Job(object):
         return None if self.checkpoint is None else dict(self.checkpoint.stats)
 
 
-def _damping_setting(damping):
+def damping_setting(damping):
     """A job's damping as recorded in its fingerprint: None (the curvature's default), "auto" or a float."""
     if damping is None or (isinstance(damping, str) and damping == "auto"):
         return damping
@@ -430,7 +430,7 @@ class ScoreJob(Job):
         self.groups = groups
         self._matrix_store = None
         self.on_plan = on_plan
-        self.solver, self.damping, self.scoring = solver, _damping_setting(damping), scoring
+        self.solver, self.damping, self.scoring = solver, damping_setting(damping), scoring
         self.curvature, self.on_curvature = check_curvature(curvature), on_curvature
         #: the STest of the last run's solve (None when s_test came from the checkpoint)
         self.s_test = None
@@ -497,7 +497,7 @@ class SelfInfluenceJob(Job):
                  curvature="auto", on_curvature=None, **lanczos_options):
         train = model.validate(train, getattr(train, "name", "training data"))
         Job.__init__(self, model, train, folder, resume, chunk_size, progress, inputs)
-        self.method, self.k, self.damping = method, k, _damping_setting(damping)
+        self.method, self.k, self.damping = method, k, damping_setting(damping)
         self.curvature, self.on_curvature = check_curvature(curvature), on_curvature
         self.batch_size, self.check_optimum = batch_size, check_optimum
         self.lanczos_options = lanczos_options

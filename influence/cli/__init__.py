@@ -19,8 +19,9 @@ import sys
 
 from .._version import __version__
 from ._common import (
+    EXIT_NOT_CONVERGED, NotConverged,
     EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, TEST_INDEX_HELP, UsageError, Parser,
-    ascii_safe_stdio, common_flags, ctf_flags, first_line, model_flags, stderr_hidden, vocab_flag, cli_text)
+    ascii_safe_stdio, common_flags, ctf_flags, curvature_flags, first_line, model_flags, stderr_hidden, vocab_flag, cli_text)
 from .commands import cmd_hvp, cmd_info, cmd_self, cmd_train, cmd_verify
 from .score import MATRIX_TEST_POINTS, cmd_score
 from .evaluate import evaluate_parsers
@@ -66,21 +67,22 @@ def build_parser():
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("hvp", parents=[common], help="one Hessian-vector product of the training objective",
-                       description="Compute (H + damping·I)·v for the mean training objective of a model "
-                       "on a dataset, by central finite differences, and report its time.")
+                       description="Compute (C + damping·I)·v for the mean training objective of a model "
+                       "on a dataset (C the Hessian by central finite differences of gradients, or the "
+                       "Gauss-Newton matrix or the empirical Fisher: --curvature), and report its time.")
     model_flags(p)
     p.add_argument("--data", required=True, metavar="D.npz", help=".npz with x and y, or a .ctf file")
     ctf_flags(p)
     p.add_argument("--vector", required=True, metavar="v.npy", help="flat vector (.npy), one entry per parameter")
-    p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
-    p.add_argument("--out", metavar="hv.npy", help="save H·v here (.npy)")
+    curvature_flags(p)
+    p.add_argument("--out", metavar="hv.npy", help="save (C + damping·I)·v here (.npy)")
     p.set_defaults(func=cmd_hvp)
 
     def score_flags(p, solver=True):
         model_flags(p)
         p.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y, or .ctf)")
         ctf_flags(p)
-        p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian: (H + λI)⁻¹ (default 0)")
+        curvature_flags(p)
         p.add_argument("--chunk-size", type=int, default=10000, metavar="C",
                        help="training rows per chunk: the unit of progress and of --resume (default 10000)")
         p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.partial/ "
@@ -95,6 +97,9 @@ def build_parser():
                            "‖(H + λI)x − g_test‖ <= RTOL·‖g_test‖ (default: the solver's)")
             vocab_flag(p, "--solver-maxiter", "iterations of the inverse-HVP solver at most", old=("--maxiter",),
                         type=int, metavar="N")
+            p.add_argument("--allow-unconverged", action="store_true",
+                           help="write and print the scores even when the solver ends above its tolerance "
+                           "(default: refuse them with exit code 3)")
 
     p = sub.add_parser("score", parents=[common], help="influence of every training point on test points",
                        description="Influence of every training point on the loss at test points: "
@@ -148,7 +153,7 @@ def build_parser():
     vocab_flag(p, "--retrainings", "training points to retrain without, one at a time (half the most "
                 "influential, half at random)", old=("--k",), type=int, metavar="N")
     ctf_flags(p)
-    p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
+    curvature_flags(p)
     p.add_argument("--solver", choices=["cg", "lissa", "direct", "lanczos"], default="cg", help="default cg")
     vocab_flag(p, "--top", "worst disagreements to print", type=int, metavar="N")
     p.set_defaults(func=cmd_verify)
@@ -242,6 +247,9 @@ def main(argv=None):
                 raise
             print("influence: error: %s" % _error_text(e, args), file=sys.stderr)
             return EXIT_USAGE
+        except NotConverged as e:
+            print("influence: error: %s" % e, file=sys.stderr)
+            return EXIT_NOT_CONVERGED
         except KeyboardInterrupt:
             print(_interrupted_text(args), file=sys.stderr)
             return EXIT_INTERRUPTED

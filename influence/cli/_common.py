@@ -15,6 +15,8 @@ import time
 import numpy as np
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: Exit code of a command whose solver ended above its tolerance (see check_converged).
+EXIT_NOT_CONVERGED = 3
 #: stdout was closed by its reader (``influence score ... | head``): quiet, as a process killed by SIGPIPE.
 EXIT_BROKEN_PIPE = 141
 
@@ -178,7 +180,7 @@ def check_numbers(args):
             raise UsageError("%s %d is not a positive integer; pass e.g. %s %s"
                              % (flag, value, flag, VOCABULARY_DEFAULTS.get(flag) or 100))
     damping = getattr(args, "damping", None)
-    if damping is not None and not (np.isfinite(damping) and damping >= 0):
+    if damping is not None and damping != "auto" and not (np.isfinite(damping) and damping >= 0):
         raise UsageError("--damping %r must be a finite number >= 0 (e.g. 0.01)" % damping)
     l2 = getattr(args, "l2", None)
     if l2 is not None and not (np.isfinite(l2) and l2 >= 0):
@@ -283,6 +285,60 @@ def parse_arch(arch):
                 return kind, sizes
     raise UsageError("--arch %r is not 'softmax', 'mlp:H1,H2,...' (e.g. mlp:100,50) or 'cnn:C1,C2,...' "
                      "(e.g. cnn:8,16)" % arch)
+
+
+def _damping_value(text):
+    """--damping: a number >= 0 or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is neither a number nor 'auto' (e.g. --damping 0.01 or "
+                                         "--damping auto)" % text)
+
+
+def curvature_flags(p, what="the curvature"):
+    """--curvature and --damping, the same in every command that uses curvature."""
+    from ..scoring.choice import CURVATURES
+    p.add_argument("--curvature", choices=CURVATURES, default="auto",
+                   help="the curvature C of (C + damping·I)⁻¹: hessian (exact, at an optimum), gauss-newton "
+                   "(positive semi-definite at any weights: networks trained a few epochs), fisher (the "
+                   "empirical Fisher, any loss), or auto (default: the Hessian at an optimum where H + "
+                   "damping·I is positive definite, otherwise Gauss-Newton; printed before the work)")
+    p.add_argument("--damping", type=_damping_value, default=None, metavar="λ|auto",
+                   help="λ added to %s: a number >= 0, or auto (0.1 × the mean eigenvalue, by 10 Hutchinson "
+                   "probes); default: 0 with the Hessian, auto with gauss-newton and fisher" % what)
+
+
+def curvature_line(args, cur):
+    """The plan line that says which curvature and damping a command uses, and why."""
+    log(args, "influence: curvature: %s" % cur.reason)
+
+
+def curvature_summary(args, job):
+    """{"curvature", "damping", "curvature_reason"} of a job's s_test for --json and .json outputs (what
+    was asked for when the solve came from a resumed checkpoint)."""
+    st = getattr(job, "s_test", None)
+    if st is None:
+        return {"curvature": args.curvature, "damping": args.damping, "curvature_reason": "resumed: as asked"}
+    return {"curvature": st.curvature, "damping": st.damping, "curvature_reason": st.curvature_reason}
+
+
+class NotConverged(Exception):
+    """s_test did not reach its tolerance: the CLI exits with EXIT_NOT_CONVERGED and writes nothing."""
+
+
+def check_converged(args, solutions):
+    """Refuse results whose solve ended above its tolerance (exit 3), unless --allow-unconverged."""
+    bad = [(j, s) for j, s in enumerate(solutions or []) if not s.converged]
+    if not bad or getattr(args, "allow_unconverged", False):
+        return
+    worst = max(s.residual for _, s in bad)
+    raise NotConverged("the inverse-HVP solve did not converge for %d of %d test points (relative residual "
+                       "up to %.3g): their scores would not be what they claim, so nothing was written; raise "
+                       "--solver-maxiter, add --damping, use --curvature gauss-newton, or pass "
+                       "--allow-unconverged to accept them" % (len(bad), len(solutions), worst))
 
 
 def common_flags(seed=True):

@@ -10,6 +10,7 @@ import numpy as np
 
 from .._version import __version__
 from ._common import (
+    curvature_line,
     EXIT_OK, META_SUFFIX, UsageError, Timer, Warnings, check_indices, existing_file, job_inputs, label_text,
     data_labels, load_data_file, load_model, load_split, log, out_extension, parse_arch, partial_folder)
 from .plans import FitProgress, retrain_plan, self_plan
@@ -122,7 +123,6 @@ def cmd_train(args):
 
 
 def cmd_hvp(args):
-    from ..curvature.hessian import HessianOperator
     from ..common.files import check_writable, write_npy
     if args.out:
         out_extension(args)
@@ -146,16 +146,26 @@ def cmd_hvp(args):
     if v.shape != (model.n_params,) or not np.issubdtype(v.dtype, np.number):
         raise UsageError("--vector %s has shape %s, dtype %s; the model has %d parameters: pass a flat "
                          "numeric vector of that length" % (args.vector, v.shape, v.dtype, model.n_params))
-    op = HessianOperator(model, data, damping=args.damping)
+    from ..scoring.choice import choose_curvature
+    with timer("curvature (%s)" % args.curvature):
+        cur = choose_curvature(model, data, args.curvature, args.damping, args.batch_size,
+                               check_optimum=args.curvature == "auto")
+    curvature_line(args, cur)
+    op = cur.operator
     with timer("calibrate step (first product)"):
         op @ v
     with timer("HVP"):
         hv = op @ v
+        if cur.damping:
+            hv = hv + cur.damping * v.astype(np.float64)
     if args.out:
         write_npy(args.out, hv)
     summary = {"n_params": model.n_params, "norm_v": float(np.linalg.norm(v)),
                "norm_hv": float(np.linalg.norm(hv)), "vHv": float(v @ hv), "rel_step": op.rel_step,
-               "gradients": op.n_grad, "seconds": timer.as_dict(), "out": args.out}
+               "gradients": getattr(op, "n_grad", None), "forward_passes": getattr(op, "n_forward", None),
+               "backward_passes": getattr(op, "n_backward", None), "curvature": cur.kind,
+               "damping": cur.damping + (float(getattr(op, "damping", 0.0)) if cur.kind != "hessian" else 0.0),
+               "seconds": timer.as_dict(), "out": args.out}
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
@@ -182,7 +192,9 @@ def cmd_self(args):
     labels = data_labels(train)
     with Warnings():
         job = SelfInfluenceJob(model, train, folder=folder, resume=args.resume, method=args.method,
-                               damping=args.damping, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                               damping=args.damping, curvature=args.curvature,
+                               on_curvature=lambda cur: curvature_line(args, cur),
+                               batch_size=args.batch_size, chunk_size=args.chunk_size,
                                check_optimum=not args.no_optimum_check, progress=not args.quiet,
                                inputs=job_inputs(args, {}), **options)
         with job:
@@ -234,6 +246,7 @@ def cmd_verify(args):
     with Warnings():
         with timer("influence + %d leave-one-out retrainings" % k):
             res = verify_loo(model, train, test.subset(idx), k=args.retrainings, damping=args.damping,
+                             curvature=args.curvature,
                              random_state=args.seed, solver=args.solver, batch_size=args.batch_size,
                              progress=not args.quiet)
     err = np.abs(res.predicted - res.actual)

@@ -4,6 +4,7 @@ from __future__ import print_function
 import numpy as np
 
 from ._common import (
+    curvature_flags,
     EXIT_OK, TEST_INDEX_HELP, UsageError, Parser, Timer, Warnings, check_numbers, ctf_flags, vocab_flag,
     job_inputs, load_model, load_split, model_flags, out_extension, partial_folder, parse_test_indices)
 from .plans import LANCZOS_HVP_PER_RANK, retrain_plan
@@ -106,6 +107,7 @@ def cmd_evaluate(args):
         count = args.subsets if args.metric == "lds" else min(args.retrainings, len(train))
         retrain_plan(args, model, train, count + 1, "evaluate %s" % args.metric, m=len(test))
     common = dict(seed=args.seed, gtol=args.gtol, maxiter=args.lbfgs_maxiter, damping=args.damping,
+                  curvature=args.curvature,
                   batch_size=args.batch_size, folder=folder, resume=args.resume, progress=not args.quiet,
                   inputs=job_inputs(args, {} if idx is None else {"test_index": idx.tolist()}))
     client = None
@@ -178,7 +180,7 @@ def evaluate_parsers(sub, common):
             q.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y, or .ctf)")
             q.add_argument("--test-index", nargs="+", metavar="I", help=TEST_INDEX_HELP)
         ctf_flags(q)
-        q.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
+        curvature_flags(q)
         q.add_argument("--gtol", type=float, default=1e-6, help="retrain (and re-tighten the reference optimum) "
                        "until max |∂R/∂w| <= GTOL (default 1e-6)")
         vocab_flag(q, "--lbfgs-maxiter", "L-BFGS iterations per retraining at most", old=("--maxiter",),

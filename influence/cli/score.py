@@ -9,13 +9,14 @@ import sys
 import numpy as np
 
 from ._common import (
+    check_converged, curvature_line, curvature_summary,
     EXIT_OK, UsageError, Timer, Warnings, check_indices, job_inputs, label_text, data_labels, load_model,
     load_split, log, out_extension, partial_folder, print_timing, solutions_json, solver_options,
     parse_test_indices)
 from .plans import FORWARD_PASS_PER_HVP
 
 
-def _write_scores(args, timer, idx, n, train, scores):
+def _write_scores(args, timer, idx, n, train, scores, curvature):
     from ..scoring.scores import predicted_loss_change
     from ..common.files import write_npy, write_table, write_json
     if not args.out:
@@ -28,8 +29,9 @@ def _write_scores(args, timer, idx, n, train, scores):
         elif args.out.lower().endswith(".json"):
             write_json(args.out, {"test_index": idx, "n_train": n, "train_label": train_labels,
                                   "influence": scores, "predicted_loss_change": delta,
-                                  "definition": "influence = I_up,loss = -g_test^T H^-1 g_i; "
-                                  "predicted_loss_change = -influence / n_train"})
+                                  "definition": "influence = I_up,loss = -g_test^T (C + damping I)^-1 g_i, "
+                                  "C the curvature; predicted_loss_change = -influence / n_train",
+                                  **curvature})
         else:
             rows = ((int(t), i, label_text(train_labels, i), scores[j, i], delta[j, i])
                     for j, t in enumerate(idx) for i in range(n))     # streamed, not a list
@@ -75,7 +77,9 @@ def cmd_score(args):
                 _cost_line(args, len(idx), n, matrix_path, plan)
         with Warnings():
             job = ScoreJob(model, train, test_sel, folder=folder, resume=args.resume, solver=args.solver,
-                           damping=args.damping, scoring=args.scoring, batch_size=args.batch_size,
+                           damping=args.damping, curvature=args.curvature,
+                           on_curvature=lambda cur: curvature_line(args, cur),
+                           scoring=args.scoring, batch_size=args.batch_size,
                            chunk_size=args.chunk_size, check_optimum=not args.no_optimum_check,
                            progress=not args.quiet, executor=executor,
                            inputs=job_inputs(args, {"test_index": idx.tolist()}),
@@ -83,6 +87,7 @@ def cmd_score(args):
                            aggregate=many, matrix=matrix_path, groups=groups)
             with job:
                 result = job.run()
+                check_converged(args, result.solutions)
                 solver_used = args.solver if result.plan is None else "auto: %s" % result.plan.method
                 timer.steps.append(("test gradients + inverse HVP (%s)" % solver_used, job.seconds["s_test"]))
                 timer.steps.append(("scoring (%s, %d training points)" % (args.scoring, n), job.seconds["scoring"]))
@@ -90,20 +95,20 @@ def cmd_score(args):
                 if many:
                     _write_aggregates(args, timer, train, result.aggregates)
                 else:
-                    _write_scores(args, timer, idx, n, train, scores)
+                    _write_scores(args, timer, idx, n, train, scores, curvature_summary(args, job))
     finally:
         if client is not None:
             client.close()
     if many:
-        return _report_many(args, timer, model, train, test_sel, idx, result, matrix_path)
+        return _report_many(args, timer, model, train, test_sel, idx, result, matrix_path, job)
     delta = predicted_loss_change(scores, n)
     train_labels = data_labels(train)
     plan = result.plan
-    summary = {"n_train": n, "test_index": idx.tolist(), "solver": args.solver, "damping": args.damping,
-               "plan": None if plan is None else dict(plan._asdict()),
-               "scoring": args.scoring, "seconds": timer.as_dict(), "out": args.out,
+    summary = {"n_train": n, "test_index": idx.tolist(), "solver": args.solver,
+               "plan": None if plan is None else dict(plan._asdict()), "scoring": args.scoring, "seconds": timer.as_dict(), "out": args.out,
                "chunks": chunks, "solutions": solutions_json(solutions),
                "top": []}
+    summary.update(curvature_summary(args, job))
     predicted = None
     if model.output is not None and model.n_classes:
         predicted = np.argmax(model.predict(test_sel.x, args.batch_size), axis=1)
@@ -242,7 +247,7 @@ def _print_ranked(title, ranked):
         print("    (none)")
 
 
-def _report_many(args, timer, model, train, test, idx, result, matrix_path):
+def _report_many(args, timer, model, train, test, idx, result, matrix_path, job):
     """Print (or --json) the aggregate rankings of a matrix run."""
     agg, n, m = result.aggregates, len(train), len(idx)
     labels = data_labels(train)
@@ -255,13 +260,14 @@ def _report_many(args, timer, model, train, test, idx, result, matrix_path):
             entry.update({"class": label.item(), "test_points": int(agg.counts[c])})
             per_class.append(entry)
     plan = result.plan
-    summary = {"n_train": n, "test_index": idx.tolist(), "solver": args.solver, "damping": args.damping,
+    summary = {"n_train": n, "test_index": idx.tolist(), "solver": args.solver,
                "plan": None if plan is None else dict(plan._asdict()), "scoring": args.scoring,
                "seconds": timer.as_dict(), "out": args.out, "matrix": matrix_path,
                "matrix_shape": [m, n], "matrix_dtype": "float64", "chunks": result.chunks,
                "solutions": solutions_json(result.solutions),
                "aggregate": {"helpful": overall["helpful"], "harmful": overall["harmful"],
                              "per_class": per_class if agg.classes is not None else None}}
+    summary.update(curvature_summary(args, job))
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
         return EXIT_OK

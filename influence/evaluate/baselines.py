@@ -12,14 +12,15 @@ METHODS = ("influence", "grad_dot", "random")
 SEED_RANDOM_SCORES = 1
 
 
-def baseline_scores(model, train, test, seed=0, solver="auto", damping=0.0, scoring="gradient",
-                    batch_size=None, check_optimum=True, progress=False, **solver_options):
+def baseline_scores(model, train, test, seed=0, solver="auto", damping=None, scoring="gradient",
+                    batch_size=None, check_optimum=True, progress=False, curvature="auto", **solver_options):
     """{method: (T, n) scores} for :data:`METHODS`: I_up,loss (s_test by ``solver``: "auto" picks
     direct for small models, which factorises H once for every test point), grad-dot −g_tᵀ g_i
     (the same :func:`influence.influence_scores` call, g_t stacked under s_test: one pass of
-    per-example gradients serves both) and random."""
+    per-example gradients serves both) and random. ``curvature``/``damping`` as in
+    :func:`influence.s_test`."""
     test = model.validate(test, getattr(test, "name", "test data"))
-    st = s_test(model, train, test, solver, damping, batch_size, check_optimum=check_optimum,
+    st = s_test(model, train, test, solver, damping, batch_size, check_optimum=check_optimum, curvature=curvature,
                 **dict(solver_options, progress=progress))
     with model.preserving_params():
         g_test = model.per_example_grads(test, batch_size)

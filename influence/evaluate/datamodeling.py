@@ -8,6 +8,8 @@ import numpy as np
 from ..jobs import plain_options
 from .baselines import METHODS
 from .metrics import draw_subsets, linear_datamodeling_score, mean_and_error, subset_predictions
+from ..scoring import check_curvature
+from ..jobs import damping_setting
 from .retrain import EvalJob, RETRAIN_MAXITER, check_retrain
 
 __all__ = ["lds", "LDSResult", "LDS_GTOL"]
@@ -60,9 +62,9 @@ class _LDSJob(EvalJob):
 
 
 def lds(model, train, test, subsets=50, alpha=0.5, seed=0, target="loss", gtol=LDS_GTOL,
-        maxiter=RETRAIN_MAXITER, solver="auto", damping=0.0, scoring="gradient", batch_size=None,
+        maxiter=RETRAIN_MAXITER, solver="auto", damping=None, scoring="gradient", batch_size=None,
         check_optimum=True, folder=None, resume=False, chunk_size=1, progress=False, executor=None,
-        inputs=None, **solver_options):
+        inputs=None, curvature="auto", **solver_options):
     """The linear datamodeling score of the influence scores and the baselines (module docstring).
 
     ``subsets`` m subsets of ⌊``alpha``·n⌋ training points from ``seed``; each retrained (warm start
@@ -79,7 +81,8 @@ def lds(model, train, test, subsets=50, alpha=0.5, seed=0, target="loss", gtol=L
     n = len(model.validate(train, getattr(train, "name", "training data")))
     draw_subsets(n, subsets, alpha, seed)           # refuse bad subsets/alpha before any work
     settings = {"subsets": int(subsets), "alpha": float(alpha), "seed": int(seed), "gtol": float(gtol),
-                "maxiter": int(maxiter), "solver": solver, "damping": float(damping), "scoring": scoring,
+                "maxiter": int(maxiter), "solver": solver, "damping": damping_setting(damping),
+                "curvature": check_curvature(curvature), "scoring": scoring,
                 "batch_size": batch_size, "check_optimum": bool(check_optimum),
                 "solver_options": plain_options(dict(solver_options, progress=None))}
     start = time.perf_counter()

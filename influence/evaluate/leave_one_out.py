@@ -27,6 +27,8 @@ from ..jobs import plain_options
 from ..scoring import influence_scores, predicted_loss_change, s_test
 from .baselines import METHODS
 from .metrics import pearson, spearman
+from ..scoring import check_curvature
+from ..jobs import damping_setting
 from .retrain import EvalJob, RETRAIN_MAXITER, check_retrain
 
 __all__ = ["verify_loo", "LOOResult", "loo", "LOOEvaluation", "pearson", "spearman", "LOO_GTOL"]
@@ -47,9 +49,9 @@ dict of wall times (scores, retraining)."""
 
 
 
-def verify_loo(model, train, test, indices=None, k=20, damping=0.0, random_state=0, solver="cg",
+def verify_loo(model, train, test, indices=None, k=20, damping=None, random_state=0, solver="cg",
                scoring="forward", gtol=LOO_GTOL, maxiter=5000, scores=None, batch_size=None, progress=False,
-               **solver_options):
+               curvature="auto", **solver_options):
     """Retrain without each of ``k`` training points and compare the actual change of the test loss
     with the influence prediction (see the module docstring for the sign convention).
 
@@ -68,8 +70,9 @@ def verify_loo(model, train, test, indices=None, k=20, damping=0.0, random_state
     times = {}
     t0 = time.time()
     if scores is None:
-        st = s_test(model, train, test, solver, damping, batch_size, **dict({"progress": progress}, **solver_options))
-        scores = influence_scores(model, train, test, scoring=scoring, damping=damping, batch_size=batch_size,
+        st = s_test(model, train, test, solver, damping, batch_size, curvature=curvature,
+                    **dict({"progress": progress}, **solver_options))
+        scores = influence_scores(model, train, test, scoring=scoring, batch_size=batch_size,
                                   s=st, check_optimum=False, progress=progress)
     times["scores"] = time.time() - t0
     mean_scores = np.atleast_2d(scores).mean(axis=0)
@@ -157,8 +160,8 @@ class _LOOJob(EvalJob):
 
 
 def loo(model, train, test, k=20, seed=0, indices=None, gtol=LOO_GTOL, maxiter=RETRAIN_MAXITER,
-        solver="auto", damping=0.0, scoring="gradient", batch_size=None, check_optimum=True, folder=None,
-        resume=False, chunk_size=1, progress=False, executor=None, inputs=None, **solver_options):
+        solver="auto", damping=None, scoring="gradient", batch_size=None, check_optimum=True, folder=None,
+        resume=False, chunk_size=1, progress=False, executor=None, inputs=None, curvature="auto", **solver_options):
     """Leave-one-out for many test points at once, influence vs the baselines (module docstring).
 
     ``indices``: the training points to remove (default: ``k // 2`` with the largest mean
@@ -178,7 +181,8 @@ def loo(model, train, test, k=20, seed=0, indices=None, gtol=LOO_GTOL, maxiter=R
         raise InfluenceError("%s: correlations need at least 2 removed training points (e.g. %s)"
                              % (param("k", k), param("k", 20)), parameter="k", suggestion=20)
     settings = {"k": int(k), "seed": int(seed), "indices": indices, "gtol": float(gtol), "maxiter": int(maxiter),
-                "solver": solver, "damping": float(damping), "scoring": scoring, "batch_size": batch_size,
+                "solver": solver, "damping": damping_setting(damping),
+                "curvature": check_curvature(curvature), "scoring": scoring, "batch_size": batch_size,
                 "check_optimum": bool(check_optimum),
                 "solver_options": plain_options(dict(solver_options, progress=None))}
     start = time.perf_counter()

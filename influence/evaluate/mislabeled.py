@@ -10,6 +10,8 @@ from ..scoring import gradient_blocks, self_influence
 from .baselines import SEED_RANDOM_SCORES
 from .datamodeling import LDS_GTOL
 from .metrics import detection_curve, flip_labels, found_at
+from ..scoring import check_curvature
+from ..jobs import damping_setting
 from .retrain import EvalJob, RETRAIN_MAXITER, check_retrain
 
 __all__ = ["mislabel", "MislabelResult", "MISLABEL_TOP"]
@@ -44,7 +46,7 @@ class _MislabelJob(EvalJob):
                 opts["random_state"] = s["seed"]
             values = self._array("self_influence", lambda: self_influence(
                 model, flipped_train, s["method"], damping=s["damping"], batch_size=s["batch_size"],
-                check_optimum=False, progress=self.progress, **opts))
+                check_optimum=False, progress=self.progress, curvature=s["curvature"], **opts))
             t2 = time.perf_counter()
 
             def norms():
@@ -65,9 +67,9 @@ def _n_classes(model, y):
     return int(k) if k else int(np.max(y)) + 1
 
 
-def mislabel(model, train, fraction=0.1, seed=0, top=MISLABEL_TOP, method="exact", k=None, damping=0.0,
+def mislabel(model, train, fraction=0.1, seed=0, top=MISLABEL_TOP, method="exact", k=None, damping=None,
              gtol=LDS_GTOL, maxiter=RETRAIN_MAXITER, batch_size=None, folder=None, resume=False,
-             progress=False, inputs=None):
+             progress=False, inputs=None, curvature="auto"):
     """Mislabel detection (module docstring): flip ⌊``fraction``·n⌋ labels (``seed``), refit from
     the model's weights with L-BFGS to ``gtol``, rank by self-influence (``method`` "exact" or
     "lanczos" with rank ``k``, see :func:`influence.self_influence`), by ‖g_i‖² (grad-dot), by
@@ -91,7 +93,8 @@ def mislabel(model, train, fraction=0.1, seed=0, top=MISLABEL_TOP, method="exact
     flipped_train = model.validate(Dataset(train.x, new_y.astype(y.dtype), train.name + " (labels flipped)"),
                                    train.name)
     settings = {"fraction": float(fraction), "seed": int(seed), "method": method, "k": k,
-                "damping": float(damping), "gtol": float(gtol), "maxiter": int(maxiter), "batch_size": batch_size}
+                "damping": damping_setting(damping),
+                "curvature": check_curvature(curvature), "gtol": float(gtol), "maxiter": int(maxiter), "batch_size": batch_size}
     start = time.perf_counter()
     job = _MislabelJob(model, train, None, folder, resume, None, progress, inputs, settings)
     job.flipped_train = flipped_train

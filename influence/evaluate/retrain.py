@@ -116,7 +116,7 @@ class EvalJob(Job):
             return out
         out = baseline_scores(self.model, self.train, self.test, s["seed"], s["solver"], s["damping"],
                               s["scoring"], s["batch_size"], s["check_optimum"], self.progress,
-                              **self.solver_options)
+                              curvature=s.get("curvature", "auto"), **self.solver_options)
         if self.checkpoint is not None:
             for m in names:
                 self.checkpoint.save_array("scores_" + m, out[m])

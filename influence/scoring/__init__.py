@@ -6,10 +6,10 @@ from .scores import (s_test, STest, influence_scores, predicted_loss_change, sel
 from .chunks import run_chunks, chunk_bounds, ChunkRetryWarning, DEFAULT_CHUNK_SIZE, CHUNK_RETRIES
 from .kernels import ForwardStep, forward_steps, forward_differences, gradient_blocks, chunk_scores
 from .matrix import ScoreAggregates, MatrixCheckpoint, MATRIX_DTYPE
-from .choice import CURVATURES, Curvature, choose_curvature
+from .choice import CURVATURES, Curvature, check_curvature, choose_curvature
 
 __all__ = ["s_test", "STest", "influence_scores", "predicted_loss_change", "self_influence",
            "directional_derivatives", "run_chunks", "chunk_bounds", "ChunkRetryWarning",
            "DEFAULT_CHUNK_SIZE", "CHUNK_RETRIES", "ForwardStep", "forward_steps", "forward_differences",
            "gradient_blocks", "chunk_scores", "ScoreAggregates", "MatrixCheckpoint", "MATRIX_DTYPE", "CURVATURES",
-           "Curvature", "choose_curvature"]
+           "Curvature", "check_curvature", "choose_curvature"]
