@@ -29,6 +29,9 @@ def test_cnn_batchnorm_small(cntk, capsys):
     out = cnn_batchnorm.main(["--small", "--smooth"])
     assert out["scores"].shape == (40,) and np.all(np.isfinite(out["scores"]))
     assert out["fit"].grad_norm < 1e-6 and out["pearson"] > 0.5
+    st = out["s_test"]            # as trained with the Trainer: Gauss-Newton at defaults, converged
+    assert st.curvature == "gauss-newton" and st.damping > 0 and st.solutions[0].converged
+    assert out["as_trained"].shape == (40,) and np.all(np.isfinite(out["as_trained"]))
     text = capsys.readouterr().out
     assert "inference mode rewrote" in text and "BatchNormalization" in text and "Pearson" in text
 
