@@ -97,9 +97,10 @@ def build_parser():
                            "‖(H + λI)x − g_test‖ <= RTOL·‖g_test‖ (default: the solver's)")
             vocab_flag(p, "--solver-maxiter", "iterations of the inverse-HVP solver at most", old=("--maxiter",),
                         type=int, metavar="N")
-            p.add_argument("--allow-unconverged", action="store_true",
-                           help="write and print the scores even when the solver ends above its tolerance "
-                           "(default: refuse them with exit code 3)")
+            p.add_argument("--strict", action="store_true",
+                           help="refuse the scores (exit code 3, nothing written) when the solver ends above "
+                           "its tolerance (default: keep them, marked NOT CONVERGED on stderr, in the "
+                           "report and in --json)")
 
     p = sub.add_parser("score", parents=[common], help="influence of every training point on test points",
                        description="Influence of every training point on the loss at test points: "
@@ -254,7 +255,7 @@ def main(argv=None):
             print(_interrupted_text(args), file=sys.stderr)
             return EXIT_INTERRUPTED
         except Exception as e:   # after work began, a bug or a CNTK failure: still one line, unless --debug
-            from ..adapters._cntk_runtime import is_interrupt
+            from ..common.interrupt import is_interrupt
             from ..jobs import JobFailed
             if is_interrupt(e) or isinstance(e, JobFailed) and is_interrupt(e.cause):
                 print(_interrupted_text(args), file=sys.stderr)      # Ctrl-C inside a CNTK call

@@ -326,19 +326,27 @@ def curvature_summary(args, job):
 
 
 class NotConverged(Exception):
-    """s_test did not reach its tolerance: the CLI exits with EXIT_NOT_CONVERGED and writes nothing."""
+    """s_test did not reach its tolerance under --strict: the CLI exits with EXIT_NOT_CONVERGED and
+    writes nothing."""
 
 
 def check_converged(args, solutions):
-    """Refuse results whose solve ended above its tolerance (exit 3), unless --allow-unconverged."""
+    """Results whose solve ended above its tolerance: with --strict, refused (exit 3, nothing written);
+    otherwise a loud NOT CONVERGED line on stderr (also with --quiet) and the text returned, for the
+    report. None when every solve converged."""
     bad = [(j, s) for j, s in enumerate(solutions or []) if not s.converged]
-    if not bad or getattr(args, "allow_unconverged", False):
-        return
+    if not bad:
+        return None
     worst = max(s.residual for _, s in bad)
-    raise NotConverged("the inverse-HVP solve did not converge for %d of %d test points (relative residual "
-                       "up to %.3g): their scores would not be what they claim, so nothing was written; raise "
-                       "--solver-maxiter, add --damping, use --curvature gauss-newton, or pass "
-                       "--allow-unconverged to accept them" % (len(bad), len(solutions), worst))
+    what = ("the inverse-HVP solve did not converge for %d of %d test points (relative residual up to %.3g, "
+            "above its tolerance)" % (len(bad), len(solutions), worst))
+    if getattr(args, "strict", False):
+        raise NotConverged("%s: --strict refuses their scores, so nothing was written; raise --solver-maxiter, "
+                           "add --damping, or use --curvature gauss-newton" % what)
+    text = ("NOT CONVERGED: %s; the scores are the best iterate's, not what the tolerance promises (pass "
+            "--strict to refuse them with exit code 3)" % what)
+    print("influence: warning: %s" % text, file=sys.stderr)
+    return text
 
 
 def common_flags(seed=True):

@@ -87,7 +87,7 @@ def cmd_score(args):
                            aggregate=many, matrix=matrix_path, groups=groups)
             with job:
                 result = job.run()
-                check_converged(args, result.solutions)
+                not_converged = check_converged(args, result.solutions)
                 solver_used = args.solver if result.plan is None else "auto: %s" % result.plan.method
                 timer.steps.append(("test gradients + inverse HVP (%s)" % solver_used, job.seconds["s_test"]))
                 timer.steps.append(("scoring (%s, %d training points)" % (args.scoring, n), job.seconds["scoring"]))
@@ -100,7 +100,7 @@ def cmd_score(args):
         if client is not None:
             client.close()
     if many:
-        return _report_many(args, timer, model, train, test_sel, idx, result, matrix_path, job)
+        return _report_many(args, timer, model, train, test_sel, idx, result, matrix_path, job, not_converged)
     delta = predicted_loss_change(scores, n)
     train_labels = data_labels(train)
     plan = result.plan
@@ -109,6 +109,9 @@ def cmd_score(args):
                "chunks": chunks, "solutions": solutions_json(solutions),
                "top": []}
     summary.update(curvature_summary(args, job))
+    summary["not_converged"] = not_converged
+    if not_converged and not args.json:
+        print(not_converged)
     predicted = None
     if model.output is not None and model.n_classes:
         predicted = np.argmax(model.predict(test_sel.x, args.batch_size), axis=1)
@@ -247,7 +250,7 @@ def _print_ranked(title, ranked):
         print("    (none)")
 
 
-def _report_many(args, timer, model, train, test, idx, result, matrix_path, job):
+def _report_many(args, timer, model, train, test, idx, result, matrix_path, job, not_converged=None):
     """Print (or --json) the aggregate rankings of a matrix run."""
     agg, n, m = result.aggregates, len(train), len(idx)
     labels = data_labels(train)
@@ -268,9 +271,12 @@ def _report_many(args, timer, model, train, test, idx, result, matrix_path, job)
                "aggregate": {"helpful": overall["helpful"], "harmful": overall["harmful"],
                              "per_class": per_class if agg.classes is not None else None}}
     summary.update(curvature_summary(args, job))
+    summary["not_converged"] = not_converged
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
         return EXIT_OK
+    if not_converged:
+        print(not_converged)
     print("%d test points: training points ranked by the mean over the test points of the test-loss change "
           "if removed (-I_up,loss/n; positive: it helped)" % m)
     _print_ranked("  overall:", overall)

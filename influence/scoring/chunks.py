@@ -44,7 +44,7 @@ def _bar(progress, total, desc):
 def _with_retries(compute, a, b, retries):
     """compute(a, b), run again up to ``retries`` times after an unexpected error, with a warning.
     KeyboardInterrupt is never caught, nor Ctrl-C in the form CNTK gives it (see
-    :func:`influence.adapters._cntk_runtime.is_interrupt`): it is raised as KeyboardInterrupt."""
+    :func:`influence.common.interrupt.is_interrupt`): it is raised as KeyboardInterrupt."""
     for attempt in range(retries + 1):
         try:
             return compute(a, b)
