@@ -19,9 +19,10 @@ import sys
 
 from .._version import __version__
 from ._common import (
-    EXIT_NOT_CONVERGED, NotConverged,
-    EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, TEST_INDEX_HELP, UsageError, Parser,
-    ascii_safe_stdio, common_flags, ctf_flags, curvature_flags, first_line, model_flags, stderr_hidden, vocab_flag, cli_text)
+    EXIT_NOT_CONVERGED, EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, TEST_INDEX_HELP,
+    UsageError, Parser, ascii_safe_stdio, common_flags, ctf_flags, first_line, model_flags, stderr_hidden,
+    vocab_flag, cli_text)
+from .curvature import NotConverged, curvature_flags
 from .commands import cmd_hvp, cmd_info, cmd_self, cmd_train, cmd_verify
 from .score import MATRIX_TEST_POINTS, cmd_score
 from .evaluate import evaluate_parsers

@@ -10,9 +10,9 @@ import numpy as np
 
 from .._version import __version__
 from ._common import (
-    curvature_line,
     EXIT_OK, META_SUFFIX, UsageError, Timer, Warnings, check_indices, existing_file, job_inputs, label_text,
     data_labels, load_data_file, load_model, load_split, log, out_extension, parse_arch, partial_folder)
+from .curvature import curvature_line
 from .plans import FitProgress, retrain_plan, self_plan
 
 

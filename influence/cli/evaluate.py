@@ -4,9 +4,9 @@ from __future__ import print_function
 import numpy as np
 
 from ._common import (
-    curvature_flags,
     EXIT_OK, TEST_INDEX_HELP, UsageError, Parser, Timer, Warnings, check_numbers, ctf_flags, vocab_flag,
     job_inputs, load_model, load_split, model_flags, out_extension, partial_folder, parse_test_indices)
+from .curvature import curvature_flags
 from .plans import LANCZOS_HVP_PER_RANK, retrain_plan
 
 

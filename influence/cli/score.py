@@ -9,10 +9,10 @@ import sys
 import numpy as np
 
 from ._common import (
-    check_converged, curvature_line, curvature_summary,
     EXIT_OK, UsageError, Timer, Warnings, check_indices, job_inputs, label_text, data_labels, load_model,
     load_split, log, out_extension, partial_folder, print_timing, solutions_json, solver_options,
     parse_test_indices)
+from .curvature import check_converged, curvature_line, curvature_summary
 from .plans import FORWARD_PASS_PER_HVP
 
 
