@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import influence.evaluate as ev
+from influence.evaluate import retrain as ev_retrain
 from influence.cli import main
 
 from test_cli import ROOT, run
@@ -56,18 +57,18 @@ def test_resume_after_ctrl_c_gives_the_same_numbers(files, tmp_path, capsys, mon
     d, model = files
     whole, part = str(tmp_path / "whole.json"), str(tmp_path / "part.json")
     assert run(_lds(d, model, "--out", whole), capsys)[0] == 0
-    real, calls = ev._retrain_columns, []
+    real, calls = ev_retrain.retrain_columns, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
-    monkeypatch.setattr(ev, "_retrain_columns", interrupted)
+    monkeypatch.setattr(ev_retrain, "retrain_columns", interrupted)
     code, _, err = run(_lds(d, model, "--out", part), capsys)
     assert code == 130 and "interrupted" in err
     assert not os.path.exists(part) and os.path.isdir(part + ".partial")
-    monkeypatch.setattr(ev, "_retrain_columns", real)
+    monkeypatch.setattr(ev_retrain, "retrain_columns", real)
     code, _, err = run(_lds(d, model, "--out", part, "--resume", "--json"), capsys)
     assert code == 0, err
     a, b = json.load(open(whole, encoding="utf-8")), json.load(open(part, encoding="utf-8"))

@@ -85,11 +85,22 @@ def test_unwritable_out_is_a_usage_error_naming_the_path(files, capsys):
 def test_a_solver_refusal_writes_nothing(files, tmp_path, capsys, solver):
     d, _, raw = files
     out = str(tmp_path / "y.csv")
-    code, _, err = run(_score(d, raw, out, "--solver", solver, "--no-optimum-check"), capsys)
+    code, _, err = run(_score(d, raw, out, "--solver", solver, "--no-optimum-check", "--curvature", "hessian"),
+                       capsys)
     assert code == 2, err
     assert "not positive definite" in err and "--damping" in err and "damping=" not in err
     assert len(err.strip().splitlines()) == 1
     assert os.listdir(str(tmp_path)) == []                  # no y.csv, no y.csv.partial/
+
+
+@pytest.mark.parametrize("solver", ["direct", "cg"])
+def test_auto_curvature_switches_to_gauss_newton_where_the_hessian_is_refused(files, tmp_path, capsys, solver):
+    d, _, raw = files
+    out = str(tmp_path / "y.json")
+    code, stdout, err = run(_score(d, raw, out, "--solver", solver, "--no-optimum-check", "--json"), capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["curvature"] == "gauss-newton" and "not positive definite" in summary["curvature_reason"]
 
 
 def test_a_self_influence_refusal_writes_nothing(files, tmp_path, capsys):
