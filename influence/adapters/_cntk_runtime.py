@@ -10,6 +10,7 @@ KeyboardInterrupt it is, so that no retry (the view-error retry here, the chunk 
 :mod:`influence.chunks`) ever takes Ctrl-C for a failure.
 """
 import signal
+import sys
 import threading
 import warnings
 
@@ -18,6 +19,7 @@ __all__ = ["import_cntk", "VIEW_ERROR_RETRIES", "is_interrupt", "install_sigint_
 
 def import_cntk():
     """Import CNTK with its start-up warnings silenced; a clear error when it is unavailable."""
+    fresh = "cntk" not in sys.modules
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -27,7 +29,7 @@ def import_cntk():
             "CNTK is not importable (%s); it needs Python 3.5/3.6 with cntk==2.7.post2 and OpenMPI: "
             "run 'make venv' and use .venv/bin/python (see docs/installing.md)" % e)
     from ..threads import _apply
-    _apply()                             # the threads chosen by influence.set_threads, if any
+    _apply(fresh)                        # the threads chosen by influence.set_threads, if any
     return cntk
 
 
