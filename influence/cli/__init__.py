@@ -21,7 +21,7 @@ import sys
 from .._version import __version__
 from ._common import (
     EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, TEST_INDEX_HELP, UsageError, Parser,
-    ascii_safe_stdio, common_flags, ctf_flags, first_line, model_flags, stderr_hidden, _vocab_flag)
+    ascii_safe_stdio, common_flags, ctf_flags, first_line, model_flags, stderr_hidden, vocab_flag)
 from .commands import cmd_hvp, cmd_info, cmd_self, cmd_train, cmd_verify
 from .score import MATRIX_TEST_POINTS, cmd_score
 from .evaluate import evaluate_parsers
@@ -61,7 +61,7 @@ def build_parser():
     p.add_argument("--l2", type=float, default=1e-3, help="L2 coefficient λ in (λ/2)‖w‖² (default 1e-3)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default float32")
     p.add_argument("--gtol", type=float, default=1e-5, help="stop when max |∂R/∂w| <= GTOL (default 1e-5)")
-    _vocab_flag(p, "--lbfgs-maxiter", "L-BFGS iterations at most", old=("--maxiter",), type=int, metavar="N")
+    vocab_flag(p, "--lbfgs-maxiter", "L-BFGS iterations at most", old=("--maxiter",), type=int, metavar="N")
     p.add_argument("--batch-size", type=int, default=None, metavar="B", help="examples per pass (default 2048)")
     p.add_argument("--out", required=True, metavar="MODEL", help="where to save the model (e.g. model.cntk)")
     p.set_defaults(func=cmd_train)
@@ -94,7 +94,7 @@ def build_parser():
                            "parameters, training rows, test points and memory, printed before the solve)")
             p.add_argument("--rtol", type=float, help="relative tolerance of the inverse HVP: stop when "
                            "‖(H + λI)x − g_test‖ <= RTOL·‖g_test‖ (default: the solver's)")
-            _vocab_flag(p, "--solver-maxiter", "iterations of the inverse-HVP solver at most", old=("--maxiter",),
+            vocab_flag(p, "--solver-maxiter", "iterations of the inverse-HVP solver at most", old=("--maxiter",),
                         type=int, metavar="N")
 
     p = sub.add_parser("score", parents=[common], help="influence of every training point on test points",
@@ -110,8 +110,8 @@ def build_parser():
     p.add_argument("--scoring", choices=["forward", "gradient"], default="forward",
                    help="forward: finite differences of batched forward passes (fast, default); gradient: "
                    "per-example gradients (reference)")
-    _vocab_flag(p, "--rank", "rank of --solver lanczos", old=("--k",), type=int, metavar="K")
-    _vocab_flag(p, "--top", "rows of each ranked table", type=int, metavar="N")
+    vocab_flag(p, "--rank", "rank of --solver lanczos", old=("--k",), type=int, metavar="K")
+    vocab_flag(p, "--top", "rows of each ranked table", type=int, metavar="N")
     p.add_argument("--out", metavar="scores.csv|scores.json|scores.npy", help="write every score here; the "
                    "extension decides the format: .csv or .json a table (with more than %d test points or "
                    "--matrix: one row per training point with the sums and means over the test points, overall "
@@ -132,8 +132,8 @@ def build_parser():
     score_flags(p, solver=False)
     p.add_argument("--method", choices=["exact", "lanczos"], default="exact",
                    help="exact: dense Hessian (small models); lanczos: rank-k approximation (default exact)")
-    _vocab_flag(p, "--rank", "rank of --method lanczos", old=("--k",), type=int, metavar="K")
-    _vocab_flag(p, "--top", "rows of the ranked table", type=int, metavar="N")
+    vocab_flag(p, "--rank", "rank of --method lanczos", old=("--k",), type=int, metavar="K")
+    vocab_flag(p, "--top", "rows of the ranked table", type=int, metavar="N")
     p.add_argument("--out", metavar="ranking.csv|ranking.json|ranking.npy", help="write every training point's "
                    "self-influence here; the extension decides the format: .csv or .json a table (index, label, "
                    "self-influence, rank, training loss), .npy the self-influence vector (float64)")
@@ -146,12 +146,12 @@ def build_parser():
     p.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y)")
     p.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y)")
     p.add_argument("--test-index", type=int, nargs="+", required=True, metavar="I", help="test point(s)")
-    _vocab_flag(p, "--retrainings", "training points to retrain without, one at a time (half the most "
+    vocab_flag(p, "--retrainings", "training points to retrain without, one at a time (half the most "
                 "influential, half at random)", old=("--k",), type=int, metavar="N")
     ctf_flags(p)
     p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
     p.add_argument("--solver", choices=["cg", "lissa", "direct", "lanczos"], default="cg", help="default cg")
-    _vocab_flag(p, "--top", "worst disagreements to print", type=int, metavar="N")
+    vocab_flag(p, "--top", "worst disagreements to print", type=int, metavar="N")
     p.set_defaults(func=cmd_verify)
 
     evaluate_parsers(sub, common)

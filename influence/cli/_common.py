@@ -184,7 +184,7 @@ def _retrain_text(count, pass_seconds):
            % (count, "" if count == 1 else "s", RETRAIN_PASSES_ESTIMATE, pass_seconds)
 
 
-def _self_plan(args, model, train):
+def self_plan(args, model, train):
     """``self``: the plan line before the dense Hessian or the Lanczos run (when long)."""
     if not _plans_needed(args):
         return
@@ -201,7 +201,7 @@ def _self_plan(args, model, train):
               (products + 4 * forward * args.rank) * hvp)
 
 
-def _retrain_plan(args, model, train, retrainings, what, m=1, extra_hvp=0):
+def retrain_plan(args, model, train, retrainings, what, m=1, extra_hvp=0):
     """``verify``/``evaluate``: the plan line before the influence scores and the retrainings."""
     if not _plans_needed(args):
         return
@@ -213,7 +213,7 @@ def _retrain_plan(args, model, train, retrainings, what, m=1, extra_hvp=0):
           solve * hvp + retrainings * RETRAIN_PASSES_ESTIMATE * hvp / 2.0)
 
 
-class _FitProgress(object):
+class FitProgress(object):
     """``train``: a plan line (when long) and a bar over the L-BFGS iterations; the object is the
     ``callback`` of :func:`influence.fit`."""
 
@@ -442,7 +442,7 @@ class _Deprecated(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def _vocab_flag(p, flag, help, dest=None, old=(), **kwargs):
+def vocab_flag(p, flag, help, dest=None, old=(), **kwargs):
     """Add the vocabulary ``flag`` (its default from :data:`VOCABULARY`, stated at the end of the help)
     and, hidden, the old spellings in ``old`` (of the flag's row) that this command used to accept."""
     default = VOCABULARY_DEFAULTS[flag]
@@ -469,7 +469,7 @@ def common_flags(seed=True):
         g.add_argument("--seed", type=int, default=0, help="random seed for everything random, e.g. the "
                        "lissa and lanczos solvers (default 0)")
     g.add_argument("--json", action="store_true", help="print a machine-readable JSON summary on stdout")
-    _vocab_flag(g, "--threads", "CPU threads of CNTK's math in this process; Dask workers and parallel "
+    vocab_flag(g, "--threads", "CPU threads of CNTK's math in this process; Dask workers and parallel "
                 "retrainings always use 1 (measured: one thread per process is as fast alone and several "
                 "times faster next to other runs; docs/performance.md)", type=int, metavar="N")
     g.add_argument("--debug", action="store_true",
@@ -491,7 +491,7 @@ def ctf_flags(p):
 def model_flags(p, need_labels=True):
     p.add_argument("--model", required=True, metavar="M", help="model file saved by Function.save "
                    "(e.g. by 'influence train')")
-    _vocab_flag(p, "--output-node", "name of the node to use (network output, or a loss node with --loss "
+    vocab_flag(p, "--output-node", "name of the node to use (network output, or a loss node with --loss "
                 "none) when the file holds several", dest="output", old=("--output",), metavar="NAME")
     p.add_argument("--loss", choices=["cross_entropy", "binary_cross_entropy", "squared_error", "none"],
                    help="per-example loss on the network output ('none': the model is already a loss); "
@@ -637,7 +637,7 @@ OUT_FORMATS = {"score": (".csv", ".json", ".npy"), "self": (".csv", ".json", ".n
                "evaluate": (".json",)}
 
 
-def _out_format(args, command=None):
+def out_extension(args, command=None):
     """The format of ``--out`` (its extension: ".csv", ".json" or ".npy"); an extension the command
     cannot write is a usage error naming the ones it can. None without --out."""
     path = getattr(args, "out", None)

@@ -10,8 +10,8 @@ import numpy as np
 
 from .._version import __version__
 from ._common import (
-    EXIT_OK, META_SUFFIX, _FitProgress, _retrain_plan, _self_plan, UsageError, Timer, Warnings, check_indices, existing_file, job_inputs,
-    label_text, data_labels, load_data_file, load_model, load_split, log, _out_format, parse_arch, partial_folder)
+    EXIT_OK, META_SUFFIX, FitProgress, retrain_plan, self_plan, UsageError, Timer, Warnings, check_indices, existing_file, job_inputs,
+    label_text, data_labels, load_data_file, load_model, load_split, log, out_extension, parse_arch, partial_folder)
 
 
 # ---------------------------------------------------------------------------------------- commands
@@ -95,7 +95,7 @@ def cmd_train(args):
     log(args, "training %s (%d parameters, %s) on %d examples with L-BFGS ..."
          % (args.arch, model.n_params, args.dtype, len(x)))
     with timer("fit (L-BFGS)"):
-        with _FitProgress(args, model, data) as callback:
+        with FitProgress(args, model, data) as callback:
             result = fit(model, data, gtol=args.gtol, maxiter=args.lbfgs_maxiter, callback=callback)
         grad_max = float(np.max(np.abs(model.grad(data))))      # what --gtol bounds (a max-norm)
     with timer("save"):
@@ -124,7 +124,7 @@ def cmd_hvp(args):
     from ..hvp import HessianOperator
     from .._files import check_writable, write_npy
     if args.out:
-        _out_format(args)
+        out_extension(args)
         check_writable(args.out)
     timer = Timer()
     with timer("load model"):
@@ -169,14 +169,14 @@ def cmd_hvp(args):
 def cmd_self(args):
     from ..jobs import SelfInfluenceJob
     from .._files import write_npy, write_table
-    out_format = _out_format(args)
+    out_format = out_extension(args)
     folder = partial_folder(args)
     timer = Timer()
     with timer("load model and data"):
         model, _ = load_model(args)
         train = load_split(args.train, "--train", model, args.ctf_options)
     n = len(train)
-    _self_plan(args, model, train)
+    self_plan(args, model, train)
     options = {"k": args.rank, "random_state": args.seed} if args.method == "lanczos" else {}
     labels = data_labels(train)
     with Warnings():
@@ -229,7 +229,7 @@ def cmd_verify(args):
     if args.retrainings < 1:
         raise UsageError("--retrainings %d: pass at least 1 training point to retrain without" % args.retrainings)
     k = min(args.retrainings, len(train))
-    _retrain_plan(args, model, train, k + 1, "verify", m=len(idx))     # + 1: the reference, re-tightened
+    retrain_plan(args, model, train, k + 1, "verify", m=len(idx))     # + 1: the reference, re-tightened
     with Warnings():
         with timer("influence + %d leave-one-out retrainings" % k):
             res = verify_loo(model, train, test.subset(idx), k=args.retrainings, damping=args.damping,

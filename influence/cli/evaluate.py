@@ -4,8 +4,8 @@ from __future__ import print_function
 import numpy as np
 
 from ._common import (
-    EXIT_OK, LANCZOS_HVP_PER_RANK, TEST_INDEX_HELP, UsageError, Parser, _retrain_plan, Timer, Warnings, check_numbers, ctf_flags, _vocab_flag,
-    job_inputs, load_model, load_split, model_flags, _out_format, partial_folder, parse_test_indices)
+    EXIT_OK, LANCZOS_HVP_PER_RANK, TEST_INDEX_HELP, UsageError, Parser, retrain_plan, Timer, Warnings, check_numbers, ctf_flags, vocab_flag,
+    job_inputs, load_model, load_split, model_flags, out_extension, partial_folder, parse_test_indices)
 
 
 # ---------------------------------------------------------------------------------------- evaluate
@@ -38,7 +38,7 @@ def _evaluate_check(args):
         check_writable(args.plot, "--plot")
         from ..evaluate import _pyplot
         _pyplot()                                   # matplotlib missing: refused before any work
-    _out_format(args, "evaluate")
+    out_extension(args, "evaluate")
     return partial_folder(args)
 
 
@@ -98,12 +98,12 @@ def cmd_evaluate(args):
             test = test.subset(idx)
     if args.metric == "mislabel":
         d = model.n_params
-        _retrain_plan(args, model, train, 1, "evaluate mislabel (a refit on flipped labels, then self-influence "
+        retrain_plan(args, model, train, 1, "evaluate mislabel (a refit on flipped labels, then self-influence "
                       "from %s)" % ("d = %d products" % d if args.method == "exact" else "rank %d" % args.rank),
                       m=0, extra_hvp=d if args.method == "exact" else LANCZOS_HVP_PER_RANK * args.rank)
     else:
         count = args.subsets if args.metric == "lds" else min(args.retrainings, len(train))
-        _retrain_plan(args, model, train, count + 1, "evaluate %s" % args.metric, m=len(test))
+        retrain_plan(args, model, train, count + 1, "evaluate %s" % args.metric, m=len(test))
     common = dict(seed=args.seed, gtol=args.gtol, maxiter=args.lbfgs_maxiter, damping=args.damping,
                   batch_size=args.batch_size, folder=folder, resume=args.resume, progress=not args.quiet,
                   inputs=job_inputs(args, {} if idx is None else {"test_index": idx.tolist()}))
@@ -180,7 +180,7 @@ def evaluate_parsers(sub, common):
         q.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
         q.add_argument("--gtol", type=float, default=1e-6, help="retrain (and re-tighten the reference optimum) "
                        "until max |∂R/∂w| <= GTOL (default 1e-6)")
-        _vocab_flag(q, "--lbfgs-maxiter", "L-BFGS iterations per retraining at most", old=("--maxiter",),
+        vocab_flag(q, "--lbfgs-maxiter", "L-BFGS iterations per retraining at most", old=("--maxiter",),
                     type=int, metavar="N")
         q.add_argument("--out", metavar="RESULTS.json", help="write every number here (JSON); the finished "
                        "work of an interrupted run is kept in RESULTS.json.partial/")
@@ -215,7 +215,7 @@ def evaluate_parsers(sub, common):
                            "half at random) and compare the actual test-loss change of every test point with "
                            "the prediction -I/n of the influence scores and of the baselines.")
     flags(q)
-    _vocab_flag(q, "--retrainings", "training points to retrain without, one at a time", old=("--k",), type=int,
+    vocab_flag(q, "--retrainings", "training points to retrain without, one at a time", old=("--k",), type=int,
                 metavar="N")
     q = metrics.add_parser("mislabel", parents=[common], help="find flipped labels by self-influence",
                            description="Flip a fraction of the training labels (--seed), refit, and rank the "
@@ -224,9 +224,9 @@ def evaluate_parsers(sub, common):
                            "the detection curve.")
     flags(q, test=False, chunks=False)
     q.add_argument("--fraction", type=float, default=0.1, help="fraction of labels to flip (default 0.1)")
-    _vocab_flag(q, "--top-percent", "report the share found in the top PCT%% of each ranking", old=("--top",),
+    vocab_flag(q, "--top-percent", "report the share found in the top PCT%% of each ranking", old=("--top",),
                 type=float, nargs="+", metavar="PCT")
     q.add_argument("--method", choices=["exact", "lanczos"], default="exact",
                    help="self-influence: exact (dense Hessian) or lanczos (rank --rank) (default exact)")
-    _vocab_flag(q, "--rank", "rank of --method lanczos", type=int, metavar="K")
+    vocab_flag(q, "--rank", "rank of --method lanczos", type=int, metavar="K")
     return p

@@ -10,7 +10,7 @@ import numpy as np
 
 from ._common import (
     EXIT_OK, UsageError, Timer, Warnings, check_indices, job_inputs, label_text, data_labels, load_model,
-    load_split, log, _out_format, partial_folder, print_timing, solutions_json, solver_options,
+    load_split, log, out_extension, partial_folder, print_timing, solutions_json, solver_options,
     parse_test_indices)
 
 
@@ -39,7 +39,7 @@ def _write_scores(args, timer, idx, n, train, scores):
 def cmd_score(args):
     from ..jobs import ScoreJob
     from ..scores import predicted_loss_change
-    _out_format(args)
+    out_extension(args)
     folder = partial_folder(args)
     if args.cluster:
         from ..cluster import check_reachable
