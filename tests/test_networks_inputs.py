@@ -197,8 +197,8 @@ def test_cli_scores_a_cnn_an_lstm_on_ragged_npz_and_an_onnx_file(cntk, tmp_path,
                                ("mlp.onnx", "flat.npz", "flat_test.npz")):
         for cmd in ("score", "self"):
             argv = [cmd, "--model", str(tmp_path / model), "--train", str(tmp_path / train), "--damping", "100",
-                    "--l2", "0.01", "--out", str(tmp_path / ("%s-%s.npz" % (model, cmd))), "--quiet"]
+                    "--l2", "0.01", "--out", str(tmp_path / ("%s-%s.csv" % (model, cmd))), "--quiet"]
             if cmd == "score":
                 argv += ["--test", str(tmp_path / test)]
             assert main(argv) == 0, (model, cmd, capsys.readouterr().err)
-            assert os.path.isfile(str(tmp_path / ("%s-%s.npz" % (model, cmd))))
+            assert os.path.isfile(str(tmp_path / ("%s-%s.csv" % (model, cmd))))

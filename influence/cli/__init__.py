@@ -237,7 +237,9 @@ def main(argv=None):
             if getattr(args, "threads", None) is not None:
                 if args.threads < 1:
                     raise UsageError("--threads %d is not a positive integer; pass e.g. --threads 1" % args.threads)
-                set_threads(args.threads)  # before CNTK loads (OMP_NUM_THREADS), and into CNTK itself
+                # before CNTK loads (OMP_NUM_THREADS), and into CNTK itself; a CNTK already loaded in
+                # this process (main() called from Python) keeps its number: changing it crashes CNTK
+                set_threads(args.threads, warn=False)
             code = args.func(args)
             sys.stdout.flush()         # a reader that closed the pipe shows here, not at exit
             return code

@@ -17,8 +17,9 @@ __all__ = ["PLAN_SECONDS", "RETRAIN_PASSES_ESTIMATE", "FORWARD_PASS_PER_HVP", "L
 #: before it starts (``influence: plan: ...``), next to its progress bar.
 PLAN_SECONDS = 10.0
 #: Objective-and-gradient passes over the training data of one warm-started L-BFGS retraining
-#: (leave-one-out, LDS subsets), for the plan line's estimate. Measured on the README's example
-#: (mlp:32, 1,200 digits, verify): ~100-300 passes per retraining at gtol 1e-9.
+#: (leave-one-out, LDS subsets), for the plan line's estimate only: a rough figure, not measured
+#: (issue 22 reports ~16 s per verify retraining on the README's mlp:32, which at its pass time is of
+#: this order); the progress bar's rate gives the real pace.
 RETRAIN_PASSES_ESTIMATE = 200
 #: Cost line (``score`` with the default "all" test points in matrix mode): one forward-difference
 #: pass over the training rows (weights shifted, per-example losses) is estimated at this fraction of

@@ -20,6 +20,7 @@ __all__ = ["import_cntk", "cntk_call", "Quiet", "first_line", "VIEW_ERROR_RETRIE
 
 def import_cntk():
     """Import CNTK with its start-up warnings silenced; a clear error when it is unavailable."""
+    fresh = "cntk" not in sys.modules
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -29,7 +30,7 @@ def import_cntk():
             "CNTK is not importable (%s); it needs Python 3.5/3.6 with cntk==2.7.post2 and OpenMPI: "
             "run 'make venv' and use .venv/bin/python (see docs/installing.md)" % e)
     from ...common.threads import apply_threads
-    apply_threads()                      # the threads chosen by influence.set_threads, if any
+    apply_threads(fresh)                 # the threads chosen by influence.set_threads, if any
     return cntk
 
 
