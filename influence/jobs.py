@@ -459,7 +459,7 @@ class ScoreJob(Job):
         t0 = time.perf_counter()
         vectors = ckpt.load_array("s_test") if ckpt is not None else None
         if vectors is None:
-            on_workers = self.executor if self.curvature in ("auto", "hessian") else None
+            on_workers = self.executor if self.curvature in ("auto", "hessian", "gauss-newton") else None
             with executor_hessian(on_workers, self.model, self.train, self.batch_size) as hessian:
                 st = s_test(self.model, self.train, self.test, self.solver, self.damping, self.batch_size,
                             hessian=hessian, check_optimum=self.check_optimum, curvature=self.curvature,

@@ -255,3 +255,32 @@ def test_products_run_when_no_worker_is_listed_yet(client, tmp_path, monkeypatch
         monkeypatch.setattr(H, "_workers", lambda: [])
         v = np.random.RandomState(1).standard_normal(model.n_params)
         assert _rel(H.matvec(v), local.matvec(v)) <= CLUSTER_RTOL
+
+
+# ------------------------------------------------------------------------------------ Gauss-Newton
+def test_gauss_newton_on_the_cluster_equals_one_process(client, tmp_path):
+    """DaskGaussNewtonOperator: the shards' Jᵀ H_ℓ J v on the workers, summed on the client, equal the
+    single-process GaussNewtonOperator (same calibrated step, same batches) to CLUSTER_RTOL; with
+    damping="auto" the probes run on the workers and give the same damping; s_test with
+    curvature="gauss-newton" through the executor equals the single-process one."""
+    from influence.dask import DaskGaussNewtonOperator
+    model, train, test = _problem(tmp_path)
+    model.set_params(model.get_params() + 0.3)          # off the optimum: where Gauss-Newton is used
+    local = influence.GaussNewtonOperator(model, train, batch_size=BATCH)
+    v = np.random.RandomState(1).standard_normal(model.n_params)
+    expected = local @ v
+    w = model.get_params().copy()
+    with DaskGaussNewtonOperator(client, model, train, batch_size=BATCH, rel_step=local.rel_step) as op:
+        assert len(op.shard_bounds) == 2
+        assert _rel(op @ v, expected) <= CLUSTER_RTOL
+        assert op.n_backward == 1
+    with DaskGaussNewtonOperator(client, model, train, damping="auto", batch_size=BATCH) as op:
+        auto = influence.GaussNewtonOperator(model, train, damping="auto", batch_size=BATCH)
+        assert op.damping == pytest.approx(auto.damping, rel=1e-10)
+    assert np.array_equal(model.get_params(), w)
+    executor = cluster.DaskExecutor(client)
+    st = influence.s_test(model, train, test, curvature="gauss-newton", damping=0.01, rtol=1e-10,
+                          hessian=executor.hessian_operator(model, train, BATCH))
+    one = influence.s_test(model, train, test, curvature="gauss-newton", damping=0.01, rtol=1e-10,
+                           batch_size=BATCH)
+    assert st.curvature == "gauss-newton" and _rel(st.vectors, one.vectors) <= 1e-8

@@ -66,6 +66,11 @@ class CurvatureOperator(LinearOperator):
     def _bar(self, total, desc):
         return Progress(self.progress, total, desc)
 
+    def data_term(self, v):
+        """The mean data curvature times ``v`` (float64; no l2 term, no damping): what a distributed
+        operator sums over shards."""
+        return self._data_term(np.asarray(v, dtype=np.float64).reshape(-1))
+
     def _matvec(self, v):
         v = np.asarray(v, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(v)):

@@ -1,5 +1,6 @@
-"""Hessian-vector products on a Dask cluster: :class:`DaskHessianOperator`, the data-parallel
-:class:`~influence.curvature.hessian.HessianOperator`.
+"""Curvature products on a Dask cluster: :class:`DaskHessianOperator`, the data-parallel
+:class:`~influence.curvature.hessian.HessianOperator`, and :class:`DaskGaussNewtonOperator`, the
+data-parallel :class:`~influence.curvature.GaussNewtonOperator` (its shards' Jᵀ H_ℓ J v on the workers).
 
 The data term of H v is a central difference of the mean training gradient,
 ``(g(w + r v) − g(w − r v)) / 2r`` with ``g(w) = (1/n) Σ_i ∇ℓ(z_i, w)``. The sum over i splits over
@@ -33,10 +34,11 @@ from ..adapters.base import preserved_params, weights_digest
 from ..common.files import file_fingerprint
 from .worker import DEFAULT_RETRIES, WorkerJob, check_inputs, identity, remember, worker_data, worker_model
 from ..data import batch_bounds, check_batch_size
+from ..curvature import GaussNewtonOperator
 from ..curvature.hessian import PREPARE_MAX_BYTES, HessianOperator
 from ..curvature.steps import combine_central, shifted_weights, step_scale
 
-__all__ = ["DaskHessianOperator"]
+__all__ = ["DaskHessianOperator", "DaskGaussNewtonOperator"]
 
 #: Prepared shards (converted batches) kept per worker process (least recently used dropped first).
 _SHARD_CACHE_SIZE = 8
@@ -111,16 +113,16 @@ class DaskHessianOperator(HessianOperator):
     def __exit__(self, *exc):
         self.close()
 
-    def _check_client_weights(self):
+    def check_client_weights(self):
         if weights_digest(self.model) != self._digest:
             raise ValueError("the model's weights changed since this DaskHessianOperator was built (the "
                              "workers hold the old ones); build a new operator for the new weights")
 
-    def _grad_sums(self, weights):
-        """Σ_i ∇ℓ(z_i, w) over all rows for each w in ``weights`` (each in the model's dtype): one task
-        per shard, the shards' float64 sums added in shard order. Returns an (len(weights), d) array."""
+    def run_shards(self, task, *args):
+        """``task(job, a, b, *args)`` once per shard (a, b) on the workers, in one round of tasks; the
+        results in shard order. Used by the gradient sums here and by
+        :class:`influence.dask.gauss_newton.DaskGaussNewtonOperator`'s products."""
         job = self._ship()
-        weights = np.ascontiguousarray(np.stack(weights))
         workers = self._workers()
         self._n_round += 1
         futures = []
@@ -130,14 +132,19 @@ class DaskHessianOperator(HessianOperator):
                 # registered (a cluster still starting) the task waits for the first one
                 placement = dict(workers=[workers[k % len(workers)]], allow_other_workers=True) if workers else {}
                 futures.append(self.client.submit(
-                    _shard_grad_sums, job, a, b, weights, self._prepare,
-                    key="influence-hvp-%s-%d-%d" % (self._token, self._n_round, k),
+                    task, job, a, b, *args, key="influence-hvp-%s-%d-%d" % (self._token, self._n_round, k),
                     retries=self.retries, pure=False, **placement))
-            parts = self.client.gather(futures)
+            return self.client.gather(futures)
         finally:
             unfinished = [f for f in futures if f.status != "finished"]
             if unfinished:
                 self.client.cancel(unfinished)
+
+    def _grad_sums(self, weights):
+        """Σ_i ∇ℓ(z_i, w) over all rows for each w in ``weights`` (each in the model's dtype): one task
+        per shard, the shards' float64 sums added in shard order. Returns an (len(weights), d) array."""
+        weights = np.ascontiguousarray(np.stack(weights))
+        parts = self.run_shards(_shard_grad_sums, weights, self._prepare)
         total = np.array(parts[0], dtype=np.float64)
         for part in parts[1:]:
             total += part
@@ -155,12 +162,12 @@ class DaskHessianOperator(HessianOperator):
         return g
 
     def calibrate(self, v=None):
-        self._check_client_weights()
+        self.check_client_weights()
         return super(DaskHessianOperator, self).calibrate(v)
 
     def _central_differences(self, v, rel_steps):
         """All the shifted weights of this product evaluated in one round of tasks."""
-        self._check_client_weights()
+        self.check_client_weights()
         v = np.asarray(v, dtype=np.float64)
         w0 = self.model.get_params().astype(np.float64)      # the client's weights are not moved
         scale = step_scale(w0, v)
@@ -171,6 +178,57 @@ class DaskHessianOperator(HessianOperator):
         sums = self._grad_sums(weights)
         n = float(len(self.data))
         return [combine_central(sums[2 * j] / n, sums[2 * j + 1] / n, r) for j, r in enumerate(rs)]
+
+
+class DaskGaussNewtonOperator(GaussNewtonOperator):
+    """(G + damping·I)·v for the mean training loss of ``model`` on ``train`` (a file every worker can
+    read), with the data term computed on the workers of ``client``. Arguments and attributes as
+    :class:`influence.GaussNewtonOperator` (``damping="auto"`` probes run on the workers too) plus
+    ``shards``, ``retries`` and ``data_fingerprint`` as :class:`~influence.dask.DaskHessianOperator`,
+    whose shard machinery (job shipping, placement, retries, cancellation, the weights check) it
+    uses. ``close()`` (or ``with``) releases the job on the cluster."""
+
+    def __init__(self, client, model, train, damping=0.0, batch_size=None, rel_step=None, stencil="central",
+                 shards=None, retries=DEFAULT_RETRIES, data_fingerprint=None):
+        # the shard runner first: damping="auto" multiplies by the operator while it is being built
+        self._shards = DaskHessianOperator(client, model, train, batch_size=batch_size, shards=shards,
+                                           retries=retries, data_fingerprint=data_fingerprint)
+        super(DaskGaussNewtonOperator, self).__init__(model, self._shards.data, damping, batch_size, False,
+                                                      rel_step, stencil)
+
+    @property
+    def shard_bounds(self):
+        return self._shards.shard_bounds
+
+    def close(self):
+        self._shards.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _data_term(self, v):
+        if self.rel_step is None:
+            self.calibrate()
+        self._shards.check_client_weights()
+        v = np.asarray(v, dtype=np.float64)
+        parts = self._shards.run_shards(_shard_gauss_newton, v, self.rel_step, self.stencil)
+        out = np.array(parts[0], dtype=np.float64)
+        for part in parts[1:]:
+            out += part
+        self.n_forward += 2 if self.stencil == "central" else 4
+        self.n_backward += 1
+        out /= len(self.data)
+        return out
+
+    def minibatch(self, index, damping=None):
+        """The single-process operator on the training rows ``index`` (LiSSA's small products, on the
+        client), sharing the calibrated step."""
+        if self.rel_step is None:
+            self.calibrate()
+        return GaussNewtonOperator.minibatch(self, index, damping)
 
 
 def _batch_bounds(data, size):
@@ -207,7 +265,9 @@ _SHARDS = collections.OrderedDict()   # (model_key, path, fingerprint, a, b, siz
 GRAD_PASSES = collections.Counter()
 
 
-def _worker_shard(job, model, a, b, prepare):
+def worker_shard(job, model, a, b, prepare):
+    """The rows a..b of the job's training data on this worker (validated; prepared when ``prepare``),
+    cached per (model, file, fingerprint, rows, batch size)."""
     data = worker_data(job, model)
     fp = job.data_fingerprint
     key = (job.model_key, job.data_path, fp["size"], fp["mtime_ns"], fp["sha256"], a, b, job.batch_size, prepare)
@@ -228,7 +288,7 @@ def _worker_shard(job, model, a, b, prepare):
 def _shard_grad_sums(job, a, b, weights, prepare):
     """Σ_{i in a..b} ∇ℓ(z_i, w) (no L2 term, float64) for each row w of ``weights``: (len, d)."""
     model, lock = worker_model(job)
-    rows = _worker_shard(job, model, a, b, prepare)
+    rows = worker_shard(job, model, a, b, prepare)
     out = np.empty((len(weights), model.n_params), dtype=np.float64)
     with lock:
         if weights_digest(model) != job.params_digest:
@@ -240,3 +300,15 @@ def _shard_grad_sums(job, a, b, weights, prepare):
                 out[j] = model.grad_sum(rows, job.batch_size)
                 GRAD_PASSES[job.model_key] += 1
     return out
+
+
+def _shard_gauss_newton(job, a, b, v, rel_step, stencil):
+    """Σ_{i in a..b} J_iᵀ H_ℓ J_i v (float64, no L2 term) on this worker's rows, at the job's weights."""
+    model, lock = worker_model(job)
+    rows = worker_shard(job, model, a, b, False)
+    with lock:
+        if weights_digest(model) != job.params_digest:
+            raise RuntimeError("the model on this worker does not hold the client's weights")
+        op = GaussNewtonOperator(model, rows, damping=0.0, batch_size=job.batch_size, rel_step=rel_step,
+                                 stencil=stencil)
+        return op.data_term(v) * len(rows)

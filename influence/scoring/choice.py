@@ -51,8 +51,10 @@ def _check_damping(damping):
     return check_damping(damping)
 
 
-def _operator(kind, model, train, damping, batch_size):
-    """(operator, solver damping, damping text) for ``kind`` with ``damping`` (None, "auto" or a number)."""
+def _operator(kind, model, train, damping, batch_size, distributed=None):
+    """(operator, solver damping, damping text) for ``kind`` with ``damping`` (None, "auto" or a number).
+    ``distributed``: an operator that offers ``gauss_newton(damping)`` (a Dask Hessian operator): the
+    Gauss-Newton matrix is then built on its workers too."""
     if kind == "hessian":
         op = HessianOperator(model, train, batch_size=batch_size)
         if damping == "auto":
@@ -61,10 +63,12 @@ def _operator(kind, model, train, damping, batch_size):
                 return op, auto_damping(op), "auto"
         return op, 0.0 if damping is None else damping, None
     cls = GaussNewtonOperator if kind == "gauss-newton" else FisherOperator
+    make = lambda d: cls(model, train, damping=d, batch_size=batch_size)      # noqa: E731
+    if kind == "gauss-newton" and hasattr(distributed, "gauss_newton"):
+        make = distributed.gauss_newton
     if damping is None or damping == "auto":
-        op = cls(model, train, damping="auto", batch_size=batch_size)
-        return op, 0.0, "auto"
-    return cls(model, train, damping=0.0, batch_size=batch_size), damping, None
+        return make("auto"), 0.0, "auto"
+    return make(0.0), damping, None
 
 
 def _gauss_newton_kind(model):
@@ -94,7 +98,7 @@ def choose_curvature(model, train, curvature="auto", damping=None, batch_size=No
     """The :class:`Curvature` for ``curvature`` (module docstring) on validated ``train``.
 
     ``hessian``: a ready operator (e.g. a calibrated HessianOperator or a Dask one) used as the
-    Hessian. With ``curvature="auto"`` the optimum check runs (unless ``check_optimum`` is False) and
+    Hessian; a Dask one also builds the Gauss-Newton matrix on its workers. With ``curvature="auto"`` the optimum check runs (unless ``check_optimum`` is False) and
     decides between the Hessian and Gauss-Newton; with ``"hessian"`` a failed check warns
     (:class:`influence.NotAtOptimumWarning`) naming ``curvature="gauss-newton"``."""
     check_curvature(curvature)
@@ -127,17 +131,17 @@ def choose_curvature(model, train, curvature="auto", damping=None, batch_size=No
         op, solver_damping = hessian, d
     else:
         with model.preserving_params():
-            op, solver_damping, _ = _operator(kind, model, train, damping, batch_size)
+            op, solver_damping, _ = _operator(kind, model, train, damping, batch_size, hessian)
     return Curvature(op, kind, solver_damping, _describe(kind, op, solver_damping, why), curvature)
 
 
-def fallback_curvature(model, train, chosen, error, damping=None, batch_size=None):
+def fallback_curvature(model, train, chosen, error, damping=None, batch_size=None, hessian=None):
     """The Gauss-Newton :class:`Curvature` that replaces ``chosen`` (the Hessian under
     ``curvature="auto"``) after ``error`` (a NonPositiveCurvatureError) showed H + damping·I is not
     positive definite."""
     kind = _gauss_newton_kind(model)
     with model.preserving_params():
-        op, solver_damping, _ = _operator(kind, model, train, damping, batch_size)
+        op, solver_damping, _ = _operator(kind, model, train, damping, batch_size, hessian)
     first = str(error).split(":", 1)[-1].split(";")[0].strip()
     why = "the Hessian is not positive definite (%s)" % first
     return Curvature(op, kind, solver_damping, _describe(kind, op, solver_damping, why), chosen.requested)

@@ -104,9 +104,10 @@ def _with_curvature(model, train, curvature, damping, batch_size, hessian, check
     try:
         return work(cur), cur
     except NonPositiveCurvatureError as e:
-        if cur.requested != "auto" or cur.kind != "hessian" or hessian is not None:
+        if cur.requested != "auto" or cur.kind != "hessian" or (hessian is not None and
+                                                                 not hasattr(hessian, "gauss_newton")):
             raise          # a caller's operator (hessian=) is what was asked for: no switch
-        cur = fallback_curvature(model, train, cur, e, damping, batch_size)
+        cur = fallback_curvature(model, train, cur, e, damping, batch_size, hessian)
         if on_curvature is not None:
             on_curvature(cur)
         return work(cur), cur
@@ -258,7 +259,7 @@ def influence_scores(model, train, test, solver="cg", scoring="forward", damping
     if hasattr(executor, "check"):
         executor.check(model, train)
     if s is None:
-        on_workers = executor if hessian is None and curvature in ("auto", "hessian") else None
+        on_workers = executor if hessian is None and curvature in ("auto", "hessian", "gauss-newton") else None
         with executor_hessian(on_workers, model, train, batch_size) as own:
             s = s_test(model, train, test, solver, damping, batch_size, hessian if own is None else own,
                        check_optimum, curvature, **solver_options)
