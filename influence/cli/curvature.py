@@ -39,35 +39,6 @@ def curvature_line(args, cur):
     log(args, "influence: curvature: %s" % cur.reason)
 
 
-def _damping_value(text):
-    """--damping: a number >= 0 or "auto"."""
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is neither a number nor 'auto' (e.g. --damping 0.01 or "
-                                         "--damping auto)" % text)
-
-
-def curvature_flags(p, what="the curvature"):
-    """--curvature and --damping, the same in every command that uses curvature."""
-    from ..scoring.choice import CURVATURES
-    p.add_argument("--curvature", choices=CURVATURES, default="auto",
-                   help="the curvature C of (C + damping·I)⁻¹: hessian (exact, at an optimum), gauss-newton "
-                   "(positive semi-definite at any weights: networks trained a few epochs), fisher (the "
-                   "empirical Fisher, any loss), or auto (default: the Hessian at an optimum where H + "
-                   "damping·I is positive definite, otherwise Gauss-Newton; printed before the work)")
-    p.add_argument("--damping", type=_damping_value, default=None, metavar="λ|auto",
-                   help="λ added to %s: a number >= 0, or auto (0.1 × the mean eigenvalue, by 10 Hutchinson "
-                   "probes); default: 0 with the Hessian, auto with gauss-newton and fisher" % what)
-
-
-def curvature_line(args, cur):
-    """The plan line that says which curvature and damping a command uses, and why."""
-    log(args, "influence: curvature: %s" % cur.reason)
-
-
 def curvature_summary(args, job):
     """{"curvature", "damping", "curvature_reason"} of a job's s_test for --json and .json outputs (what
     was asked for when the solve came from a resumed checkpoint)."""

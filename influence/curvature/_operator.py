@@ -83,6 +83,20 @@ class CurvatureOperator(LinearOperator):
         out += (self.model.l2 + self.damping) * v
         return out
 
+    #: The class of :meth:`minibatch`'s operators (a distributed operator's is the single-process one).
+    single_process_class = None
+
+    def minibatch(self, index, damping=None):
+        """The operator on the training rows ``index`` (LiSSA's small stochastic products), in this
+        process, sharing the calibrated step (calibrated first if need be)."""
+        if self.rel_step is None:
+            self.calibrate()
+        rows = self.data.subset(index)
+        rows._valid_for = self.model
+        cls = self.single_process_class or type(self)
+        return cls(self.model, rows, self.damping if damping is None else damping, self.batch_size, self.progress,
+                   self.rel_step, self.stencil)
+
     def _rmatvec(self, v):
         return self._matvec(v)
 

@@ -128,10 +128,3 @@ class GaussNewtonOperator(CurvatureOperator):
         self.n_backward += 1
         out /= len(self.data)
         return out
-
-    def minibatch(self, index, damping=None):
-        """The operator on the training rows ``index`` (shares the calibrated step)."""
-        rows = self.data.subset(index)
-        rows._valid_for = self.model
-        return GaussNewtonOperator(self.model, rows, self.damping if damping is None else damping,
-                                   self.batch_size, self.progress, self.rel_step, self.stencil)

@@ -186,7 +186,10 @@ class DaskGaussNewtonOperator(GaussNewtonOperator):
     :class:`influence.GaussNewtonOperator` (``damping="auto"`` probes run on the workers too) plus
     ``shards``, ``retries`` and ``data_fingerprint`` as :class:`~influence.dask.DaskHessianOperator`,
     whose shard machinery (job shipping, placement, retries, cancellation, the weights check) it
-    uses. ``close()`` (or ``with``) releases the job on the cluster."""
+    uses. ``minibatch(index)`` is a single-process operator on those rows, computed on the client.
+    ``close()`` (or ``with``) releases the job on the cluster."""
+
+    single_process_class = GaussNewtonOperator
 
     def __init__(self, client, model, train, damping=0.0, batch_size=None, rel_step=None, stencil="central",
                  shards=None, retries=DEFAULT_RETRIES, data_fingerprint=None):
@@ -223,12 +226,6 @@ class DaskGaussNewtonOperator(GaussNewtonOperator):
         out /= len(self.data)
         return out
 
-    def minibatch(self, index, damping=None):
-        """The single-process operator on the training rows ``index`` (LiSSA's small products, on the
-        client), sharing the calibrated step."""
-        if self.rel_step is None:
-            self.calibrate()
-        return GaussNewtonOperator.minibatch(self, index, damping)
 
 
 def _batch_bounds(data, size):
