@@ -222,3 +222,88 @@ def test_bad_vectors_are_refused():
 
 def test_exported():
     assert influence.EKFAC is EKFAC and "EKFAC" in influence.__all__
+
+
+# ---------------------------------------------------------------------------- EK-FAC as a preconditioner
+#: cg's default tolerance: both solutions within a few times it of each other, relative to ‖x‖.
+SAME_SOLUTION_TOL = 1e-5
+
+
+def _hessian_problem():
+    rng = np.random.RandomState(7)
+    n, p, k = 300, 12, 4
+    x = rng.randn(n, p) * np.linspace(0.1, 3.0, p)             # badly scaled features: κ(H) large
+    y = rng.randint(0, k, n)
+    model = SoftmaxRegression(p, k, l2=1e-3, random_state=2, scale=0.5)
+    return model, x, y, model.hessian((x, y)), rng.randn(model.n_params)
+
+
+def test_preconditioned_cg_converges_to_the_plain_solution_in_fewer_products():
+    model, x, y, H, b = _hessian_problem()
+    ek = EKFAC(model, (x, y))
+    plain = influence.cg(H, b)
+    pre = influence.cg(H, b, preconditioner=ek)
+    assert plain.converged and pre.converged
+    exact = np.linalg.solve(H, b)
+    assert np.linalg.norm(pre.x - plain.x) <= SAME_SOLUTION_TOL * np.linalg.norm(exact)
+    # the residual reported and tested is the unpreconditioned system's
+    assert pre.residual == pytest.approx(np.linalg.norm(H @ pre.x - b) / np.linalg.norm(b), rel=1e-6)
+    assert pre.residual <= influence.solvers.CG_RTOL
+    assert pre.n_hvp < plain.n_hvp
+
+
+def test_any_linear_operator_preconditions_and_solve_and_solve_many_pass_it_on():
+    model, x, y, H, b = _hessian_problem()
+    exact = np.linalg.solve(H + 0.1 * np.eye(len(b)), b)
+    jacobi = np.diag(1.0 / (np.diag(H) + 0.1))
+    for sol in (influence.solve(H, b, "cg", damping=0.1, preconditioner=jacobi),
+                influence.solvers.solve_many(H, np.stack([b, 2 * b]), damping=0.1, preconditioner=jacobi)[1]):
+        scale = 2.0 if sol.x @ exact > 1.5 * exact @ exact else 1.0
+        assert sol.converged and np.linalg.norm(sol.x - scale * exact) <= SAME_SOLUTION_TOL * np.linalg.norm(scale * exact)
+    # a poor (random SPD diagonal) preconditioner still reaches the same solution: the true residual decides
+    poor = np.diag(np.random.RandomState(1).uniform(0.01, 100.0, len(b)))
+    sol = influence.cg(H, b, damping=0.1, preconditioner=poor)
+    assert sol.converged and np.linalg.norm(sol.x - exact) <= SAME_SOLUTION_TOL * np.linalg.norm(exact)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("ekfac", "preconditioner='ekfac': a solver sees only the operator"),
+    (np.eye(3), r"has shape \(3, 3\) but H is"),
+    (object(), "has shape None"),
+])
+def test_bad_preconditioners_are_refused(bad, match):
+    model, x, y, H, b = _hessian_problem()
+    with pytest.raises(ValueError, match=match) as info:
+        influence.cg(H, b, preconditioner=bad)
+    assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------- saved factors
+def test_saved_factors_load_identical_and_stale_ones_are_refused(tmp_path):
+    model, x, y = _problem()
+    e = EKFAC(model, (x, y), random_state=2)
+    path = e.save(str(tmp_path / "f.npz"))
+    back = EKFAC.load(path, model, (x, y))
+    V = np.random.RandomState(0).randn(3, model.n_params)
+    assert np.array_equal(back.solve(V), e.solve(V)) and np.array_equal(back @ V[0], e @ V[0])
+    assert back.plan() == e.plan() and back.block_damping == e.block_damping
+    fixed = EKFAC(model, (x, y), damping=0.01, strategy="diagonal")
+    fixed.save(str(tmp_path / "d.npz"))
+    assert np.array_equal(EKFAC.load(str(tmp_path / "d.npz"), model, (x, y)).solve(V), fixed.solve(V))
+    y2 = y.copy()
+    y2[0] = (y2[0] + 1) % 3
+    with pytest.raises(ValueError, match="fitted on other training rows .* stale") as info:
+        EKFAC.load(path, model, (x, y2))
+    assert "\n" not in str(info.value)
+    w = model.get_params()
+    model.set_params(w + 1e-12)
+    with pytest.raises(ValueError, match="fitted on other weights .* stale"):
+        EKFAC.load(path, model, (x, y))
+    model.set_params(w)
+    with pytest.raises(ValueError, match="do not exist"):
+        EKFAC.load(str(tmp_path / "none.npz"), model, (x, y))
+    np.savez(str(tmp_path / "other.npz"), a=np.ones(2))
+    with pytest.raises(ValueError, match="not an EK-FAC factor file"):
+        EKFAC.load(str(tmp_path / "other.npz"), model, (x, y))
+    with pytest.raises(ValueError, match="ending in .npz"):
+        e.save(str(tmp_path / "f.txt"))

@@ -38,6 +38,7 @@ from ..common.errors import InfluenceError, param
 from ..common.progress import Progress
 from ..data import Dataset, check_batch_size
 from .damping import DAMPING_FACTOR, resolve_damping
+from .ekfac_io import data_digest, read_factors, write_factors
 
 __all__ = ["EKFAC", "STRATEGIES", "LABELS", "BLOCK_BYTES", "self_influence_ekfac", "ekfac_s_test"]
 
@@ -314,6 +315,57 @@ class EKFAC(LinearOperator):
         return LinearOperator((d, d), matvec=lambda v: self.solve(np.asarray(v).reshape(-1)),
                               rmatvec=lambda v: self.solve(np.asarray(v).reshape(-1)),
                               matmat=lambda V: self.solve(np.asarray(V).T).T, dtype=np.float64)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path):
+        """Write the factors to ``path`` (.npz), fingerprinted against the current weights and the
+        training rows (:mod:`influence.curvature.ekfac_io`). Returns the path."""
+        from ..adapters.base import weights_digest
+        layers = [{"name": b.layer.name, "kind": b.layer.kind, "kernel": list(b.layer.kernel),
+                   "bias": list(b.layer.bias), "n_in": b.layer.n_in, "n_out": b.layer.n_out,
+                   "layout": b.layer.layout} for b in self.blocks]
+        meta = {"strategy": self.strategy, "labels": self.labels, "damping_auto": self.damping_auto,
+                "damping": self.damping, "block_damping": self.block_damping, "l2": self.l2, "layers": layers,
+                "others": self._others, "n_params": int(self.shape[0]), "n_examples": len(self.data),
+                "weights": weights_digest(self.model), "data": data_digest(self.data)}
+        arrays = {"diagonal": self.diagonal, "diagonal_index": self.diagonal_index}
+        for i, b in enumerate(self.blocks):
+            arrays.update({"qa_%d" % i: b.qa, "qs_%d" % i: b.qs, "la_%d" % i: b.la, "ls_%d" % i: b.ls,
+                           "eig_%d" % i: b.eig, "A_%d" % i: b.A, "S_%d" % i: b.S})
+        write_factors(path, meta, arrays)
+        return str(path)
+
+    @classmethod
+    def load(cls, path, model, data):
+        """The EKFAC saved by :meth:`save`, for ``model`` at its current weights and the training rows
+        ``data``; refused with a one-line error naming the fix when the weights or the rows differ
+        (stale factors), or the model's layers are not the ones the file describes."""
+        data = model.validate(data, getattr(data, "name", "training data"))
+        meta, arrays = read_factors(path, model, data)
+        layers, others = model.kfac_plan()
+        if meta["strategy"] == "diagonal":
+            layers = []
+        described = [(L.name, list(L.kernel), list(L.bias), L.n_in, L.n_out, L.layout) for L in layers]
+        saved = [(L["name"], L["kernel"], L["bias"], L["n_in"], L["n_out"], L["layout"]) for L in meta["layers"]]
+        if described != saved:
+            raise InfluenceError("the EK-FAC factors in %r describe other layers than this model's %s; fit them "
+                                 "again with influence.EKFAC(model, data)" % (str(path), [d[0] for d in described]))
+        self = cls.__new__(cls)
+        LinearOperator.__init__(self, dtype=np.dtype(np.float64), shape=(model.n_params, model.n_params))
+        self.model, self.data, self.batch_size, self.progress = model, data, None, False
+        self.strategy, self.labels, self.l2 = meta["strategy"], meta["labels"], float(model.l2)
+        self.damping_auto = bool(meta["damping_auto"])
+        self._others = meta["others"]
+        self.blocks = []
+        for i, L in enumerate(layers):
+            b = _Block(L)
+            b.qa, b.qs, b.la, b.ls = arrays["qa_%d" % i], arrays["qs_%d" % i], arrays["la_%d" % i], arrays["ls_%d" % i]
+            b.eig, b.A, b.S = arrays["eig_%d" % i], arrays["A_%d" % i], arrays["S_%d" % i]
+            self.blocks.append(b)
+        self.diagonal, self.diagonal_index = arrays["diagonal"], arrays["diagonal_index"]
+        self.n_hvp, self.n_passes, self.seconds = 0, 0, 0.0
+        self._set_damping("auto" if self.damping_auto else meta["damping"])
+        return self
 
     # ------------------------------------------------------------------ description
     def plan(self):
