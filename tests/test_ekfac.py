@@ -95,6 +95,7 @@ def test_solve_inverts_the_operator_plus_damping(strategy):
     assert np.abs(X @ dense - V).max() <= INVERSE_TOL * np.abs(V).max()
     assert np.allclose(e.solve(V[1]), X[1], rtol=1e-13, atol=0)
     assert np.allclose(np.linalg.solve(dense, V[0]), X[0], rtol=1e-8, atol=1e-12)
+    assert np.allclose(e.solve_sqrt(e.solve_sqrt(V)), X, rtol=1e-10, atol=0)      # the square root of solve
 
 
 def test_results_do_not_depend_on_the_batch_size():
@@ -307,3 +308,36 @@ def test_saved_factors_load_identical_and_stale_ones_are_refused(tmp_path):
         EKFAC.load(str(tmp_path / "other.npz"), model, (x, y))
     with pytest.raises(ValueError, match="ending in .npz"):
         e.save(str(tmp_path / "f.txt"))
+
+
+def test_preconditioned_refined_lissa_reaches_the_solution_in_far_fewer_steps():
+    import warnings
+    model, x, y, Hd, b = _hessian_problem()
+    H = influence.HessianOperator(model, (x, y))
+    exact = np.linalg.solve(Hd, b)
+    ek = EKFAC(model, (x, y), damping=0.0)
+    pre = influence.lissa(H, b, batch_size=64, preconditioner=ek, maxiter=5000)
+    assert pre.converged and pre.residual <= influence.solvers.REFINED_RTOL
+    assert pre.residual == pytest.approx(np.linalg.norm(Hd @ pre.x - b) / np.linalg.norm(b), rel=1e-3)
+    assert np.linalg.norm(pre.x - exact) <= 10 * influence.solvers.REFINED_RTOL * np.linalg.norm(exact)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = influence.lissa(H, b, batch_size=64, maxiter=3 * pre.n_iter)
+    assert not plain.converged and plain.residual > 3 * pre.residual
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"preconditioner": "identity matrix"}, "symmetric square root"),
+    ({"preconditioner": "ekfac"}, "sees only the operator"),
+    ({"variant": "classic", "preconditioner": None}, None),
+])
+def test_lissa_refuses_preconditioners_it_cannot_use(options, match):
+    model, x, y, Hd, b = _hessian_problem()
+    if options.get("preconditioner") == "identity matrix":
+        options = {"preconditioner": np.eye(len(b))}
+    if match is None:       # the classic variant refuses an EKFAC too
+        options = dict(options, preconditioner=EKFAC(model, (x, y)))
+        match = "variant='refined'"
+    with pytest.raises(ValueError, match=match) as info:
+        influence.lissa(Hd, b, **options)
+    assert "\n" not in str(info.value)

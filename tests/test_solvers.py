@@ -480,7 +480,7 @@ def test_every_solver_has_the_common_signature():
     extras = {m: solvers.dispatch.method_extras(m) for m in solvers.METHODS}
     assert extras == {"cg": ["stagnation", "curvature_steps", "preconditioner"],
                       "lissa": ["variant", "scale", "batch_size", "repeats", "power_steps", "check_every",
-                                "inner_steps"],
+                                "inner_steps", "preconditioner"],
                       "direct": [], "lanczos": ["k", "ncv", "eigsh_tol"]}
 
 

@@ -265,7 +265,7 @@ class EKFAC(LinearOperator):
                           or bool(diag.size and (diag + (self.l2 + self.diagonal_damping) <= 0).any()))
 
     # ------------------------------------------------------------------ products
-    def _apply(self, v, inverse):
+    def _apply(self, v, inverse, power=1.0):
         v = np.asarray(v, dtype=np.float64)
         one = v.ndim == 1
         V = v.reshape(1, -1) if one else v
@@ -282,12 +282,12 @@ class EKFAC(LinearOperator):
         for block in self.blocks:
             ev = block.eig + (self.l2 + block.damping)
             r = block.rotate(block.layer.to_matrix(V))
-            r = r / ev if inverse else r * ev
+            r = r / ev ** power if inverse else r * ev
             block.layer.from_matrix(block.unrotate(r), out)
         idx = self.diagonal_index
         if idx.size:
             dv = self.diagonal[idx] + (self.l2 + self.diagonal_damping)
-            out[:, idx] = V[:, idx] / dv if inverse else V[:, idx] * dv
+            out[:, idx] = V[:, idx] / dv ** power if inverse else V[:, idx] * dv
         return out[0] if one else out
 
     def _matvec(self, v):
@@ -308,6 +308,11 @@ class EKFAC(LinearOperator):
         """(approximation + (l2 + damping)·I)⁻¹ b for ``b`` of shape (d,) or (m, d) (rows are right-hand
         sides), float64 of the same shape: exact, block by block, no iterations."""
         return self._apply(b, True)
+
+    def solve_sqrt(self, b):
+        """(approximation + (l2 + damping)·I)^(-1/2) b, the symmetric square root of :meth:`solve` (what
+        preconditioned LiSSA needs), for ``b`` (d,) or (m, d)."""
+        return self._apply(b, True, 0.5)
 
     def inverse(self):
         """The inverse as a ``LinearOperator`` (a preconditioner M ≈ A⁻¹ for :func:`influence.solvers.cg`)."""
