@@ -147,3 +147,13 @@ def test_weights_and_constants_restored_when_fitting_fails(cntk):
     with pytest.raises(RuntimeError, match="injected"):
         EKFAC(model, (x, y), batch_size=10, labels="true")
     assert same_state(before, state(z))
+
+
+def test_self_influence_matches_the_dense_inverse_on_the_cnn(cntk):
+    from influence.curvature import self_influence_ekfac
+    model, (x, y), _ = _cnn()
+    e = EKFAC(model, (x, y), damping=1e-3)
+    Ainv = np.linalg.inv(e @ np.eye(model.n_params))
+    g = _loop_grads(model, (x, y))
+    expected = np.einsum("ni,ij,nj->n", g, Ainv, g)
+    assert np.allclose(self_influence_ekfac(model, (x, y), e, batch_size=7), expected, rtol=1e-8, atol=0)

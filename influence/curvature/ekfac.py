@@ -128,6 +128,27 @@ class _Block(object):
         gg = g.reshape(n * j, -1)
         self.S += (gg.T @ gg) / j
 
+    def _rank_one(self, a, g):
+        """(Q_Sᵀ g, Q_Aᵀ ã) per row for a layer applied at one position (J = 1: G_n = g ãᵀ, rank one)."""
+        return g[:, 0, :] @ self.qs, a[:, 0, :] @ self.qa[:-1] + self.qa[-1]
+
+    def squares_sum(self, a, g, grads):
+        """Σ_n ((Q_Sᵀ G_n Q_A)ᵢⱼ)² over a block of rows. J = 1: (Q_Sᵀg)ᵢ² (Q_Aᵀã)ⱼ², O(n_out² + n_in²)
+        per row instead of rotating G_n (O(n_out·n_in·(n_out + n_in))); otherwise G_n from ``grads``."""
+        if a.shape[1] == 1:
+            rg, ra = self._rank_one(a, g)
+            return (rg * rg).T @ (ra * ra)
+        r = self.rotate(self.layer.to_matrix(grads))
+        return np.einsum("nij,nij->ij", r, r)
+
+    def weighted_squares(self, a, g, grads, weights):
+        """Σ_ij ((Q_Sᵀ G_n Q_A)ᵢⱼ)² · weightsᵢⱼ for every row n (the same two routes)."""
+        if a.shape[1] == 1:
+            rg, ra = self._rank_one(a, g)
+            return np.einsum("ni,ni->n", rg * rg, (ra * ra) @ weights.T)
+        r = self.rotate(self.layer.to_matrix(grads))
+        return np.einsum("nij,nij,ij->n", r, r, weights)
+
     def rotate(self, mats):
         """Q_Sᵀ M Q_A for matrices M (m, n_out, n_in + 1)."""
         return np.matmul(np.matmul(self.qs.T, mats), self.qa)
@@ -231,10 +252,10 @@ class EKFAC(LinearOperator):
                 block.eig = np.zeros_like(block.eig)
 
             def correction(rows, grads):
-                model._per_example_grads_into(rows, grads)
-                for block in self.blocks:
-                    r = block.rotate(block.layer.to_matrix(grads))
-                    block.eig += np.einsum("nij,nij->ij", r, r)
+                stats = model._kfac_statistics(rows, grads)
+                for block, (a, g) in zip(self.blocks, stats):
+                    block.eig += block.squares_sum(np.asarray(a, dtype=np.float64),
+                                                   np.asarray(g, dtype=np.float64), grads)
             self._pass(data, "EK-FAC eigenvalues", correction)
             for block in self.blocks:
                 block.eig /= n
@@ -434,11 +455,11 @@ def self_influence_ekfac(model, train, ekfac, batch_size=None, progress=False):
         try:
             for rows in blocks:
                 grads = np.empty((len(rows), ekfac.shape[0]))
-                model._per_example_grads_into(rows, grads)
+                stats = model._kfac_statistics(rows, grads) if ekfac.blocks else model._per_example_grads_into(rows, grads)
                 s = np.zeros(len(rows))
-                for block in ekfac.blocks:
-                    r = block.rotate(block.layer.to_matrix(grads))
-                    s += np.einsum("nij,nij,ij->n", r, r, 1.0 / (block.eig + ekfac.l2 + block.damping))
+                for block, (a_, g_) in zip(ekfac.blocks, stats or []):
+                    s += block.weighted_squares(np.asarray(a_, dtype=np.float64), np.asarray(g_, dtype=np.float64),
+                                                grads, 1.0 / (block.eig + ekfac.l2 + block.damping))
                 if dv is not None:
                     gd = grads[:, idx]
                     s += (gd * gd) @ (1.0 / dv)
