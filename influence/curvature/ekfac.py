@@ -150,11 +150,17 @@ class _Block(object):
         return np.einsum("nij,nij,ij->n", r, r, weights)
 
     def rotate(self, mats):
-        """Q_Sᵀ M Q_A for matrices M (m, n_out, n_in + 1)."""
-        return np.matmul(np.matmul(self.qs.T, mats), self.qa)
+        """Q_Sᵀ M Q_A for matrices M (m, n_out, n_in + 1) (the right product as one 2-D matrix product)."""
+        return _sandwich(self.qs.T, mats, self.qa)
 
     def unrotate(self, mats):
-        return np.matmul(np.matmul(self.qs, mats), self.qa.T)
+        return _sandwich(self.qs, mats, self.qa.T)
+
+
+def _sandwich(left, mats, right):
+    m, o, p = mats.shape
+    inner = (mats.reshape(m * o, p) @ right).reshape(m, o, right.shape[1])
+    return np.matmul(left, inner)
 
 
 class EKFAC(LinearOperator):
