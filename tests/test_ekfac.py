@@ -341,3 +341,19 @@ def test_lissa_refuses_preconditioners_it_cannot_use(options, match):
     with pytest.raises(ValueError, match=match) as info:
         influence.lissa(Hd, b, **options)
     assert "\n" not in str(info.value)
+
+
+def test_a_model_without_declared_layers_gets_the_diagonal():
+    from influence.adapters.base import Model
+
+    class NoLayers(SoftmaxRegression):
+        kfac_plan = Model.kfac_plan
+        _kfac_statistics = Model._kfac_statistics
+    model, x, y = _problem()
+    bare = NoLayers(5, 3, l2=1e-2, random_state=1, scale=0.7)
+    e = EKFAC(bare, (x, y), labels="true", damping=0.0)
+    g = model.per_example_grads((x, y))
+    assert np.abs(e.diagonal - (g * g).mean(axis=0)).max() <= FACTOR_TOL
+    (entry,) = e.plan()
+    assert entry["treatment"] == "diagonal" and "declares no Dense/Convolution layer" in entry["reason"]
+    assert e.n_passes == 1
