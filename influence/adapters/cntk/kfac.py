@@ -55,7 +55,7 @@ def kfac_plan(model):
             continue
         n_in, n_out, layout = geo
         i, j = block["kernel"], block["bias"]
-        layer = KFACLayer(block["where"], block["kind"], (offsets[i], offsets[i + 1]), (offsets[j], offsets[j + 1]),
+        layer = KFACLayer("%s (parameter %d, kernel %s)" % (block["where"], i, block["w_shape"]), block["kind"], (offsets[i], offsets[i + 1]), (offsets[j], offsets[j + 1]),
                           n_in, n_out, layout)
         layer.key = block["key"]
         layer.function = block["function"]
