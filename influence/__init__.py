@@ -11,7 +11,7 @@ from ._version import __version__
 from .adapters.base import Model
 from .adapters.cntk import CNTKModel
 from .data import Dataset, load_npz, load_digits, load_ctf, load_data
-from .curvature import HessianOperator, hvp, GaussNewtonOperator, FisherOperator
+from .curvature import HessianOperator, hvp, GaussNewtonOperator, FisherOperator, EKFAC
 from .adapters import reference as models
 from .solvers import (solve, Solution, ConvergenceWarning, NonPositiveCurvatureError, DivergenceError,
                       cg, lissa, direct, lanczos, lanczos_inverse, LowRankInverse)
@@ -29,7 +29,7 @@ import sys as _sys
 _sys.modules.setdefault(__name__ + ".models", models)
 
 __all__ = ["__version__", "Model", "CNTKModel", "Dataset", "load_npz", "load_data", "load_ctf", "load_digits", "models",
-           "HessianOperator", "hvp", "GaussNewtonOperator", "FisherOperator",
+           "HessianOperator", "hvp", "GaussNewtonOperator", "FisherOperator", "EKFAC",
            "solve", "Solution", "ConvergenceWarning", "NonPositiveCurvatureError", "DivergenceError",
            "cg", "lissa", "direct", "lanczos", "lanczos_inverse", "LowRankInverse",
            "fit", "FitResult", "check_optimum", "NotAtOptimumWarning",

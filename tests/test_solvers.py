@@ -478,9 +478,9 @@ def test_every_solver_has_the_common_signature():
         assert [(p.name, p.default) for p in rest[:len(common)]] == common, f.__name__
         assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in rest), f.__name__
     extras = {m: solvers.dispatch.method_extras(m) for m in solvers.METHODS}
-    assert extras == {"cg": ["stagnation", "curvature_steps"],
+    assert extras == {"cg": ["stagnation", "curvature_steps", "preconditioner"],
                       "lissa": ["variant", "scale", "batch_size", "repeats", "power_steps", "check_every",
-                                "inner_steps"],
+                                "inner_steps", "preconditioner"],
                       "direct": [], "lanczos": ["k", "ncv", "eigsh_tol"]}
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from ..data import as_dataset, check_batch_size
 
 __all__ = ["Model", "DEFAULT_BATCH_SIZE", "preserved_params", "weights_digest", "PreparedData",
-           "OUTPUT_LOSSES", "output_loss_hvp"]
+           "OUTPUT_LOSSES", "output_loss_hvp", "KFACLayer"]
 
 #: Rows per forward/backward pass when the caller gives no ``batch_size``.
 DEFAULT_BATCH_SIZE = 2048
@@ -291,6 +291,27 @@ class Model(object):
         return total
 
 
+    # ------------------------------------------------------------------ Kronecker-factored layers
+    # What influence.EKFAC needs: the Dense/Convolution layers of the flat vector (KFACLayer) and, in
+    # one forward/backward pass over a block of rows, every layer's inputs a and the gradients g of the
+    # per-example loss with respect to its pre-activation outputs, with the per-example gradients.
+    def kfac_plan(self):
+        """``(layers, others)``: the :class:`KFACLayer` s of the flat vector, and for every other
+        parameter a dict ``{"name", "start", "stop", "reason"}`` (its slice of the flat vector and why
+        it is not a layer's). The default: no layer."""
+        return [], [{"name": "all %d parameters" % self.n_params, "start": 0, "stop": self.n_params,
+                     "reason": "%s declares no Dense/Convolution layer" % type(self).__name__}]
+
+    def _kfac_statistics(self, batch, out):
+        """Write the batch's per-example gradients (no L2 term) into ``out`` (float64 (rows, n_params))
+        and return, for every layer of :meth:`kfac_plan` in order, ``(a, g)`` from the same pass:
+        float64 arrays (rows, J, n_in) and (rows, J, n_out), J the positions the layer is applied at
+        (1 for a Dense layer on a vector; the output pixels of a convolution, ``a`` then holding the
+        unfolded input patches)."""
+        self._per_example_grads_into(batch, out)
+        return []
+
+
 #: Losses with a closed-form Hessian in the outputs (the names CNTKModel accepts).
 OUTPUT_LOSSES = ("cross_entropy", "binary_cross_entropy", "squared_error")
 
@@ -333,3 +354,58 @@ class PreparedData(object):
 
     def __len__(self):
         return len(self.data)
+
+
+class KFACLayer(object):
+    """A Dense or Convolution layer as Kronecker-factored curvature sees it: a weight matrix W
+    (n_out × n_in) and a bias (n_out) in the flat parameter vector, one matrix
+    [W, b] (n_out × (n_in + 1)) per example gradient, G_n = Σ_j g_j ãⱼᵀ (ã = [a, 1]).
+
+    ``kernel`` and ``bias``: ``(start, stop)`` of each in the flat vector; ``layout``: ``"out_in"``
+    (the kernel's flat entries are W row by row: a NumPy reference model, CNTK's convolution kernel
+    (O, C, K..)) or ``"in_out"`` (Wᵀ row by row: CNTK's ``times`` kernel (n_in, n_out)). ``name``:
+    what :meth:`influence.EKFAC.plan` calls it; ``kind``: ``"Dense"`` or ``"Convolution"``."""
+
+    def __init__(self, name, kind, kernel, bias, n_in, n_out, layout="out_in"):
+        if layout not in ("out_in", "in_out"):
+            raise ValueError("layout=%r is not 'out_in' or 'in_out'" % (layout,))
+        self.name, self.kind, self.layout = name, kind, layout
+        self.kernel = (int(kernel[0]), int(kernel[1]))
+        self.bias = (int(bias[0]), int(bias[1]))
+        self.n_in, self.n_out = int(n_in), int(n_out)
+        if (self.kernel[1] - self.kernel[0] != self.n_in * self.n_out
+                or self.bias[1] - self.bias[0] != self.n_out):
+            raise ValueError("layer %s: kernel %s and bias %s do not hold %d × %d weights and %d biases"
+                             % (name, self.kernel, self.bias, self.n_out, self.n_in, self.n_out))
+
+    @property
+    def size(self):
+        return self.n_out * (self.n_in + 1)
+
+    @property
+    def indices(self):
+        """The layer's positions in the flat vector (kernel, then bias)."""
+        return np.r_[np.arange(*self.kernel), np.arange(*self.bias)]
+
+    def to_matrix(self, v):
+        """Rows of ``v`` (m, n_params) as matrices [W, b] (m, n_out, n_in + 1), float64."""
+        v = np.asarray(v)
+        m = v.shape[0]
+        out = np.empty((m, self.n_out, self.n_in + 1))
+        k = v[:, self.kernel[0]:self.kernel[1]]
+        if self.layout == "out_in":
+            out[:, :, :-1] = k.reshape(m, self.n_out, self.n_in)
+        else:
+            out[:, :, :-1] = k.reshape(m, self.n_in, self.n_out).transpose(0, 2, 1)
+        out[:, :, -1] = v[:, self.bias[0]:self.bias[1]]
+        return out
+
+    def from_matrix(self, mat, out):
+        """Write matrices [W, b] (m, n_out, n_in + 1) into the layer's entries of ``out`` (m, n_params)."""
+        m = mat.shape[0]
+        w = mat[:, :, :-1]
+        if self.layout == "in_out":
+            w = w.transpose(0, 2, 1)
+        out[:, self.kernel[0]:self.kernel[1]] = w.reshape(m, -1)
+        out[:, self.bias[0]:self.bias[1]] = mat[:, :, -1]
+        return out

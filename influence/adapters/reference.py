@@ -23,7 +23,7 @@ against.
 import numpy as np
 
 from ..common.errors import InfluenceError, param
-from .base import Model
+from .base import KFACLayer, Model
 from ..data import check_binary_labels, check_class_labels
 
 __all__ = ["SoftmaxRegression", "LogisticRegression"]
@@ -142,6 +142,18 @@ class _LinearModel(Model):
         x = self._features(batch).astype(np.float64)
         return self._to_flat(r.T @ x, r.sum(axis=0))
 
+    # ------------------------------------------------------------------ Kronecker-factored layer
+    # (influence.EKFAC): the model is one Dense layer, W (n_outputs × n_features) row by row, then b.
+    def kfac_plan(self):
+        k, p = self.n_outputs, self.n_features
+        return [KFACLayer("%s (W, b)" % type(self).__name__, "Dense", (0, k * p), (k * p, k * p + k), p, k)], []
+
+    def _kfac_statistics(self, batch, out):
+        g = np.asarray(self._output_residual(batch), dtype=np.float64).reshape(len(batch), 1, self.n_outputs)
+        x = self._features(batch).astype(np.float64)
+        out[...] = self._per_example_grads(batch)
+        return [(x[:, None, :], g)]
+
 
 class SoftmaxRegression(_LinearModel):
     """Multinomial logistic regression: k classes, softmax cross-entropy, L2 penalty ``l2``."""
@@ -173,6 +185,9 @@ class SoftmaxRegression(_LinearModel):
         r = self._probs(batch)
         r[np.arange(len(batch)), batch.y] -= 1.0
         return r
+
+    def _output_residual(self, batch):
+        return self._residual(batch)
 
     def _grad_sum(self, batch):
         r = self._residual(batch)
@@ -235,6 +250,9 @@ class LogisticRegression(_LinearModel):
 
     def _loss_sum(self, batch):
         return self._per_example_losses(batch).sum()
+
+    def _output_residual(self, batch):
+        return _sigmoid(self._margin(batch)) - self._labels(batch)
 
     def _grad_sum(self, batch):
         r = _sigmoid(self._margin(batch)) - self._labels(batch)

@@ -25,9 +25,9 @@ def _cg_uses_rtol():
 CG_USES_RTOL = _cg_uses_rtol()
 
 
-def cg(A, b, x0=None, rtol=1e-5, atol=0.0, maxiter=None, callback=None):
+def cg(A, b, x0=None, rtol=1e-5, atol=0.0, maxiter=None, callback=None, M=None):
     """``scipy.sparse.linalg.cg(A, b, ...)`` with the relative tolerance named ``rtol`` on every
-    SciPy version; returns ``(x, info)`` as SciPy does."""
-    kwargs = {"x0": x0, "atol": float(atol), "maxiter": maxiter, "callback": callback}
+    SciPy version; returns ``(x, info)`` as SciPy does. ``M``: a preconditioner ≈ A⁻¹ (SciPy's)."""
+    kwargs = {"x0": x0, "atol": float(atol), "maxiter": maxiter, "callback": callback, "M": M}
     kwargs["rtol" if CG_USES_RTOL else "tol"] = float(rtol)
     return _sla.cg(A, b, **kwargs)

@@ -86,6 +86,29 @@ def check_int(value, name, example, allow_none=False, minimum=1):
     return int(value)
 
 
+def check_preconditioner(M, d):
+    """``None``, or a (d, d) LinearOperator applying M ≈ A⁻¹: an object with ``solve(b)`` (an
+    :class:`influence.EKFAC`: its inverse is applied), or a LinearOperator / array M (applied as is)."""
+    if M is None:
+        return None
+    if isinstance(M, str):
+        raise InfluenceError("preconditioner=%r: a solver sees only the operator, not the model; pass "
+                             "influence.EKFAC(model, data) (or any LinearOperator M ≈ A⁻¹)" % (M,))
+    shape = tuple(getattr(M, "shape", ()))
+    if shape != (d, d):
+        raise InfluenceError("the preconditioner has shape %s but H is %d×%d; pass an operator of shape (%d, %d) "
+                             "built on the same model" % (shape or None, d, d, d, d))
+    solve = getattr(M, "solve", None)
+    if callable(solve):
+        def apply(v):
+            return np.asarray(solve(np.asarray(v, dtype=np.float64).reshape(-1)), dtype=np.float64).reshape(-1)
+        return spla.LinearOperator((d, d), matvec=apply, rmatvec=apply, dtype=np.float64)
+    if isinstance(M, np.ndarray) or hasattr(M, "matvec"):
+        return spla.aslinearoperator(M)
+    raise InfluenceError("the preconditioner is a %s; pass influence.EKFAC(model, data) or a scipy LinearOperator"
+                         % type(M).__name__)
+
+
 def check_callback(callback):
     if callback is not None and not callable(callback):
         raise ValueError("callback=%r is not callable; pass a function f(x) or None" % (callback,))

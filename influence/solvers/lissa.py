@@ -84,6 +84,7 @@ import numpy as np
 
 from ..common.numeric import norm
 from ._common import (Progress, Products, Solution, DivergenceError, check_callback, check_common, check_int,
+                      check_preconditioner,
                       deprecated_arguments, lanczos_extremes, not_positive_definite, operator_damping,
                       residual_target, warn_convergence, zero_solution, warn_deprecated)
 
@@ -233,8 +234,10 @@ def _reachable_damping(s, lam_min, damping, steps, log_reduction):
 
 
 def _refined(H, d, b, damping, x0, rtol, atol, maxiter, callback, progress, rng, scale, batch_size,
-             power_steps, inner_steps, t0):
-    """The refined variant (see the module docstring). Returns a Solution."""
+             power_steps, inner_steps, t0, root=None):
+    """The refined variant (see the module docstring). Returns a Solution. ``root``: v ↦ M^½ v of a
+    preconditioner M ≈ A⁻¹: the correction steps then run on M^½ A M^½ ẽ = M^½ r, e = M^½ ẽ (its
+    spectrum estimated and its scale chosen in that system); the outer residual stays the true one."""
     full = Products(H, damping)                 # A = H_op + damping·I
     total_damping = operator_damping(H) + damping
     n = getattr(H, "n_examples", None)
@@ -245,8 +248,14 @@ def _refined(H, d, b, damping, x0, rtol, atol, maxiter, callback, progress, rng,
 
     def minibatch_product(v, idx):
         counts["mb"] += 1
-        return np.asarray(H.minibatch(idx, damping=0.0).matvec(v), dtype=np.float64).reshape(-1) \
-            + total_damping * v
+        if root is not None:
+            v = root(v)
+        out = np.asarray(H.minibatch(idx, damping=0.0).matvec(v), dtype=np.float64).reshape(-1) + total_damping * v
+        return out if root is None else root(out)
+
+    def system(product):                        # the product of the system the correction steps run in
+        return product if root is None else (lambda v: root(product(root(v))))
+    T = (lambda v: v) if root is None else root
 
     # -- spectrum estimate: Lanczos on the full operator or a fixed subsample, then minibatch probes
     if stochastic and n > ESTIMATE_ROWS:
@@ -255,14 +264,15 @@ def _refined(H, d, b, damping, x0, rtol, atol, maxiter, callback, progress, rng,
         def estimate_product(v):
             counts["est"] += 1
             return np.asarray(sub.matvec(v), dtype=np.float64).reshape(-1) + total_damping * v
+        estimate_product = system(estimate_product)
     else:
-        estimate_product = full
+        estimate_product = system(full)
     start = rng.standard_normal(d)
     theta_min, theta_max, u = lanczos_extremes(estimate_product, start, min(power_steps, d))
-    if not theta_min > 0 and estimate_product is not full:
+    if not theta_min > 0 and stochastic and n > ESTIMATE_ROWS:
         # a subsample's curvature can be negative where the full one is not: only the full operator
         # proves it (and then gives the estimate)
-        theta_min, theta_max, u = lanczos_extremes(full, start, min(power_steps, d))
+        theta_min, theta_max, u = lanczos_extremes(system(full), start, min(power_steps, d))
     if not theta_min > 0:
         raise not_positive_definite("lissa: %d Lanczos steps found a Ritz value %.4g <= 0"
                                     % (min(power_steps, d), theta_min), theta_min, damping,
@@ -287,6 +297,7 @@ def _refined(H, d, b, damping, x0, rtol, atol, maxiter, callback, progress, rng,
                                                    int(math.ceil(n / float(batch_size))))
     bnorm = norm(b)
     target = residual_target(rtol, atol, bnorm)
+    full_t = system(full)
     needed = int(math.ceil(kappa * math.log(max(bnorm / target, 1.0)))) if target > 0 else None
     warned = needed is not None and needed > maxiter
     if warned:
@@ -308,19 +319,21 @@ def _refined(H, d, b, damping, x0, rtol, atol, maxiter, callback, progress, rng,
     try:
         while rnorm > target and n_iter < maxiter:
             m = min(inner_steps, maxiter - n_iter)
-            e = r / s                           # the first step from e₀ = 0 needs no product
+            rt = T(r)                           # the residual in the system of the correction steps
+            rtnorm = norm(rt)
+            e = rt / s                          # the first step from e₀ = 0 needs no product
             diverged = None
             for j in range(1, m + 1):
                 if j > 1:
-                    e = e + (r - (minibatch_product(e, sampler()) if stochastic else full(e))) / s
+                    e = e + (rt - (minibatch_product(e, sampler()) if stochastic else full_t(e))) / s
                     en = norm(e)
-                    if not np.isfinite(en) or en > DIVERGENCE_SLACK * j * rnorm / s:
+                    if not np.isfinite(en) or en > DIVERGENCE_SLACK * j * rtnorm / s:
                         diverged = (j, en)
                         break
                 n_iter += 1
                 bar.update(rnorm / bnorm)
                 if callback is not None:
-                    callback(n_iter, x + e)
+                    callback(n_iter, x + T(e))
             if diverged is not None:
                 if not auto or rescales >= MAX_RESCALES:
                     raise _refined_divergence(s, top, theta_min, diverged, rnorm, auto, rescales,
@@ -328,7 +341,7 @@ def _refined(H, d, b, damping, x0, rtol, atol, maxiter, callback, progress, rng,
                 s *= 2.0
                 rescales += 1
                 continue
-            x_new = x + e
+            x_new = x + T(e)
             r_new = b - full(x_new)
             rn_new = norm(r_new)
             if rn_new < rnorm:
@@ -365,6 +378,19 @@ def _refined(H, d, b, damping, x0, rtol, atol, maxiter, callback, progress, rng,
                          % (target / bnorm, why, residual))
     n_hvp = full.count + counts["mb"] + counts["est"]
     return Solution(x, bool(converged), n_iter, n_hvp, residual, time.time() - t0)
+
+
+def _preconditioner_root(M, d, variant):
+    """v ↦ M^½ v of a preconditioner for the refined variant (None when there is none)."""
+    if M is None:
+        return None
+    check_preconditioner(M, d)                  # the shape and string checks every solver shares
+    root = getattr(M, "solve_sqrt", None)
+    if variant != "refined" or not callable(root):
+        raise ValueError("lissa takes a preconditioner only with variant='refined' and with a symmetric square "
+                         "root (an influence.EKFAC, whose solve_sqrt it uses); for any other LinearOperator "
+                         "use method='cg'")
+    return lambda v: np.asarray(root(v), dtype=np.float64).reshape(-1)
 
 
 def _warn_unreachable(why, kappa, s, damping, needed, target, bnorm, maxiter):
@@ -480,7 +506,7 @@ def _classic(H, d, b, damping, x0, rtol, atol, maxiter, step_callback, progress,
                       renamed={"depth": "maxiter"})
 def lissa(H, b, *, damping=0.0, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None, progress=False,
           random_state=None, variant="refined", scale="auto", batch_size=LISSA_BATCH_SIZE, repeats=1,
-          power_steps=POWER_STEPS, check_every=None, inner_steps=None):
+          power_steps=POWER_STEPS, check_every=None, inner_steps=None, preconditioner=None):
     """Solve ``(H + damping·I) x = b`` by stochastic Neumann series (see the module docstring).
 
     ``variant="refined"`` (default): exact-residual refinement. ``rtol``/``atol``: stop when the true
@@ -500,6 +526,9 @@ def lissa(H, b, *, damping=0.0, x0=None, rtol=None, atol=0.0, maxiter=None, call
     None = seed 0) or RandomState: same seed, same result bit for bit. ``scale``: ``"auto"`` or a
     positive number s (must exceed λ_max(H+λI)/2, and the minibatch spectra's top/2). ``batch_size``:
     rows per minibatch Hessian; ``None`` or ``>= n`` uses the full operator deterministically.
+    ``preconditioner`` (refined only): M ≈ (H + λI)⁻¹ with a symmetric square root — an
+    :class:`influence.EKFAC` (``solve_sqrt``): each round's correction steps run on M^½ A M^½ with
+    the scale estimated for that system; the outer residual and the stop rule stay the true ones.
     """
     t0 = time.time()
     H, d, b, damping, x0, rtol, atol, rng = check_common(H, b, damping, x0, rtol, atol, random_state)
@@ -525,10 +554,11 @@ def lissa(H, b, *, damping=0.0, x0=None, rtol=None, atol=0.0, maxiter=None, call
             raise ValueError("inner_steps=%r applies to variant='refined' only; drop it" % inner_steps)
         rtol = LISSA_RTOL if rtol is None else rtol
         maxiter = LISSA_MAXITER if maxiter is None else check_int(maxiter, "maxiter", LISSA_MAXITER)
+    root = _preconditioner_root(preconditioner, d, variant)
     if not b.any():
         return zero_solution(d, t0)
     if variant == "refined":
         return _refined(H, d, b, damping, x0, rtol, atol, maxiter, step_callback, progress, rng, scale,
-                        batch_size, power_steps, inner_steps, t0)
+                        batch_size, power_steps, inner_steps, t0, root)
     return _classic(H, d, b, damping, x0, rtol, atol, maxiter, step_callback, progress, rng, scale, batch_size,
                     repeats, power_steps, check_every, t0)

@@ -399,6 +399,20 @@ class CNTKModel(Model):
         if g is not out:
             out[...] = g
 
+    # ------------------------------------------------------------------ Kronecker-factored layers
+    # (influence.EKFAC); implemented in kfac.py from the batched per-example pass.
+    def kfac_plan(self):
+        from . import kfac as cntk_kfac
+        key = self.per_example_method
+        cache = getattr(self, "_kfac_cache", None)
+        if cache is None or cache[0] != key:
+            cache = self._kfac_cache = (key, cntk_kfac.kfac_plan(self))
+        return cache[1]
+
+    def _kfac_statistics(self, batch, out):
+        from . import kfac as cntk_kfac
+        return cntk_kfac.kfac_statistics(self, batch, out)
+
     def _grad_sum(self, batch):
         feed = self._feed(batch)
         with self._lock:

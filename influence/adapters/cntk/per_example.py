@@ -33,7 +33,7 @@ import numpy as np
 from .runtime import cntk_call, import_cntk
 from .graph import functions
 
-__all__ = ["PerExamplePlan", "LAYER", "DIRECT", "LOOP", "BLOCK_BYTES"]
+__all__ = ["PerExamplePlan", "LAYER", "DIRECT", "LOOP", "BLOCK_BYTES", "conv_geometry", "conv_patches", "times_rank"]
 
 LAYER, DIRECT, LOOP = "layer", "direct", "loop"
 
@@ -136,7 +136,7 @@ def _layers(f, kept_uids, uses):
             {k: v for k, v in why.items() if k in kept_uids})
 
 
-def _times_rank(x_shape, w_shape, z_shape):
+def times_rank(x_shape, w_shape, z_shape):
     """k, the number of trailing axes of x that ``times`` contracts with W's leading axes."""
     twice = len(x_shape) + len(w_shape) - len(z_shape)
     return twice // 2 if twice % 2 == 0 else -1
@@ -144,13 +144,13 @@ def _times_rank(x_shape, w_shape, z_shape):
 
 def _times_problem(kernel, data, out):
     x, w, z = tuple(data.shape), tuple(kernel.shape), tuple(out.shape)
-    k = _times_rank(x, w, z)
+    k = times_rank(x, w, z)
     if k <= 0 or k > len(x) or w[:k] != x[len(x) - k:] or z != x[:len(x) - k] + w[k:]:
         return "times of shapes %s and %s -> %s is not x·W" % (x, w, z)
     return None
 
 
-def _conv_geometry(fn):
+def conv_geometry(fn):
     """(strides, starts) per spatial axis of a Convolution primitive in Python axis order (CNTK's
     ConvolveGeometry: output position j reads input cells start + j·stride − (K−1)//2 + u, u < K;
     start = (in − ((out − 1)·stride + 1)) // 2 with auto padding, (K − 1)//2 − lowerPad without)."""
@@ -207,12 +207,10 @@ def _reduce_to(d, shape):
     return d.reshape((d.shape[0], -1))
 
 
-def _conv_weight_grads(x, delta, w_shape, strides, starts):
-    """(n, O·C·K..) per-example kernel gradients from inputs x (n, C, S..) and δ (n, O, S'..)."""
+def conv_patches(x, k_sp, out_sp, strides, starts):
+    """(n, J, C·K..) unfolded input patches of inputs x (n, C, S..) for a kernel of spatial shape
+    ``k_sp`` at the J = prod(out_sp) output positions (CNTK's geometry: :func:`conv_geometry`)."""
     n, c = x.shape[:2]
-    o = delta.shape[1]
-    out_sp = delta.shape[2:]
-    k_sp = w_shape[2:]
     pads = []
     for s, st, m, kk, n_in in zip(strides, starts, out_sp, k_sp, x.shape[2:]):
         lo = max(0, -st)
@@ -228,9 +226,16 @@ def _conv_weight_grads(x, delta, w_shape, strides, starts):
         strides=view.strides[:2] + tuple(t * s for t, s in zip(sp_strides, strides)) + tuple(sp_strides),
         writeable=False)
     r = len(out_sp)
-    # (n, J, C·K): output positions × unfolded patch; then δ (n, O, J) @ it -> (n, O, C·K)
+    # (n, J, C·K): output positions × unfolded patch
     order = (0,) + tuple(range(2, 2 + r)) + (1,) + tuple(range(2 + r, 2 + 2 * r))
-    cols = patches.transpose(order).reshape(n, int(np.prod(out_sp)), c * int(np.prod(k_sp)))
+    return patches.transpose(order).reshape(n, int(np.prod(out_sp)), c * int(np.prod(k_sp)))
+
+
+def _conv_weight_grads(x, delta, w_shape, strides, starts):
+    """(n, O·C·K..) per-example kernel gradients from inputs x (n, C, S..) and δ (n, O, S'..)."""
+    n, o = delta.shape[:2]
+    cols = conv_patches(x, w_shape[2:], delta.shape[2:], strides, starts)
+    # δ (n, O, J) @ patches (n, J, C·K) -> (n, O, C·K)
     g = np.matmul(delta.reshape(n, o, -1), cols)
     return g.reshape(n, -1)
 
@@ -431,9 +436,29 @@ class PerExamplePlan(object):
         """Rows per batched pass so that the intermediates stay under :data:`BLOCK_BYTES`."""
         return max(1, BLOCK_BYTES // self.row_bytes())
 
-    def __call__(self, batch, out=None):
+    def layer_blocks(self):
+        """The layers whose kernel and bias both take the layer route, by kernel position: dicts
+        ``{"key", "kind", "where", "kernel", "bias"`` (positions in the parameter list)``, "x_shape",
+        "w_shape", "z_shape", "b_shape", "function"}`` (the Times/Convolution primitive)."""
+        if self._graph is None:
+            return []
+        index = {p.uid: i for i, p in enumerate(self._params)}
+        out = []
+        for kuid in self._deltas:
+            kind, kernel, bias, where = self._layers[kuid]
+            if self._route.get(kernel.uid) != LAYER or self._route.get(bias.uid) != LAYER:
+                continue
+            fn, data = self._operands[kuid]
+            out.append({"key": kuid, "kind": kind, "where": where, "kernel": index[kernel.uid],
+                        "bias": index[bias.uid], "x_shape": tuple(data.shape), "w_shape": tuple(kernel.shape),
+                        "z_shape": tuple(self._deltas[kuid].shape), "b_shape": tuple(bias.shape), "function": fn})
+        return sorted(out, key=lambda b: b["kernel"])
+
+    def __call__(self, batch, out=None, taps=None):
         """(len(batch), n_params) float64 per-example gradients of a validated batch (written into
-        ``out`` when given)."""
+        ``out`` when given). ``taps``: a dict that receives, for every layer of :meth:`layer_blocks`,
+        ``taps[key] = [(x, δ), ...]`` per block of rows: its inputs (rows,) + x_shape and the gradients
+        with respect to its pre-activation output (rows,) + z_shape, float64, from the same pass."""
         model = self.model
         n = len(batch)
         if out is None:
@@ -444,7 +469,7 @@ class PerExamplePlan(object):
             step = self.rows_per_block()
             for a in range(0, n, step):
                 rows = batch if (a == 0 and step >= n) else batch.subset(slice(a, min(n, a + step)))
-                self._fill(rows, out[a:a + len(rows)], index, offsets)
+                self._fill(rows, out[a:a + len(rows)], index, offsets, taps)
         if self._loop:
             loss = model.loss_function
             for i in range(n):
@@ -458,7 +483,7 @@ class PerExamplePlan(object):
                     out[i, offsets[j]:offsets[j + 1]] = np.asarray(g[p]).ravel()
         return out
 
-    def _fill(self, rows, out, index, offsets):
+    def _fill(self, rows, out, index, offsets, taps=None):
         model = self.model
         n = len(rows)
         feed = {}
@@ -487,11 +512,13 @@ class PerExamplePlan(object):
                 if not isinstance(x, np.ndarray):
                     x = x.asarray()
             x = np.asarray(x, dtype=np.float64).reshape((n,) + tuple(data.shape))
+            if taps is not None:
+                taps.setdefault(kuid, []).append((x, delta))
             j = index[kernel.uid]
             target = out[:, offsets[j]:offsets[j + 1]]
             w_shape = tuple(kernel.shape)
             if kind == "Dense":
-                k = _times_rank(tuple(data.shape), w_shape, tuple(fn.output.shape))
+                k = times_rank(tuple(data.shape), w_shape, tuple(fn.output.shape))
                 kk = int(np.prod(w_shape[:k]))
                 oo = int(np.prod(w_shape[k:]))
                 xs = x.reshape(n, -1, kk)
@@ -501,7 +528,7 @@ class PerExamplePlan(object):
                 else:
                     target[...] = np.matmul(xs.transpose(0, 2, 1), ds).reshape(n, -1)
             else:
-                strides, starts = _conv_geometry(fn)
+                strides, starts = conv_geometry(fn)
                 target[...] = _conv_weight_grads(x, delta, w_shape, strides, starts)
         for p_uid, e in self._direct.items():
             j = index[p_uid]
