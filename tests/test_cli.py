@@ -109,6 +109,13 @@ def test_score_command_matches_the_api(trained, workdir, capsys):
     train = influence.load_npz(str(workdir / "train.npz"))
     test = influence.load_npz(str(workdir / "test.npz")).subset(np.array([2, 7]))
     expected = influence.influence_scores(model, train, test, chunk_size=128, check_optimum=False)
+    # the API reads MODEL.json as the CLI does: the same objective without passing it, the same scores
+    from_file = influence.CNTKModel.load(trained)
+    assert from_file.l2 == 1e-2 and from_file.loss_name == "cross_entropy"
+    np.testing.assert_array_equal(influence.influence_scores(from_file, train, test, chunk_size=128,
+                                                             check_optimum=False), expected)
+    with pytest.warns(UserWarning, match=r"l2=0.5 was given, but .*model.cntk.json says l2=0.01"):
+        influence.CNTKModel.load(trained, l2=0.5)
     got = table["influence"].reshape(2, 300)
     assert np.array_equal(table["train_index"].reshape(2, 300)[0], np.arange(300))
     # same computation (the solver's float32 stagnation point and the forward step are deterministic)

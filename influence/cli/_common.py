@@ -231,15 +231,11 @@ def _ctf_options(args, model):
 
 
 def _read_meta(model_path):
-    meta_path = model_path + META_SUFFIX
-    if not os.path.isfile(meta_path):
-        return {}
+    from ..adapters.cntk.model import read_metadata
     try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
+        return read_metadata(model_path)
     except ValueError as e:
-        raise UsageError("%s is not valid JSON (%s); delete it or pass --loss/--l2 explicitly" % (meta_path, e))
-    return meta if isinstance(meta, dict) else {}
+        raise UsageError(str(e).replace("pass loss= and l2= explicitly", "pass --loss/--l2 explicitly"))
 
 
 def load_model(args):

@@ -6,8 +6,10 @@ keyed by position; data of the wrong dtype would be cast silently, so the adapte
 (float64 features into a float32 model are normal and converted per batch); ``grad`` with a
 one-element ``wrt`` returns a bare array rather than a dict.
 """
+import json
 import os
 import threading
+import warnings
 
 import numpy as np
 
@@ -28,6 +30,27 @@ __all__ = ["CNTKModel", "FunctionGradient", "ParameterVector", "import_cntk", "L
 #: Loss names accepted by :class:`CNTKModel` for a network output (see its docstring).
 LOSSES = ("cross_entropy", "binary_cross_entropy", "squared_error")
 
+
+
+#: The metadata file beside a model (``MODEL.json``): what ``influence train`` records about it.
+METADATA_SUFFIX = ".json"
+_FROM_METADATA = object()
+
+
+def read_metadata(path):
+    """The dict in ``path + METADATA_SUFFIX`` ({} when there is no such file); a file that is not a
+    JSON object is refused in one line."""
+    meta_path = path + METADATA_SUFFIX
+    if not os.path.isfile(meta_path):
+        return {}
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except ValueError as e:
+        raise ValueError("%s is not valid JSON (%s); delete it or pass loss= and l2= explicitly" % (meta_path, e))
+    if not isinstance(meta, dict):
+        raise ValueError("%s holds no JSON object; delete it or pass loss= and l2= explicitly" % meta_path)
+    return meta
 
 
 class CNTKModel(Model):
@@ -197,15 +220,37 @@ class CNTKModel(Model):
         return y, C.squared_error(z, y)
 
     @classmethod
-    def load(cls, path, loss="cross_entropy", output=None, **kwargs):
+    def load(cls, path, loss="auto", output=None, **kwargs):
         """Load a file written by ``Function.save`` (CNTK's format) or an ONNX file (``.onnx``, or
         recognised by its first bytes; read with ``ModelFormat.ONNX``, its weight Constants turned
         into Parameters and its fixed batch of one replaced by a batch axis, see :func:`load_onnx`).
         ``output`` names the node to use (the network output, or a loss node with ``loss=None``) when
-        the saved Function is not that node itself."""
+        the saved Function is not that node itself.
+
+        The objective comes from ``PATH.json`` when that file exists (what ``influence train`` writes
+        and the command line reads: ``loss`` and ``l2``), so the API and the CLI score the same model
+        the same way: ``loss="auto"`` and no ``l2=`` take them from there (else ``"cross_entropy"`` and
+        0). An explicit ``loss=``/``l2=`` wins; one that disagrees with the file warns naming both
+        values."""
         C = import_cntk()
         if not os.path.isfile(path):
             raise ValueError("%s: no such model file; check the path" % path)
+        meta = read_metadata(path)
+        for name, default in (("loss", "cross_entropy"), ("l2", 0.0)):
+            given = (_FROM_METADATA if loss == "auto" else loss) if name == "loss" else kwargs.get("l2", _FROM_METADATA)
+            stored = meta.get(name)
+            if given is _FROM_METADATA:
+                value = default if stored is None else (float(stored) if name == "l2" else stored)
+            else:
+                value = given
+                if stored is not None and stored != given and not (name == "l2" and float(stored) == float(given)):
+                    warnings.warn("%s=%r was given, but %s%s says %s=%r (written by influence train); using %r"
+                                  % (name, given, path, METADATA_SUFFIX, name, stored, given), UserWarning,
+                                  stacklevel=2)
+            if name == "loss":
+                loss = None if value == "none" else value
+            else:
+                kwargs["l2"] = value
         if is_onnx(path):
             f = load_onnx(path)
         else:
