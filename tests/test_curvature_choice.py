@@ -105,3 +105,14 @@ def test_the_jobs_record_the_curvature_in_their_fingerprint(tmp_path):
     assert other._settings() != job._settings()
     with pytest.raises(InfluenceError, match="curvature"):
         influence.jobs.SelfInfluenceJob(model, train, curvature="hessian-free")
+
+
+def test_ekfac_curvature_answers_without_iterations():
+    model, train, test = _problem(fitted=True)
+    st = influence.s_test(model, train, test, curvature="ekfac", damping=0.01)
+    ek = influence.EKFAC(model, train, damping=0.01)
+    assert st.curvature == "ekfac" and "no iterations" in st.curvature_reason
+    assert all(s.n_hvp == 0 and s.converged for s in st.solutions)
+    np.testing.assert_allclose(st.vectors, ek.solve(model.per_example_grads(test)), rtol=1e-12, atol=0)
+    values = influence.self_influence(model, train, curvature="ekfac", damping=0.01)
+    np.testing.assert_allclose(values, influence.curvature.self_influence_ekfac(model, train, ek), rtol=1e-12)

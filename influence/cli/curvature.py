@@ -27,7 +27,8 @@ def curvature_flags(p, what="the curvature"):
     p.add_argument("--curvature", choices=CURVATURES, default="auto",
                    help="the curvature C of (C + damping·I)⁻¹: hessian (exact, at an optimum), gauss-newton "
                    "(positive semi-definite at any weights: networks trained a few epochs), fisher (the "
-                   "empirical Fisher, any loss), or auto (default: the Hessian at an optimum where H + "
+                   "empirical Fisher, any loss), ekfac (the EK-FAC approximation: no iterations, fitted "
+                   "once), or auto (default: the Hessian at an optimum where H + "
                    "damping·I is positive definite, otherwise Gauss-Newton; printed before the work)")
     p.add_argument("--damping", type=_damping_value, default=None, metavar="λ|auto",
                    help="λ added to %s: a number >= 0, or auto (0.1 × the mean eigenvalue, by 10 Hutchinson "

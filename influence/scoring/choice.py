@@ -9,7 +9,9 @@ down-weighting points from the trained weights (the proximal Bregman response fu
 (:class:`influence.FisherOperator`), for any loss. ``"auto"`` (the default): the Hessian where the
 model is at an optimum (:func:`influence.check_optimum`) and H + damping·I is positive definite (a
 solver that meets negative curvature switches), otherwise the Gauss-Newton matrix (the Fisher for a
-loss without a closed-form output Hessian).
+loss without a closed-form output Hessian). ``"ekfac"``: the eigenvalue-corrected Kronecker-factored
+approximation of the Fisher/Gauss-Newton matrix (:class:`influence.EKFAC`), fitted once and inverted
+block by block: s_test and self-influence without iterations, an approximation.
 
 ``damping=None`` (the default) means 0 for the Hessian and ``"auto"`` for Gauss-Newton and Fisher:
 0.1 × the mean eigenvalue of the curvature (:func:`influence.curvature.auto_damping`); a number
@@ -19,13 +21,13 @@ import collections
 
 from ..common.errors import InfluenceError, param, warn
 from ..common.numeric import check_damping
-from ..curvature import FisherOperator, GaussNewtonOperator, HessianOperator
+from ..curvature import EKFAC, FisherOperator, GaussNewtonOperator, HessianOperator
 from ..fitting import OPTIMUM_RTOL, NotAtOptimumWarning, check_optimum as _optimum_check
 
 __all__ = ["CURVATURES", "Curvature", "choose_curvature", "check_curvature", "fallback_curvature"]
 
 #: The values of ``curvature=`` (and ``--curvature``).
-CURVATURES = ("auto", "hessian", "gauss-newton", "fisher")
+CURVATURES = ("auto", "hessian", "gauss-newton", "fisher", "ekfac")
 
 Curvature = collections.namedtuple("Curvature", "operator kind damping reason requested")
 Curvature.__doc__ = """The curvature of one computation: ``operator`` (a symmetric LinearOperator that
@@ -55,6 +57,8 @@ def _operator(kind, model, train, damping, batch_size, distributed=None):
     """(operator, solver damping, damping text) for ``kind`` with ``damping`` (None, "auto" or a number).
     ``distributed``: an operator that offers ``gauss_newton(damping)`` (a Dask Hessian operator): the
     Gauss-Newton matrix is then built on its workers too."""
+    if kind == "ekfac":
+        return EKFAC(model, train, damping="auto" if damping is None else damping, batch_size=batch_size), 0.0, None
     if kind == "hessian":
         op = HessianOperator(model, train, batch_size=batch_size)
         if damping == "auto":
@@ -84,6 +88,9 @@ def _gauss_newton_kind(model):
 
 
 def _describe(kind, op, damping, why):
+    if kind == "ekfac":
+        return "EK-FAC (%s, labels %s, damping %s per block), no iterations%s" % (
+            op.strategy, op.labels, "auto" if op.damping_auto else "%.3g" % op.damping, (": " + why) if why else "")
     total = damping + float(getattr(op, "damping", 0.0) or 0.0)
     name = {"hessian": "the Hessian", "gauss-newton": "the Gauss-Newton matrix", "fisher": "the empirical Fisher"}[kind]
     auto = getattr(op, "damping_auto", False)

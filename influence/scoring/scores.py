@@ -18,6 +18,7 @@ per test point (4 with the Richardson stencil) instead of n per-example backward
 """
 import collections
 import contextlib
+import time
 import warnings
 
 import numpy as np
@@ -31,7 +32,9 @@ from ..fitting import OPTIMUM_RTOL, NotAtOptimumWarning, warn_if_not_optimal
 from .choice import choose_curvature, fallback_curvature
 from .kernels import (FORWARD_STENCIL, GRADIENT_CHUNK, ForwardStep, chunk_scores, forward_differences,
                       forward_steps, gradient_blocks, validated as _validate)
-from ..solvers import METHODS, NonPositiveCurvatureError, dense_matrix, lanczos_inverse, plan_solver, solve_many
+from ..curvature import ekfac_s_test, self_influence_ekfac
+from ..solvers import (METHODS, NonPositiveCurvatureError, Solution, dense_matrix, lanczos_inverse, plan_solver,
+                       solve_many)
 from ..solvers.dense import cholesky
 
 __all__ = ["s_test", "STest", "influence_scores", "predicted_loss_change", "self_influence",
@@ -51,9 +54,12 @@ used ("hessian", "gauss-newton", "fisher", or "given" for a caller's operator) a
 
 
 def total_damping(cur):
-    """The damping of a :class:`~influence.scoring.choice.Curvature`: the solver's plus the operator's own."""
-    return float(cur.damping) + float(getattr(cur.operator, "damping", 0.0) or 0.0) \
-        if cur.kind != "hessian" else float(cur.damping)
+    """The damping of a :class:`~influence.scoring.choice.Curvature`: the solver's plus the operator's own
+    (EK-FAC with per-block automatic dampings: NaN, the blocks' values are in the operator)."""
+    if cur.kind == "hessian":
+        return float(cur.damping)
+    own = getattr(cur.operator, "damping", 0.0)
+    return float("nan") if own is None else float(cur.damping) + float(own or 0.0)
 
 #: Options that only cg (of the methods "auto" chooses from) takes: given one, "auto" plans cg.
 _CG_ONLY = ("maxiter", "stagnation", "curvature_steps", "recycle")
@@ -160,6 +166,11 @@ def s_test(model, train, test, solver="cg", damping=None, batch_size=None, hessi
         g_test = model.per_example_grads(test, batch_size)
 
         def solve(cur):
+            if cur.kind == "ekfac":          # the approximation's inverse, block by block: no iterations
+                t0 = time.time()
+                X = np.atleast_2d(ekfac_s_test(cur.operator, g_test))
+                seconds = (time.time() - t0) / len(X)
+                return [Solution(x, True, 0, 0, 0.0, seconds) for x in X], None
             method, plan = solver, None
             if method == "auto":
                 plan = plan_auto(cur.operator, len(g_test), cur.damping, solver_options)
@@ -317,6 +328,11 @@ def self_influence(model, train, method="exact", k=None, damping=None, batch_siz
                              parameter="k", suggestion=50)
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     with model.preserving_params():
+        if curvature == "ekfac":
+            cur = choose_curvature(model, train, curvature, damping, batch_size, hessian, check_optimum)
+            if on_curvature is not None:
+                on_curvature(cur)
+            return self_influence_ekfac(model, train, cur.operator, batch_size, progress)
         if method == "exact":
             def factorise(cur):
                 A = checkpoint.load_array("damped_hessian") if checkpoint is not None else None
