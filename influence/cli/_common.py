@@ -221,7 +221,8 @@ def _ctf_options(args, model):
 FLAGS = {"damping": "--damping", "rtol": "--rtol", "maxiter": "--maxiter", "random_state": "--seed",
          "chunk_size": "--chunk-size", "batch_size": "--batch-size", "k": "--k", "resume": "--resume",
          "folder": "--out", "l2": "--l2", "scoring": "--scoring", "method": "--solver", "solver": "--solver",
-         "mapping": "--ctf-map", "skip": "--ctf-skip", "gtol": "--gtol"}
+         "mapping": "--ctf-map", "skip": "--ctf-skip", "gtol": "--gtol", "retrain": "--retrain", "seeds": "--seeds",
+         "recipe": "--recipe", "train_fn": "--train-fn", "curvature": "--curvature"}
 COMMAND_FLAGS = {"self": {"method": "--method"}}
 #: Parameters only the Python API has: the CLI never sets them, so an error naming one keeps the API word.
 API_ONLY = {"x0": "cg's starting point", "callback": "per-iteration hook", "recycle": "solve_many option",

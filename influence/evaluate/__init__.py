@@ -44,6 +44,13 @@ the retrainings shared by every test point; predicted Δ_ti = −I_ti/n vs actua
 the first c checked, c = 1..n; reported: the fraction found in the top k % and the area under the
 curve (x = c/n; random ≈ 0.5, perfect = 1 − fraction/2).
 
+**Retraining modes** (``retrain=``): ``"warm"`` as above (L-BFGS from the re-tightened optimum);
+``"proximal"`` minimises the proximal Bregman response objective from the trained weights
+(:mod:`influence.evaluate.proximal`: what influence on the damped Gauss-Newton matrix predicts off an
+optimum); ``"scratch"`` re-initialises from seeds and trains with the model's recipe, ``seeds`` runs per
+subset averaged (:mod:`influence.evaluate.scratch`); ``"auto"`` (default) is warm where
+:func:`influence.check_optimum` passes and proximal otherwise. Results name the mode used.
+
 The retrainings are chunks of :func:`influence.scoring.run_chunks` (``chunk_size`` subsets each):
 with ``folder`` they are checkpointed (:class:`influence.jobs.Checkpoint`), ``resume=True``
 continues an interrupted run with exactly the same numbers, and ``executor`` (an
@@ -62,9 +69,12 @@ from .metrics import (detection_curve, draw_subsets, flip_labels, linear_datamod
                       pearson, spearman, subset_predictions)
 from .mislabeled import MISLABEL_TOP, MislabelResult, mislabel
 from .report import plot, summary
-from .retrain import RETRAIN_MAXITER
+from .proximal import BREGMAN_LOSSES, bregman, proximal_objective, proximal_retrain
+from .retrain import RETRAIN_MAXITER, RETRAIN_MODES
+from .scratch import LEARNERS, Recipe, parse_recipe, reinitialise, scratch_train
 
 __all__ = ["lds", "loo", "mislabel", "LDSResult", "LOOEvaluation", "MislabelResult", "draw_subsets",
            "subset_predictions", "linear_datamodeling_score", "mean_and_error", "baseline_scores",
            "flip_labels", "detection_curve", "plot", "summary", "METHODS", "LDS_GTOL", "MISLABEL_TOP",
-           "RETRAIN_MAXITER"]
+           "RETRAIN_MAXITER", "RETRAIN_MODES", "proximal_retrain", "proximal_objective", "bregman", "BREGMAN_LOSSES",
+           "scratch_train", "reinitialise", "parse_recipe", "Recipe", "LEARNERS"]

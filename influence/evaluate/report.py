@@ -9,6 +9,13 @@ from .mislabeled import MislabelResult
 __all__ = ["summary", "plot", "pyplot"]
 
 
+def _retraining(result):
+    """How the retrainings were done, and the seed-to-seed spread of what they measured."""
+    spread = np.asarray(result.spread, dtype=np.float64)
+    return {"retrain": result.retrain, "seeds": int(result.seeds), "damping": float(result.damping),
+            "mean_seed_spread": float(spread.mean()) if spread.size else 0.0}
+
+
 def summary(result, details=False):
     """A JSON-able dict of ``result`` (of :func:`lds`, :func:`loo` or :func:`mislabel`): the headline
     numbers of every method; ``details=True`` adds the per-test-point values, predictions,
@@ -20,9 +27,11 @@ def summary(result, details=False):
                "subset_size": int(result.subsets.shape[1]), "n_train": result.n_train,
                "n_test": int(result.actual.shape[0]), "mean": plain(result.mean), "stderr": plain(result.stderr),
                "finite": {m: int(np.isfinite(result.lds[m]).sum()) for m in METHODS}, "gtol": result.gtol,
-               "max_grad_norm": float(np.max(result.grad_norms)), "seconds": result.seconds}
+               "max_grad_norm": float(np.nanmax(result.grad_norms)) if np.any(np.isfinite(result.grad_norms))
+               else None, "seconds": result.seconds}
+        out.update(_retraining(result))
         if details:
-            out.update(lds={m: result.lds[m].tolist() for m in METHODS}, subset_rows=result.subsets.tolist(),
+            out.update(spread=result.spread.tolist(), lds={m: result.lds[m].tolist() for m in METHODS}, subset_rows=result.subsets.tolist(),
                        predicted={m: result.predicted[m].tolist() for m in METHODS},
                        actual=result.actual.tolist(), base=result.base.tolist())
     elif isinstance(result, LOOEvaluation):
@@ -30,9 +39,11 @@ def summary(result, details=False):
                "n_test": int(result.actual.shape[0]), "pearson": plain(result.pearson),
                "spearman": plain(result.spearman), "pooled_pearson": plain(result.pooled_pearson),
                "pooled_spearman": plain(result.pooled_spearman),
-               "max_grad_norm": float(np.max(result.grad_norms)), "seconds": result.seconds}
+               "max_grad_norm": float(np.nanmax(result.grad_norms)) if np.any(np.isfinite(result.grad_norms))
+               else None, "seconds": result.seconds}
+        out.update(_retraining(result))
         if details:
-            out.update(indices=result.indices.tolist(), actual=result.actual.tolist(),
+            out.update(spread=result.spread.tolist(), indices=result.indices.tolist(), actual=result.actual.tolist(),
                        predicted={m: result.predicted[m].tolist() for m in METHODS})
     elif isinstance(result, MislabelResult):
         out = {"metric": "mislabel", "fraction": result.fraction, "flipped_count": int(result.flipped.size),
