@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import influence.evaluate as ev
+from influence.evaluate import retrain as ev_retrain
 from influence.cli import main
 
 from test_cli import ROOT, run
@@ -56,18 +57,18 @@ def test_resume_after_ctrl_c_gives_the_same_numbers(files, tmp_path, capsys, mon
     d, model = files
     whole, part = str(tmp_path / "whole.json"), str(tmp_path / "part.json")
     assert run(_lds(d, model, "--out", whole), capsys)[0] == 0
-    real, calls = ev._retrain_columns, []
+    real, calls = ev_retrain.retrain_columns, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
-    monkeypatch.setattr(ev, "_retrain_columns", interrupted)
+    monkeypatch.setattr(ev_retrain, "retrain_columns", interrupted)
     code, _, err = run(_lds(d, model, "--out", part), capsys)
     assert code == 130 and "interrupted" in err
     assert not os.path.exists(part) and os.path.isdir(part + ".partial")
-    monkeypatch.setattr(ev, "_retrain_columns", real)
+    monkeypatch.setattr(ev_retrain, "retrain_columns", real)
     code, _, err = run(_lds(d, model, "--out", part, "--resume", "--json"), capsys)
     assert code == 0, err
     a, b = json.load(open(whole, encoding="utf-8")), json.load(open(part, encoding="utf-8"))
@@ -100,6 +101,10 @@ def test_loo_and_mislabel_report_every_baseline(files, capsys):
     (["--gtol", "0"], "--gtol 0.0 must be positive"),
     (["--cluster", "local"], "local:N"),
     (["--test-index", "99"], "--test-index 99 is out of range"),
+    (["--retrain", "warm", "--seeds", "3"], "--seeds 3: several seeds per subset need --retrain scratch"),
+    (["--recipe", "adam"], "add --retrain scratch"),
+    (["--retrain", "scratch", "--recipe", "adam lr=x"], "--recipe 'adam lr=x': lr='x' is not a number"),
+    (["--retrain", "scratch", "--train-fn", "nowhere.py:train"], "--train-fn"),
 ])
 def test_bad_flags_are_refused_in_one_line_and_write_nothing(files, tmp_path, capsys, monkeypatch, extra,
                                                             message):
@@ -109,6 +114,24 @@ def test_bad_flags_are_refused_in_one_line_and_write_nothing(files, tmp_path, ca
     code, _, err = run(_lds(d, model, *out) + extra, capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
     assert "Traceback" not in err and os.listdir(str(tmp_path)) == []
+
+
+def test_retraining_modes_on_the_command_line(files, capsys):
+    d, model = files
+    assert json.load(open(model + ".json", encoding="utf-8"))["recipe"] == "lbfgs"
+    code, text, err = run(_lds(d, model, "--subsets", "4", "--alpha", "0.95", "--retrain", "proximal", "--damping",
+                               "auto", "--curvature", "gauss-newton", "--json"), capsys)
+    assert code == 0, err
+    body = json.loads(text)
+    assert body["retrain"] == "proximal" and body["damping"] > 0 and body["seeds"] == 1
+    code, text, err = run(["evaluate", "loo", "--model", model, "--train", str(d / "train.npz"), "--test",
+                           str(d / "test.npz"), "--k", "3", "--retrain", "scratch", "--seeds", "2", "--quiet"], capsys)
+    assert code == 0, err
+    assert "retrainings: scratch" in text and "seeds: 2 per retraining" in text
+    code, text, err = run(["verify", "--model", model, "--train", str(d / "train.npz"), "--test", str(d / "test.npz"),
+                           "--test-index", "0", "--k", "3", "--retrain", "proximal", "--json", "--quiet"], capsys)
+    assert code == 0, err
+    assert json.loads(text)["retrain"] == "proximal"
 
 
 def test_bad_metric_flags_are_refused(files, tmp_path, capsys):

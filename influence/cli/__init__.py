@@ -22,6 +22,7 @@ from ._common import (
     EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, TEST_INDEX_HELP, UsageError, Parser,
     ascii_safe_stdio, common_flags, ctf_flags, first_line, model_flags, stderr_hidden, cli_text)
 from .commands import cmd_hvp, cmd_info, cmd_self, cmd_train, cmd_verify
+from .retraining import retrain_flags
 from .score import MATRIX_TEST_POINTS, cmd_score
 from .evaluate import evaluate_parsers
 from ._common import ASCII_SYMBOLS, parse_test_indices  # noqa: F401  (part of influence.cli's surface)
@@ -145,6 +146,7 @@ def build_parser():
     p.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
     p.add_argument("--solver", choices=["cg", "lissa", "direct", "lanczos"], default="cg", help="default cg")
     p.add_argument("--top", type=int, default=5, help="worst disagreements to print (default 5)")
+    retrain_flags(p)
     p.set_defaults(func=cmd_verify)
 
     evaluate_parsers(sub, common)

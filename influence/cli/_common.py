@@ -165,7 +165,7 @@ def check_numbers(args):
         if value is not None and value < 1:
             raise UsageError("%s %d is not a positive integer; pass e.g. %s 1000" % (flag, value, flag))
     damping = getattr(args, "damping", None)
-    if damping is not None and not (np.isfinite(damping) and damping >= 0):
+    if damping is not None and damping != "auto" and not (np.isfinite(damping) and damping >= 0):
         raise UsageError("--damping %r must be a finite number >= 0 (e.g. 0.01)" % damping)
     l2 = getattr(args, "l2", None)
     if l2 is not None and not (np.isfinite(l2) and l2 >= 0):

@@ -93,6 +93,7 @@ def cmd_train(args):
         meta = {"format": "cntk-influence/1", "arch": args.arch, "activation": args.activation,
                 "dtype": args.dtype, "loss": loss, "l2": args.l2, "n_outputs": n_out,
                 "input_shape": list(shape), "train_data": os.path.abspath(args.data),
+                "recipe": "lbfgs",          # full-batch L-BFGS to gtol: what --retrain scratch repeats
                 "n_train": len(x), "fit": {"loss": result.loss, "grad_norm": result.grad_norm,
                                            "n_iter": result.n_iter, "converged": bool(result.converged)}}
         write_json(args.out + META_SUFFIX, meta)
@@ -202,9 +203,11 @@ def cmd_self(args):
 
 def cmd_verify(args):
     from ..evaluate.leave_one_out import verify_loo
+    from .retraining import retrain_options
     timer = Timer()
     with timer("load model and data"):
-        model, _ = load_model(args)
+        model, meta = load_model(args)
+        retraining = retrain_options(args, meta)
         train = load_split(args.train, "--train", model, args.ctf_options)
         test = load_split(args.test, "--test", model, args.ctf_options)
     idx = check_indices(args.test_index, len(test), "--test-index", "the test set")
@@ -213,17 +216,19 @@ def cmd_verify(args):
     with Warnings():
         with timer("influence + %d leave-one-out retrainings" % min(args.k, len(train))):
             res = verify_loo(model, train, test.subset(idx), k=args.k, damping=args.damping,
-                             random_state=args.seed, solver=args.solver, batch_size=args.batch_size)
+                             random_state=args.seed, solver=args.solver, batch_size=args.batch_size, **retraining)
     err = np.abs(res.predicted - res.actual)
     worst = np.argsort(-err, kind="mergesort")[:args.top]
     rows = [[int(res.indices[i]), float(res.predicted[i]), float(res.actual[i])] for i in worst]
     if args.json:
         print(json.dumps({"pearson": res.pearson, "spearman": res.spearman, "k": len(res.indices),
+                          "retrain": res.retrain, "seeds": args.seeds,
                           "indices": res.indices, "predicted": res.predicted, "actual": res.actual,
                           "seconds": timer.as_dict()}, indent=2, sort_keys=True,
                          default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
         return EXIT_OK
-    print("leave-one-out check on %d training points (test points %s):" % (len(res.indices), idx.tolist()))
+    print("leave-one-out check on %d training points (test points %s), %s retraining%s:"
+          % (len(res.indices), idx.tolist(), res.retrain, " (%d seeds each)" % args.seeds if args.seeds > 1 else ""))
     print("  Pearson %.4f, Spearman %.4f between predicted and actual test-loss change" % (res.pearson, res.spearman))
     print("  worst disagreements:")
     print("    %8s %16s %16s" % ("index", "predicted", "actual"))

@@ -3,6 +3,7 @@ from __future__ import print_function
 
 import numpy as np
 
+from .retraining import damping_value, retrain_flags, retrain_options
 from ._common import (
     EXIT_OK, TEST_INDEX_HELP, UsageError, Parser, Timer, Warnings, check_numbers, ctf_flags,
     job_inputs, load_model, load_split, model_flags, partial_folder, parse_test_indices)
@@ -37,33 +38,52 @@ def _evaluate_check(args):
         if not args.plot.lower().endswith(".png"):
             raise UsageError("--plot %s: the picture is a PNG; give a file name ending in .png" % args.plot)
         check_writable(args.plot, "--plot")
-        from ..evaluate.evaluate import pyplot
+        from ..evaluate.report import pyplot
         pyplot()                                   # matplotlib missing: refused before any work
     if args.out and not args.out.lower().endswith(".json"):
         raise UsageError("--out %s: the results are JSON; give a file name ending in .json" % args.out)
     return partial_folder(args)
 
 
+def _print_retraining(res):
+    """How the retrainings ran: mode, damping, seeds and their spread, final gradient norms."""
+    norms = np.asarray(res.grad_norms, dtype=np.float64)
+    what = "‖∇P‖ (the proximal objective)" if res.retrain == "proximal" else "‖∇R_S‖"
+    last = ("largest final %s %.2e%s" % (what, np.nanmax(norms), " (--gtol %g)" % res.gtol if hasattr(res, "gtol")
+                                          else "")) if np.any(np.isfinite(norms)) else "trained by the recipe"
+    print("  retrainings: %s%s, %s" % (res.retrain, " (λ = %.4g)" % res.damping if res.retrain == "proximal" else "",
+                                       last))
+    if res.seeds > 1:
+        spread = np.asarray(res.spread)
+        change = np.abs(res.actual - np.mean(res.actual, axis=1, keepdims=True))
+        print("  seeds: %d per retraining; seed-to-seed spread of the mean %.3g (typical change between "
+              "retrainings %.3g)" % (res.seeds, float(np.mean(spread)) / np.sqrt(res.seeds), float(np.mean(change))))
+
+
 def _evaluate_print(args, res, timer):
-    from ..evaluate.evaluate import METHODS
+    from ..evaluate import METHODS
+    names = dict(EVALUATE_NAMES)
+    names["influence"] = {"gauss-newton": "influence (G^-1)", "fisher": "influence (F^-1)"}.get(
+        getattr(args, "curvature", "hessian"), names["influence"])
     if args.metric == "lds":
         print("linear datamodeling score (%s): %d subsets of %d of %d training points, %d test points"
               % (res.target, res.subsets.shape[0], res.subsets.shape[1], res.n_train, res.actual.shape[0]))
         print("  %-20s %10s %10s %12s" % ("scores", "mean LDS", "std err", "test points"))
         for m in METHODS:
-            print("  %-20s %10.4f %10.4f %12d" % (EVALUATE_NAMES[m], res.mean[m], res.stderr[m],
+            print("  %-20s %10.4f %10.4f %12d" % (names[m], res.mean[m], res.stderr[m],
                                                  np.isfinite(res.lds[m]).sum()))
-        print("  retrainings: largest final ‖∇R_S‖ %.2e (--gtol %g)" % (np.max(res.grad_norms), res.gtol))
+        _print_retraining(res)
     elif args.metric == "loo":
         print("leave-one-out: %d training points removed one at a time, %d test points"
               % (len(res.indices), res.actual.shape[0]))
         print("  %-20s %10s %10s %16s %16s" % ("scores", "Pearson", "Spearman", "pooled Pearson",
                                                "pooled Spearman"))
         for m in METHODS:
-            print("  %-20s %10.4f %10.4f %16.4f %16.4f" % (EVALUATE_NAMES[m], res.pearson[m], res.spearman[m],
+            print("  %-20s %10.4f %10.4f %16.4f %16.4f" % (names[m], res.pearson[m], res.spearman[m],
                                                          res.pooled_pearson[m], res.pooled_spearman[m]))
         print("  (Pearson/Spearman of the test-loss change averaged over the test points; pooled: over "
               "every test point and removed point)")
+        _print_retraining(res)
     else:
         print("mislabel detection: %d of %d training labels flipped (--seed %d)"
               % (res.flipped.size, res.curves["random"].size, args.seed))
@@ -82,7 +102,7 @@ def _evaluate_print(args, res, timer):
 
 
 def cmd_evaluate(args):
-    from ..evaluate import evaluate
+    from .. import evaluate
     from ..common.files import atomic_path, to_json, write_json
     folder = _evaluate_check(args)
     if getattr(args, "cluster", None):
@@ -90,7 +110,8 @@ def cmd_evaluate(args):
         check_reachable(args.cluster)
     timer = Timer()
     with timer("load model and data"):
-        model, _ = load_model(args)
+        model, meta = load_model(args)
+        retraining = retrain_options(args, meta) if args.metric != "mislabel" else {}
         train = load_split(args.train, "--train", model, args.ctf_options)
         test = idx = None
         if args.metric != "mislabel":
@@ -117,7 +138,8 @@ def cmd_evaluate(args):
                         client = connect(args.cluster)
                     executor = DaskExecutor(client)
                 scoring = dict(solver=args.solver, scoring="gradient", check_optimum=not args.no_optimum_check,
-                               chunk_size=args.chunk_size, executor=executor, **common)
+                               chunk_size=args.chunk_size, executor=executor, curvature=args.curvature,
+                               **dict(common, **retraining))
                 if args.metric == "lds":
                     with timer("scores + %d retrainings" % args.subsets):
                         res = evaluate.lds(model, train, test, subsets=args.subsets, alpha=args.alpha,
@@ -171,7 +193,9 @@ def evaluate_parsers(sub, common):
             q.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y, or .ctf)")
             q.add_argument("--test-index", nargs="+", metavar="I", help=TEST_INDEX_HELP)
         ctf_flags(q)
-        q.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
+        q.add_argument("--damping", type=damping_value if chunks else float, default=0.0,
+                       help="λ added to the curvature (default 0)%s" % ("; 'auto': 0.1 × its mean eigenvalue, "
+                                                                      "also the λ of --retrain proximal" if chunks else ""))
         q.add_argument("--gtol", type=float, default=1e-6, help="retrain (and re-tighten the reference optimum) "
                        "until max |∂R/∂w| <= GTOL (default 1e-6)")
         q.add_argument("--maxiter", type=int, default=2000, help="L-BFGS iterations per retraining at most "
@@ -189,6 +213,10 @@ def evaluate_parsers(sub, common):
                            "tcp://HOST:PORT (see docs/cluster.md)")
             q.add_argument("--no-optimum-check", action="store_true",
                            help="skip the check that the model is at an optimum of the training objective")
+            q.add_argument("--curvature", choices=["hessian", "gauss-newton", "fisher"], default="hessian",
+                           help="curvature of the influence scores: the Hessian, the Gauss-Newton matrix (positive "
+                           "semi-definite at any weights) or the empirical Fisher (default hessian)")
+            retrain_flags(q)
         q.set_defaults(func=cmd_evaluate)
 
     q = metrics.add_parser("lds", parents=[common], help="linear datamodeling score over random subsets",

@@ -32,8 +32,9 @@ from ..fitting import minimize_lbfgs
 __all__ = ["Recipe", "parse_recipe", "reinitialise", "train_recipe", "scratch_train", "LEARNERS",
            "DEFAULT_RECIPE", "saved_state", "restore_state"]
 
-#: Learners a recipe may name.
-LEARNERS = ("sgd", "momentum_sgd", "adam", "adagrad", "rmsprop")
+#: Learners a recipe may name: CNTK's, and "lbfgs" (full-batch L-BFGS to the evaluation's gtol, in
+#: inference mode: what ``influence train`` does, the recipe it records).
+LEARNERS = ("sgd", "momentum_sgd", "adam", "adagrad", "rmsprop", "lbfgs")
 
 Recipe = collections.namedtuple("Recipe", "learner lr momentum epochs minibatch")
 Recipe.__doc__ = """A training recipe: ``learner`` (one of :data:`LEARNERS`), learning rate ``lr``,
@@ -208,7 +209,7 @@ def scratch_train(model, train, seed, recipe=None, train_fn=None, init=None, gto
     if train_fn is not None:
         train_fn(f if f is not None else model, train, int(seed))
         return float("nan")
-    if f is None:
+    if f is None or (recipe is not None and parse_recipe(recipe).learner == "lbfgs"):
         res = minimize_lbfgs(model, train, len(train), gtol, maxiter, 30)
         return float(np.linalg.norm(res.jac))
     train_recipe(model, train, DEFAULT_RECIPE if recipe is None else recipe, seed)
