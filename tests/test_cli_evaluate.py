@@ -134,6 +134,21 @@ def test_retraining_modes_on_the_command_line(files, capsys):
     assert json.loads(text)["retrain"] == "proximal"
 
 
+def test_damping_sweep_and_tracin_on_the_command_line(files, tmp_path, capsys):
+    d, model = files
+    ckpt = str(tmp_path / "early.cntk")
+    m = __import__("influence").CNTKModel.load(model)
+    m.set_params(m.get_params() * 0.5)
+    m.save(ckpt)
+    code, text, err = run(_lds(d, model, "--subsets", "4", "--damping", "0.01", "0.1x", "1x", "--checkpoints", model,
+                               ckpt, "--checkpoint-lr", "0.1"), capsys)
+    assert code == 0, err
+    for name in ("influence (H^-1)", "influence λ=0.1x", "influence λ=1x", "TracIn-CP", "s/test point"):
+        assert name in text, text
+    code, _, err = run(_lds(d, model, "--checkpoints", str(tmp_path / "nothing.cntk")), capsys)
+    assert code == 2 and "--checkpoints" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_bad_metric_flags_are_refused(files, tmp_path, capsys):
     d, model = files
     base = ["evaluate", "mislabel", "--model", model, "--train", str(d / "train.npz")]

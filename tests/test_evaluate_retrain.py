@@ -258,3 +258,46 @@ def test_weights_restored_after_a_failure_inside_a_retraining(problem):
     finally:
         del model.outputs
     assert np.array_equal(model.get_params(), w)                # ... undone
+
+
+# ------------------------------------------------------------------- the damping sweep and TracIn
+def test_damping_sweep_and_tracin_are_scored_methods_beside_the_others(problem):
+    model, train, test = problem
+    train_d, test_d = _data(model, train), _data(model, test, "test data")
+    rng = np.random.RandomState(8)
+    w = model.get_params()
+    checkpoints = [w + 0.1 * rng.standard_normal(w.size), w + 0.05 * rng.standard_normal(w.size)]
+    res = ev.lds(model, train, test, subsets=6, alpha=0.9, seed=1, retrain="warm", dampings=["0.01x", "1x", 0.5],
+                 checkpoints=checkpoints, learning_rates=[0.1, 0.2])
+    names = ["influence", "grad_dot", "influence λ=0.01x", "influence λ=1x", "influence λ=0.5", "tracin", "random"]
+    assert list(res.mean) == names and set(res.method_seconds) == set(names)
+    assert all(v >= 0 for v in res.method_seconds.values())
+    assert np.array_equal(model.get_params(), w)
+    # "1x" is the mean eigenvalue of the Hessian, trace/d (exact for this model: 10 probes estimate it)
+    mean = influence.curvature.mean_eigenvalue(influence.HessianOperator(model, train_d))[0]
+    st = influence.s_test(model, train_d, test_d, "direct", mean, check_optimum=False).vectors
+    g = model.per_example_grads(train_d)
+    n = len(train_d)
+    direct = -st @ g.T
+    expected = ev.subset_predictions(direct, res.subsets, n, res.base)
+    assert np.allclose(res.predicted["influence λ=1x"], expected, rtol=1e-6, atol=1e-9)
+    # TracIn: −Σ_k lr_k g_test(w_k)·g_i(w_k)
+    total = 0
+    with model.preserving_params():
+        for wk, lr in zip(checkpoints, [0.1, 0.2]):
+            model.set_params(wk)
+            total = total - lr * model.per_example_grads(test_d) @ model.per_example_grads(train_d).T
+    assert np.allclose(res.predicted["tracin"], ev.subset_predictions(total, res.subsets, n, res.base), rtol=1e-9)
+
+
+def test_bad_sweeps_and_checkpoints_are_refused(problem):
+    model, train, test = problem
+    with pytest.raises(InfluenceError, match="dampings="):
+        ev.lds(model, train, test, subsets=3, dampings=["lots"])
+    with pytest.raises(InfluenceError, match="dampings="):
+        ev.loo(model, train, test, k=3, dampings=["-1x"])
+    with pytest.raises(InfluenceError, match="checkpoints=.*parameters"):
+        ev.lds(model, train, test, subsets=3, checkpoints=[np.zeros(3)])
+    w = model.get_params()
+    with pytest.raises(InfluenceError, match="learning_rates="):
+        ev.lds(model, train, test, subsets=3, checkpoints=[w, w], learning_rates=[1, 2, 3])

@@ -165,7 +165,7 @@ def check_numbers(args):
         if value is not None and value < 1:
             raise UsageError("%s %d is not a positive integer; pass e.g. %s 1000" % (flag, value, flag))
     damping = getattr(args, "damping", None)
-    if damping is not None and damping != "auto" and not (np.isfinite(damping) and damping >= 0):
+    if damping is not None and not isinstance(damping, str) and not (np.isfinite(damping) and damping >= 0):
         raise UsageError("--damping %r must be a finite number >= 0 (e.g. 0.01)" % damping)
     l2 = getattr(args, "l2", None)
     if l2 is not None and not (np.isfinite(l2) and l2 >= 0):
@@ -222,7 +222,8 @@ FLAGS = {"damping": "--damping", "rtol": "--rtol", "maxiter": "--maxiter", "rand
          "chunk_size": "--chunk-size", "batch_size": "--batch-size", "k": "--k", "resume": "--resume",
          "folder": "--out", "l2": "--l2", "scoring": "--scoring", "method": "--solver", "solver": "--solver",
          "mapping": "--ctf-map", "skip": "--ctf-skip", "gtol": "--gtol", "retrain": "--retrain", "seeds": "--seeds",
-         "recipe": "--recipe", "train_fn": "--train-fn", "curvature": "--curvature"}
+         "recipe": "--recipe", "train_fn": "--train-fn", "curvature": "--curvature",
+         "dampings": "--damping", "checkpoints": "--checkpoints", "learning_rates": "--checkpoint-lr"}
 COMMAND_FLAGS = {"self": {"method": "--method"}}
 #: Parameters only the Python API has: the CLI never sets them, so an error naming one keeps the API word.
 API_ONLY = {"x0": "cg's starting point", "callback": "per-iteration hook", "recycle": "solve_many option",

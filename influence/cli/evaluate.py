@@ -3,9 +3,9 @@ from __future__ import print_function
 
 import numpy as np
 
-from .retraining import damping_value, retrain_flags, retrain_options
+from .retraining import damping_value, method_flags, retrain_flags, retrain_options, split_dampings
 from ._common import (
-    EXIT_OK, TEST_INDEX_HELP, UsageError, Parser, Timer, Warnings, check_numbers, ctf_flags,
+    EXIT_OK, TEST_INDEX_HELP, UsageError, existing_file, Parser, Timer, Warnings, check_numbers, ctf_flags,
     job_inputs, load_model, load_split, model_flags, partial_folder, parse_test_indices)
 
 
@@ -18,7 +18,10 @@ EVALUATE_NAMES = {"influence": "influence (H^-1)", "grad_dot": "grad-dot (H -> I
 def _evaluate_check(args):
     """Refuse bad flags of ``influence evaluate`` before any work (nothing written)."""
     from ..common.files import check_writable
+    split_dampings(args)
     check_numbers(args)
+    for path in getattr(args, "checkpoints", None) or []:
+        existing_file(path, "--checkpoints")
     for flag, attr, low in (("--subsets", "subsets", 2), ("--k", "k", 2), ("--maxiter", "maxiter", 1)):
         value = getattr(args, attr, None)
         if value is not None and value < low:
@@ -61,26 +64,26 @@ def _print_retraining(res):
 
 
 def _evaluate_print(args, res, timer):
-    from ..evaluate import METHODS
-    names = dict(EVALUATE_NAMES)
+    names = dict(EVALUATE_NAMES, tracin="TracIn-CP")
     names["influence"] = {"gauss-newton": "influence (G^-1)", "fisher": "influence (F^-1)"}.get(
         getattr(args, "curvature", "hessian"), names["influence"])
     if args.metric == "lds":
         print("linear datamodeling score (%s): %d subsets of %d of %d training points, %d test points"
               % (res.target, res.subsets.shape[0], res.subsets.shape[1], res.n_train, res.actual.shape[0]))
-        print("  %-20s %10s %10s %12s" % ("scores", "mean LDS", "std err", "test points"))
-        for m in METHODS:
-            print("  %-20s %10.4f %10.4f %12d" % (names[m], res.mean[m], res.stderr[m],
-                                                 np.isfinite(res.lds[m]).sum()))
+        print("  %-20s %10s %10s %12s %14s" % ("scores", "mean LDS", "std err", "test points", "s/test point"))
+        for m in res.mean:
+            print("  %-20s %10.4f %10.4f %12d %14.3g" % (names.get(m, m), res.mean[m], res.stderr[m],
+                                                        np.isfinite(res.lds[m]).sum(), res.method_seconds.get(m, 0.0)))
         _print_retraining(res)
     elif args.metric == "loo":
         print("leave-one-out: %d training points removed one at a time, %d test points"
               % (len(res.indices), res.actual.shape[0]))
-        print("  %-20s %10s %10s %16s %16s" % ("scores", "Pearson", "Spearman", "pooled Pearson",
-                                               "pooled Spearman"))
-        for m in METHODS:
-            print("  %-20s %10.4f %10.4f %16.4f %16.4f" % (names[m], res.pearson[m], res.spearman[m],
-                                                         res.pooled_pearson[m], res.pooled_spearman[m]))
+        print("  %-20s %10s %10s %16s %16s %14s" % ("scores", "Pearson", "Spearman", "pooled Pearson",
+                                                    "pooled Spearman", "s/test point"))
+        for m in res.pearson:
+            print("  %-20s %10.4f %10.4f %16.4f %16.4f %14.3g" % (names.get(m, m), res.pearson[m], res.spearman[m],
+                                                                res.pooled_pearson[m], res.pooled_spearman[m],
+                                                                res.method_seconds.get(m, 0.0)))
         print("  (Pearson/Spearman of the test-loss change averaged over the test points; pooled: over "
               "every test point and removed point)")
         _print_retraining(res)
@@ -139,6 +142,8 @@ def cmd_evaluate(args):
                     executor = DaskExecutor(client)
                 scoring = dict(solver=args.solver, scoring="gradient", check_optimum=not args.no_optimum_check,
                                chunk_size=args.chunk_size, executor=executor, curvature=args.curvature,
+                               dampings=args.dampings, checkpoints=args.checkpoints,
+                               learning_rates=args.checkpoint_lr,
                                **dict(common, **retraining))
                 if args.metric == "lds":
                     with timer("scores + %d retrainings" % args.subsets):
@@ -193,9 +198,13 @@ def evaluate_parsers(sub, common):
             q.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y, or .ctf)")
             q.add_argument("--test-index", nargs="+", metavar="I", help=TEST_INDEX_HELP)
         ctf_flags(q)
-        q.add_argument("--damping", type=damping_value if chunks else float, default=0.0,
-                       help="λ added to the curvature (default 0)%s" % ("; 'auto': 0.1 × its mean eigenvalue, "
-                                                                      "also the λ of --retrain proximal" if chunks else ""))
+        if chunks:
+            q.add_argument("--damping", type=damping_value, nargs="+", default=[0.0], metavar="D",
+                           help="λ added to the curvature: a number, 'auto' (0.1 × its mean eigenvalue) or e.g. 0.1x "
+                           "(× the mean eigenvalue); also the λ of --retrain proximal. Further values add a damping "
+                           "sweep: one more scored method each, e.g. --damping 1x 0.01x 0.1x 10x (default 0)")
+        else:
+            q.add_argument("--damping", type=float, default=0.0, help="λ added to the Hessian (default 0)")
         q.add_argument("--gtol", type=float, default=1e-6, help="retrain (and re-tighten the reference optimum) "
                        "until max |∂R/∂w| <= GTOL (default 1e-6)")
         q.add_argument("--maxiter", type=int, default=2000, help="L-BFGS iterations per retraining at most "
@@ -217,6 +226,7 @@ def evaluate_parsers(sub, common):
                            help="curvature of the influence scores: the Hessian, the Gauss-Newton matrix (positive "
                            "semi-definite at any weights) or the empirical Fisher (default hessian)")
             retrain_flags(q)
+            method_flags(q)
         q.set_defaults(func=cmd_evaluate)
 
     q = metrics.add_parser("lds", parents=[common], help="linear datamodeling score over random subsets",

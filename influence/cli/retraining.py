@@ -4,7 +4,22 @@ import os
 
 from ._common import UsageError, existing_file
 
-__all__ = ["retrain_flags", "retrain_options", "load_train_fn", "damping_value"]
+__all__ = ["retrain_flags", "retrain_options", "load_train_fn", "damping_value", "method_flags", "split_dampings"]
+
+
+def method_flags(p):
+    """The extra scored methods of evaluate lds/loo: TracIn-CP over checkpoints."""
+    p.add_argument("--checkpoints", nargs="+", metavar="W.cntk", help="add TracIn-CP: -sum_k lr_k g_test.g_i over "
+                   "these saved checkpoints of the training run (same network)")
+    p.add_argument("--checkpoint-lr", nargs="+", type=float, metavar="LR", help="the learning rate at each "
+                   "checkpoint (one value for all; default 1)")
+
+
+def split_dampings(args):
+    """``--damping A [B ...]``: A is the damping of the influence scores (and the proximal λ), every
+    further value one more scored method (the damping sweep)."""
+    values = args.damping if isinstance(args.damping, list) else [args.damping]
+    args.damping, args.dampings = values[0], values[1:]
 
 
 def retrain_flags(p):
@@ -60,10 +75,15 @@ def retrain_options(args, meta):
 
 
 def damping_value(text):
-    """``--damping``: a number >= 0 or ``auto`` (0.1 × the mean eigenvalue of the curvature)."""
+    """``--damping``: a number >= 0, ``auto`` (0.1 × the mean eigenvalue of the curvature) or ``<f>x``
+    (f × that mean eigenvalue)."""
     if text == "auto":
         return "auto"
     try:
+        if text.endswith("x"):
+            float(text[:-1])
+            return text
         return float(text)
     except ValueError:
-        raise UsageError("--damping %s: pass a number >= 0 or 'auto'" % text)
+        raise UsageError("--damping %s: pass a number >= 0, 'auto' or a multiple of the mean eigenvalue such "
+                         "as 0.1x" % text)

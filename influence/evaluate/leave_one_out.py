@@ -24,7 +24,7 @@ from ..common.errors import InfluenceError, param
 from ..fitting import check_optimum, minimize_lbfgs, objective
 from ..jobs import plain_options
 from ..scoring import influence_scores, predicted_loss_change
-from .baselines import METHODS
+from .baselines import method_names, parse_dampings
 from .metrics import pearson, spearman
 from .retrain import EvalJob, RETRAIN_MAXITER, check_retrain, retrain_columns, retraining
 
@@ -149,7 +149,7 @@ def _other_loo(model, train, test, indices, gtol, maxiter, batch_size, spec):
 # ------------------------------------------------------------------------------------ many test points
 LOOEvaluation = collections.namedtuple(
     "LOOEvaluation", "indices predicted actual pearson spearman pooled_pearson pooled_spearman "
-                     "n_train grad_norms seconds retrain seeds spread damping")
+                     "n_train grad_norms seconds retrain seeds spread damping method_seconds")
 LOOEvaluation.__doc__ = """Result of :func:`loo`. ``indices``: the k training points removed;
 ``predicted``: {method: (T, k) predicted test-loss changes −I/n}; ``actual``: (T, k) measured
 changes; ``pearson`` / ``spearman``: {method: correlation of the means over test points (as
@@ -193,7 +193,8 @@ class _LOOJob(EvalJob):
 def loo(model, train, test, k=20, seed=0, indices=None, gtol=LOO_GTOL, maxiter=RETRAIN_MAXITER,
         solver="auto", damping=0.0, scoring="gradient", batch_size=None, check_optimum=True, folder=None,
         resume=False, chunk_size=1, progress=False, executor=None, inputs=None, retrain="auto", seeds=1,
-        recipe=None, train_fn=None, init=None, curvature="hessian", **solver_options):
+        recipe=None, train_fn=None, init=None, curvature="hessian", dampings=(), checkpoints=None,
+        learning_rates=None, **solver_options):
     """Leave-one-out for many test points at once, influence vs the baselines (module docstring).
 
     ``indices``: the training points to remove (default: ``k // 2`` with the largest mean
@@ -214,23 +215,29 @@ def loo(model, train, test, k=20, seed=0, indices=None, gtol=LOO_GTOL, maxiter=R
         raise InfluenceError("%s: correlations need at least 2 removed training points (e.g. %s)"
                              % (param("k", k), param("k", 20)), parameter="k", suggestion=20)
     settings = {"k": int(k), "seed": int(seed), "indices": indices, "gtol": float(gtol), "maxiter": int(maxiter),
-                "solver": solver, "damping": damping if damping == "auto" else float(damping), "scoring": scoring,
+                "solver": solver, "damping": damping if isinstance(damping, str) else float(damping), "scoring": scoring,
                 "batch_size": batch_size, "check_optimum": bool(check_optimum),
                 "retrain": retrain, "seeds": int(seeds), "recipe": None if recipe is None else str(recipe),
                 "train_fn": getattr(train_fn, "__name__", None if train_fn is None else repr(train_fn)),
                 "init": init if init is None or isinstance(init, str) else "vector", "curvature": curvature,
+                "dampings": [str(d) for d in dampings or ()],
+                "checkpoints": None if not checkpoints else [c if isinstance(c, str) else "vector %d" % i
+                                                             for i, c in enumerate(checkpoints)],
+                "learning_rates": None if learning_rates is None else np.asarray(learning_rates, dtype=float).tolist(),
                 "solver_options": plain_options(dict(solver_options, progress=None))}
     start = time.perf_counter()
     job = _LOOJob(model, train, test, folder, resume, chunk_size, progress, inputs, settings, executor)
-    job.solver_options, job.train_fn = solver_options, train_fn
+    parse_dampings(dampings)                         # refused before any work
+    job.solver_options, job.train_fn, job.checkpoints = solver_options, train_fn, checkpoints
     job.init_vector = None if init is None or isinstance(init, str) else np.asarray(init)
     scores, idx, actual, grad_norms, (t_scores, t_retrain), mode, spread = job.run()
-    predicted = {m: -scores[m][:, idx] / float(n) for m in METHODS}
+    methods = method_names(dampings, checkpoints)
+    predicted = {m: -scores[m][:, idx] / float(n) for m in methods}
     mean_actual = actual.mean(axis=0)
-    pear = {m: pearson(predicted[m].mean(axis=0), mean_actual) for m in METHODS}
-    spear = {m: spearman(predicted[m].mean(axis=0), mean_actual) for m in METHODS}
-    ppear = {m: pearson(predicted[m].ravel(), actual.ravel()) for m in METHODS}
-    pspear = {m: spearman(predicted[m].ravel(), actual.ravel()) for m in METHODS}
+    pear = {m: pearson(predicted[m].mean(axis=0), mean_actual) for m in methods}
+    spear = {m: spearman(predicted[m].mean(axis=0), mean_actual) for m in methods}
+    ppear = {m: pearson(predicted[m].ravel(), actual.ravel()) for m in methods}
+    pspear = {m: spearman(predicted[m].ravel(), actual.ravel()) for m in methods}
     seconds = {"scores": t_scores, "retraining": t_retrain, "total": time.perf_counter() - start}
     return LOOEvaluation(idx, predicted, actual, pear, spear, ppear, pspear, n, grad_norms, seconds, mode,
-                         int(seeds), spread, job.damping(job.settings))
+                         int(seeds), spread, job.damping(job.settings), job.method_seconds)

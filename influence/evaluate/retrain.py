@@ -7,7 +7,7 @@ from ..common.errors import InfluenceError, param
 from ..fitting import check_optimum, minimize_lbfgs
 from ..jobs import Job, data_identity
 from ..scoring import run_chunks
-from .baselines import SEED_RANDOM_SCORES, baseline_scores, curvature_operator
+from .baselines import SEED_RANDOM_SCORES, baseline_scores, curvature_operator, method_names
 from .proximal import proximal_retrain
 from .scratch import restore_state, saved_state, scratch_train
 
@@ -193,18 +193,27 @@ class EvalJob(Job):
         return mode, self.model.get_params(), np.asarray(at_model, dtype=np.float64)
 
     def _scores(self, s):
-        names = ("influence", "grad_dot")
-        saved = [self.checkpoint.load_array("scores_" + m) if self.checkpoint is not None else None for m in names]
-        if all(v is not None for v in saved):
+        """{method: (T, n) scores}; ``self.method_seconds`` {method: seconds per test point}. Saved in
+        the checkpoint (random is redrawn from the seed)."""
+        names = [m for m in method_names(s.get("dampings"), s.get("checkpoints")) if m != "random"]
+        ckpt = self.checkpoint
+        saved = [ckpt.load_array("scores_%d" % i) if ckpt is not None else None for i in range(len(names))]
+        times = ckpt.load_array("score_seconds") if ckpt is not None else None
+        if all(v is not None for v in saved) and times is not None:
             out = dict(zip(names, saved))
             out["random"] = np.random.RandomState(s["seed"] + SEED_RANDOM_SCORES).standard_normal(saved[0].shape)
+            self.method_seconds = dict(zip(names, times.tolist()), random=0.0)
             return out
+        self.method_seconds = {}
         out = baseline_scores(self.model, self.train, self.test, s["seed"], s["solver"], self.damping(s),
                               s["scoring"], s["batch_size"], s["check_optimum"], self.progress,
-                              s.get("curvature", "hessian"), **self.solver_options)
-        if self.checkpoint is not None:
-            for m in names:
-                self.checkpoint.save_array("scores_" + m, out[m])
+                              s.get("curvature", "hessian"), s.get("dampings") or (),
+                              getattr(self, "checkpoints", None), s.get("learning_rates"),
+                              self.method_seconds, **self.solver_options)
+        if ckpt is not None:
+            for i, m in enumerate(names):
+                ckpt.save_array("scores_%d" % i, out[m])
+            ckpt.save_array("score_seconds", np.array([self.method_seconds[m] for m in names]))
         return out
 
     def _reference(self, s, data=None):
