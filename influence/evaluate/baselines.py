@@ -3,10 +3,12 @@ same scoring code (see :mod:`influence.evaluate`)."""
 import time
 
 import numpy as np
+from scipy.sparse.linalg import aslinearoperator
 
 from ..common.errors import InfluenceError, param
 from ..curvature import FisherOperator, GaussNewtonOperator, HessianOperator, auto_damping, mean_eigenvalue
 from ..scoring import influence_scores, s_test
+from ..solvers import dense_matrix
 
 __all__ = ["METHODS", "baseline_scores", "SEED_RANDOM_SCORES", "CURVATURES", "curvature_operator", "tracin_scores",
            "parse_dampings", "method_names"]
@@ -16,6 +18,9 @@ CURVATURES = ("hessian", "gauss-newton", "fisher")
 
 #: Score methods of lds/loo, in report order: the influence scores and the baselines.
 METHODS = ("influence", "grad_dot", "random")
+#: With a damping sweep: the largest number of parameters for which solver "auto" builds the dense
+#: curvature once (d products) and factorises it for every damping (d² floats: 128 MB at 4,000).
+DENSE_REUSE_MAX = 4000
 #: Offset of the seed for the random baseline's stream.
 SEED_RANDOM_SCORES = 1
 
@@ -126,6 +131,11 @@ def baseline_scores(model, train, test, seed=0, solver="auto", damping=0.0, scor
     times = {}
     clock = time.perf_counter()
     op, damping = curvature_operator(model, train, curvature, damping, batch_size)
+    sweep = parse_dampings(dampings)
+    if sweep and (solver == "direct" or (solver == "auto" and op.shape[0] <= DENSE_REUSE_MAX)):
+        # one dense matrix from d products serves the main damping and every setting of the sweep
+        A, _ = dense_matrix(op, progress=progress)
+        op, solver = aslinearoperator(A), "direct"
 
     def influence_at(lam, check):
         st = s_test(model, train, test, solver, lam, batch_size, hessian=op,
@@ -140,7 +150,6 @@ def baseline_scores(model, train, test, seed=0, solver="auto", damping=0.0, scor
     out["grad_dot"] = np.atleast_2d(influence_scores(model, train, test, scoring=scoring, s=g_test,
                                                      batch_size=batch_size, check_optimum=False, progress=progress))
     times["grad_dot"] = time.perf_counter() - clock
-    sweep = parse_dampings(dampings)
     mean = None
     for name, factor, absolute in sweep:
         clock = time.perf_counter()
