@@ -126,14 +126,17 @@ def run_mode(model, train, test, checkpoints, lr, mode, args):
     seeds = 1 if mode == "proximal" else args.seeds
     t0 = time.perf_counter()
     res = ev.lds(model, train, test, subsets=args.subsets, alpha=alpha, seed=args.seed, retrain=mode, seeds=seeds,
-                 recipe=RECIPE, curvature="gauss-newton", damping="auto", dampings=SWEEP, checkpoints=checkpoints,
+                 recipe=RECIPE, curvature="gauss-newton", damping=args.damping,
+                 dampings=[d for d in SWEEP if d != args.damping], checkpoints=checkpoints,
                  learning_rates=lr, solver="auto", gtol=1e-5, maxiter=args.maxiter, check_optimum=False,
                  progress=args.progress)
     out = {"alpha": alpha, "subsets": int(res.subsets.shape[0]), "seeds": seeds, "retrain": res.retrain,
            "damping": res.damping, "mean": res.mean, "stderr": res.stderr, "method_seconds": res.method_seconds,
            "seconds": res.seconds, "mean_seed_spread": float(np.mean(res.spread)),
            "typical_change": float(np.mean(np.abs(res.actual - res.actual.mean(axis=1, keepdims=True)))),
-           "max_grad_norm": float(np.nanmax(res.grad_norms)) if np.any(np.isfinite(res.grad_norms)) else None}
+           "max_grad_norm": float(np.nanmax(res.grad_norms)) if np.any(np.isfinite(res.grad_norms)) else None,
+           "median_grad_norm": float(np.nanmedian(res.grad_norms)) if np.any(np.isfinite(res.grad_norms)) else None,
+           "largest_change": float(np.max(np.abs(res.actual - res.base[:, None])))}
     out["fisher"] = extra_lds(model, train, test, res, "fisher", "auto")
     out["wall"] = time.perf_counter() - t0
     out["load_after"] = loadavg()
@@ -151,6 +154,9 @@ def main(argv=None):
     p.add_argument("--maxiter", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--damping", default="auto", help="damping of the influence scores and the proximal lambda: "
+                   "'auto' (0.1x) or e.g. 1x (x: the mean eigenvalue of G)")
+    p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_before": loadavg(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "recipe": RECIPE, "args": vars(args)}
@@ -174,11 +180,11 @@ def main(argv=None):
             print(json.dumps({name: {mode: results[name][mode]}}, indent=1, sort_keys=True, default=str))
             sys.stdout.flush()
     meta["load_after"] = loadavg()
-    if not os.path.isdir(os.path.dirname(RESULTS)):
-        os.makedirs(os.path.dirname(RESULTS))
-    with open(RESULTS, "w") as f:
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)))
+    with open(args.out, "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1, sort_keys=True, default=str)
-    print("saved %s" % RESULTS)
+    print("saved %s" % args.out)
     return results
 
 

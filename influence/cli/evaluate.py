@@ -56,6 +56,11 @@ def _print_retraining(res):
                                           else "")) if np.any(np.isfinite(norms)) else "trained by the recipe"
     print("  retrainings: %s%s, %s" % (res.retrain, " (λ = %.4g)" % res.damping if res.retrain == "proximal" else "",
                                        last))
+    gtol = getattr(res, "gtol", None)
+    if res.retrain == "proximal" and gtol and np.nanmax(norms) > 1e3 * gtol:
+        print("  note: %d of %d proximal retrainings ended with ‖∇P‖ above 1000 × --gtol: the objective may be "
+              "unbounded below at this λ (a removed point's loss can outgrow the proximal term); raise --damping "
+              "(e.g. 1x)" % (int(np.sum(norms > 1e3 * gtol)), norms.size))
     if res.seeds > 1:
         spread = np.asarray(res.spread)
         change = np.abs(res.actual - np.mean(res.actual, axis=1, keepdims=True))
