@@ -26,7 +26,11 @@ API_ONLY = {"x0": "cg's starting point", "callback": "per-iteration hook", "recy
             "batches": "lissa option", "check_every": "lissa option", "steps": "lissa option",
             "power_steps": "lissa option", "rel_step": "HessianOperator option", "subsets": "evaluate lds option",
             "fraction": "evaluate mislabel option", "curvature_steps": "cg option", "inner_steps": "lissa option",
-            "stagnation": "cg option"}
+            "stagnation": "cg option",
+            # influence.evaluate's retraining modes and methods: Python only until their flags land
+            "retrain": "evaluate option", "seeds": "evaluate option", "recipe": "evaluate option",
+            "train_fn": "evaluate option", "init": "evaluate option", "dampings": "evaluate option",
+            "checkpoints": "evaluate option", "learning_rates": "evaluate option"}
 
 
 def _flag_value(name, value):

@@ -10,6 +10,11 @@ g_t in place of s_test; ``"random"`` — standard normal scores drawn from the s
 adds ``"training_loss"`` (rank by ℓ(z_i, w)) and ranks by self-influence g_iᵀ H⁻¹ g_i, its
 grad-dot counterpart ‖g_i‖², training loss and a random permutation.
 
+More methods on request, scored by the same code and sharing the retrainings: a damping sweep
+(``dampings=["0.01x", "0.1x", "1x", "10x"]``: "x" = the mean eigenvalue of the curvature, by seeded
+Hutchinson probes) and TracIn-CP over saved checkpoints (``checkpoints``, ``learning_rates``:
+−Σ_k lr_k g_t(w_k)ᵀ g_i(w_k), Pruthi et al. 2020). Every result gives each method's seconds per test point.
+
 **Linear datamodeling score** (Park et al. 2023). Draw m subsets S_j of s = ⌊α·n⌋ training points
 without replacement (:func:`draw_subsets`, from ``seed``); retrain on each, warm-started from w*, on
 the subset's own objective R_S(w) = (1/s) Σ_{i∈S} ℓ(z_i, w) + (λ/2)‖w‖² to the gradient tolerance
@@ -44,6 +49,13 @@ the retrainings shared by every test point; predicted Δ_ti = −I_ti/n vs actua
 the first c checked, c = 1..n; reported: the fraction found in the top k % and the area under the
 curve (x = c/n; random ≈ 0.5, perfect = 1 − fraction/2).
 
+**Retraining modes** (``retrain=``): ``"warm"`` as above (L-BFGS from the re-tightened optimum);
+``"proximal"`` minimises the proximal Bregman response objective from the trained weights
+(:mod:`influence.evaluate.proximal`: what influence on the damped Gauss-Newton matrix predicts off an
+optimum); ``"scratch"`` re-initialises from seeds and trains with the model's recipe, ``seeds`` runs per
+subset averaged (:mod:`influence.evaluate.scratch`); ``"auto"`` (default) is warm where
+:func:`influence.check_optimum` passes and proximal otherwise. Results name the mode used.
+
 The retrainings are chunks of :func:`influence.scoring.run_chunks` (``chunk_size`` subsets each):
 with ``folder`` they are checkpointed (:class:`influence.jobs.Checkpoint`), ``resume=True``
 continues an interrupted run with exactly the same numbers, and ``executor`` (an
@@ -55,16 +67,20 @@ Modules: one per measure (``datamodeling``: :func:`lds`; ``leave_one_out``: :fun
 (``baselines``), the retraining job they share (``retrain``), the array measures (``metrics``) and
 the reports (``report``). The top layer below the CLI: it may import everything but ``cli``.
 """
-from .baselines import METHODS, baseline_scores
+from .baselines import METHODS, baseline_scores, method_names, parse_dampings, tracin_scores
 from .datamodeling import LDS_GTOL, LDSResult, lds
 from .leave_one_out import LOO_GTOL, LOOEvaluation, LOOResult, loo, verify_loo
 from .metrics import (detection_curve, draw_subsets, flip_labels, linear_datamodeling_score, mean_and_error,
                       pearson, spearman, subset_predictions)
 from .mislabeled import MISLABEL_TOP, MislabelResult, mislabel
 from .report import plot, summary
-from .retrain import RETRAIN_MAXITER
+from .proximal import BREGMAN_LOSSES, bregman, proximal_objective, proximal_retrain
+from .retrain import RETRAIN_MAXITER, RETRAIN_MODES
+from .scratch import LEARNERS, Recipe, parse_recipe, reinitialise, scratch_train
 
 __all__ = ["lds", "loo", "mislabel", "LDSResult", "LOOEvaluation", "MislabelResult", "draw_subsets",
            "subset_predictions", "linear_datamodeling_score", "mean_and_error", "baseline_scores",
            "flip_labels", "detection_curve", "plot", "summary", "METHODS", "LDS_GTOL", "MISLABEL_TOP",
-           "RETRAIN_MAXITER"]
+           "RETRAIN_MAXITER", "RETRAIN_MODES", "proximal_retrain", "proximal_objective", "bregman", "BREGMAN_LOSSES",
+           "scratch_train", "reinitialise", "parse_recipe", "Recipe", "LEARNERS", "tracin_scores", "parse_dampings",
+           "method_names"]

@@ -1,12 +1,19 @@
 """Reports of the evaluations: the text summary and the picture."""
 import numpy as np
 
-from .baselines import METHODS
 from .datamodeling import LDSResult
 from .leave_one_out import LOOEvaluation
 from .mislabeled import MislabelResult
 
 __all__ = ["summary", "plot", "pyplot"]
+
+
+def _retraining(result):
+    """How the retrainings were done, and the seed-to-seed spread of what they measured."""
+    spread = np.asarray(result.spread, dtype=np.float64)
+    return {"retrain": result.retrain, "seeds": int(result.seeds), "damping": float(result.damping),
+            "method_seconds_per_test_point": dict(result.method_seconds),
+            "mean_seed_spread": float(spread.mean()) if spread.size else 0.0}
 
 
 def summary(result, details=False):
@@ -19,21 +26,25 @@ def summary(result, details=False):
         out = {"metric": "lds", "target": result.target, "subsets": int(result.subsets.shape[0]),
                "subset_size": int(result.subsets.shape[1]), "n_train": result.n_train,
                "n_test": int(result.actual.shape[0]), "mean": plain(result.mean), "stderr": plain(result.stderr),
-               "finite": {m: int(np.isfinite(result.lds[m]).sum()) for m in METHODS}, "gtol": result.gtol,
-               "max_grad_norm": float(np.max(result.grad_norms)), "seconds": result.seconds}
+               "finite": {m: int(np.isfinite(result.lds[m]).sum()) for m in result.mean}, "gtol": result.gtol,
+               "max_grad_norm": float(np.nanmax(result.grad_norms)) if np.any(np.isfinite(result.grad_norms))
+               else None, "seconds": result.seconds}
+        out.update(_retraining(result))
         if details:
-            out.update(lds={m: result.lds[m].tolist() for m in METHODS}, subset_rows=result.subsets.tolist(),
-                       predicted={m: result.predicted[m].tolist() for m in METHODS},
+            out.update(spread=result.spread.tolist(), lds={m: v.tolist() for m, v in result.lds.items()}, subset_rows=result.subsets.tolist(),
+                       predicted={m: v.tolist() for m, v in result.predicted.items()},
                        actual=result.actual.tolist(), base=result.base.tolist())
     elif isinstance(result, LOOEvaluation):
         out = {"metric": "loo", "k": int(len(result.indices)), "n_train": result.n_train,
                "n_test": int(result.actual.shape[0]), "pearson": plain(result.pearson),
                "spearman": plain(result.spearman), "pooled_pearson": plain(result.pooled_pearson),
                "pooled_spearman": plain(result.pooled_spearman),
-               "max_grad_norm": float(np.max(result.grad_norms)), "seconds": result.seconds}
+               "max_grad_norm": float(np.nanmax(result.grad_norms)) if np.any(np.isfinite(result.grad_norms))
+               else None, "seconds": result.seconds}
+        out.update(_retraining(result))
         if details:
-            out.update(indices=result.indices.tolist(), actual=result.actual.tolist(),
-                       predicted={m: result.predicted[m].tolist() for m in METHODS})
+            out.update(spread=result.spread.tolist(), indices=result.indices.tolist(), actual=result.actual.tolist(),
+                       predicted={m: v.tolist() for m, v in result.predicted.items()})
     elif isinstance(result, MislabelResult):
         out = {"metric": "mislabel", "fraction": result.fraction, "flipped_count": int(result.flipped.size),
                "n_train": int(result.curves["random"].size), "top": list(result.top),
@@ -74,9 +85,9 @@ def plot(result, path, title=None):
         if isinstance(result, LDSResult):
             order = np.argsort(-result.lds["influence"], kind="mergesort")
             x = np.arange(1, order.size + 1)
-            for m in METHODS:
+            for m in result.lds:
                 ax.plot(x, result.lds[m][order], ".", ms=4,
-                        label="%s: %.3f ± %.3f" % (_LABELS[m], result.mean[m], result.stderr[m]))
+                        label="%s: %.3f ± %.3f" % (_LABELS.get(m, m), result.mean[m], result.stderr[m]))
             ax.axhline(0, color="0.6", lw=0.8)
             ax.set_xlabel("test point (sorted by the influence scores' LDS)")
             ax.set_ylabel("LDS (Spearman over %d subsets)" % result.subsets.shape[0])

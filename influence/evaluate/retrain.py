@@ -4,12 +4,15 @@ cycle the three evaluations share (:class:`EvalJob`)."""
 import numpy as np
 
 from ..common.errors import InfluenceError, param
-from ..fitting import minimize_lbfgs
+from ..fitting import check_optimum, minimize_lbfgs
 from ..jobs import Job, data_identity
 from ..scoring import run_chunks
-from .baselines import SEED_RANDOM_SCORES, baseline_scores
+from .baselines import SEED_RANDOM_SCORES, baseline_scores, curvature_operator, method_names
+from .proximal import proximal_retrain
+from .scratch import restore_state, saved_state, scratch_train
 
-__all__ = ["EvalJob", "retrain_columns", "check_retrain", "RETRAIN_MAXITER", "MAXCOR"]
+__all__ = ["EvalJob", "retrain_columns", "check_retrain", "retraining", "RETRAIN_MAXITER", "MAXCOR",
+           "RETRAIN_MODES"]
 
 #: Default L-BFGS iterations at most per retraining.
 RETRAIN_MAXITER = 2000
@@ -17,16 +20,64 @@ RETRAIN_MAXITER = 2000
 MAXCOR = 30
 
 
-def retrain_columns(model, train, test, w0, kept, norm, gtol, maxiter, batch_size):
-    """(T + 1, len(kept)): each column the test losses after retraining on the rows kept[j] (warm
-    start w0, objective Σ_kept ℓ / norm + L2, to gtol); last row ‖∇R‖ of the last L-BFGS point."""
-    out = np.empty((len(test) + 1, len(kept)))
-    with model.preserving_params():
-        for j, rows in enumerate(kept):
+#: Retraining modes (:func:`retrain_columns`); "auto" picks warm at an optimum, proximal otherwise.
+RETRAIN_MODES = ("warm", "proximal", "scratch")
+
+
+def retraining(mode="warm", damping=0.0, seeds=1, recipe=None, train_fn=None, init=None, seed=0):
+    """The plain dict that says how :func:`retrain_columns` retrains (it travels to Dask workers):
+    ``mode`` one of :data:`RETRAIN_MODES`; ``damping`` λ of the proximal term; ``seeds`` retrainings
+    per subset (scratch) and the first ``seed``; ``recipe``/``train_fn``/``init`` of
+    :func:`influence.evaluate.scratch.scratch_train`."""
+    return {"mode": mode, "damping": float(damping), "seeds": int(seeds), "recipe": recipe,
+            "train_fn": train_fn, "init": init, "seed": int(seed)}
+
+
+def _one(model, train, w0, rows, norm, gtol, maxiter, spec, seed, z_s):
+    """Retrain once on ``rows`` by ``spec``; returns the final gradient norm (NaN for a recipe)."""
+    if spec["mode"] == "proximal":
+        removed = np.setdiff1d(np.arange(len(train)), rows)
+        res = proximal_retrain(model, train, removed, w0, spec["damping"], gtol, maxiter, z_s=z_s)
+        return float(np.linalg.norm(res.jac))
+    if spec["mode"] == "scratch":
+        return scratch_train(model, train.subset(np.asarray(rows)), seed, spec["recipe"], spec["train_fn"],
+                             spec["init"], gtol, maxiter)
+    model.set_params(w0)
+    res = minimize_lbfgs(model, train.subset(np.asarray(rows)), norm, gtol, maxiter, MAXCOR)
+    return float(np.linalg.norm(res.jac))
+
+
+def retrain_columns(model, train, test, w0, kept, norm, gtol, maxiter, batch_size, spec=None, first=0):
+    """(2T + 1, len(kept)): column j retrains on the rows kept[j] by ``spec`` (:func:`retraining`;
+    default warm: L-BFGS from w0 on Σ_kept ℓ / norm + L2 to gtol; proximal: the PBRF objective from
+    w0; scratch: ``seeds`` runs from fresh initialisations) and holds the test losses (the mean over
+    the seeds), then their standard deviation over the seeds (T rows; 0 for one run), then the final
+    gradient norm (mean over the seeds). ``first``: the index of kept[0] among all subsets (scratch
+    seeds are ``seed + (first + j)·seeds + k``, distinct for every run). The model's weights and,
+    for a scratch retraining, its BatchNormalization statistics are restored afterwards."""
+    spec = retraining() if spec is None else spec
+    T = len(test)
+    out = np.empty((2 * T + 1, len(kept)))
+    state = saved_state(model)
+    try:
+        z_s = None
+        if spec["mode"] == "proximal":
             model.set_params(w0)
-            res = minimize_lbfgs(model, train.subset(np.asarray(rows)), norm, gtol, maxiter, MAXCOR)
-            out[:-1, j] = model.per_example_losses(test, batch_size)
-            out[-1, j] = float(np.linalg.norm(res.jac))
+            z_s = model.outputs(train, batch_size)
+        for j, rows in enumerate(kept):
+            runs, norms = [], []
+            count = spec["seeds"] if spec["mode"] == "scratch" else 1
+            for k in range(count):
+                seed = spec["seed"] + (first + j) * count + k
+                norms.append(_one(model, train, w0, rows, norm, gtol, maxiter, spec, seed, z_s))
+                runs.append(model.per_example_losses(test, batch_size))
+                restore_state(model, state)
+            runs = np.array(runs)
+            out[:T, j] = runs.mean(axis=0)
+            out[T:2 * T, j] = runs.std(axis=0, ddof=1) if count > 1 else 0.0
+            out[-1, j] = float(np.mean(norms))
+    finally:
+        restore_state(model, state)
     return out
 
 
@@ -38,10 +89,10 @@ def retrain_task(job, start, stop):
     with lock:
         test = model.validate(job.test, job.test.name)
         return retrain_columns(model, data, test, job.w0, job.kept[start:stop], job.norm, job.gtol,
-                                job.maxiter, job.batch_size)
+                                job.maxiter, job.batch_size, job.spec, start)
 
 
-def dask_runner(executor, model, train, test, w0, kept, norm, gtol, maxiter, batch_size):
+def dask_runner(executor, model, train, test, w0, kept, norm, gtol, maxiter, batch_size, spec=None):
     """The run_chunks executor that retrains on the workers of a DaskExecutor's client: the model,
     test rows and subsets travel once (one job task), every worker reads the training file."""
     from ..dask import chunk_executor, WorkerJob
@@ -53,7 +104,7 @@ def dask_runner(executor, model, train, test, w0, kept, norm, gtol, maxiter, bat
     plain = Dataset(test.x if not hasattr(test.x, "filename") else np.array(test.x),
                     None if test.y is None else np.array(test.y), test.name)
     job.test, job.w0, job.kept, job.norm = plain, np.asarray(w0), np.asarray(kept), norm
-    job.gtol, job.maxiter = gtol, maxiter
+    job.gtol, job.maxiter, job.spec = gtol, maxiter, spec
     return chunk_executor(executor.client, job, retrain_task, executor.retries, "retrain")
 
 
@@ -107,19 +158,62 @@ class EvalJob(Job):
             ckpt.save_array(name, value)
         return value
 
+    def damping(self, s):
+        """The damping of the scores as a number (``"auto"`` resolved once and saved)."""
+        if s["damping"] is not None and not isinstance(s["damping"], str):
+            return float(s["damping"])
+        if getattr(self, "_damping", None) is None:
+            self._damping = float(self._array("damping", lambda: [curvature_operator(
+                self.model, self.train, s.get("curvature", "hessian"), s["damping"], s["batch_size"])[1]])[0])
+        return self._damping
+
+    def mode(self, s):
+        """The retraining mode: ``s["retrain"]``, with "auto" = warm at an optimum, proximal otherwise."""
+        mode = s.get("retrain", "warm")
+        if mode != "auto":
+            return mode
+        ok = self._array("at_optimum", lambda: [float(check_optimum(self.model, self.train,
+                                                                    batch_size=s["batch_size"]).ok)])[0]
+        return "warm" if ok else "proximal"
+
+    def spec(self, s, mode):
+        """The :func:`retraining` of this job's settings (``train_fn`` from the job itself)."""
+        return retraining(mode, self.damping(s) if mode == "proximal" else 0.0, s.get("seeds", 1),
+                          s.get("recipe"), getattr(self, "train_fn", None),
+                          s.get("init") if getattr(self, "init_vector", None) is None else self.init_vector, s["seed"])
+
+    def start(self, s, at_model):
+        """(mode, w0, base test losses): the warm mode re-tightens the reference optimum; proximal and
+        scratch start from (and measure against) the trained weights as they are."""
+        mode = self.mode(s)
+        self.damping(s)                        # resolved (and saved) while the checkpoint is open
+        if mode == "warm":
+            w_ref, base, _ = self._reference(s)
+            return mode, w_ref, base
+        return mode, self.model.get_params(), np.asarray(at_model, dtype=np.float64)
+
     def _scores(self, s):
-        names = ("influence", "grad_dot")
-        saved = [self.checkpoint.load_array("scores_" + m) if self.checkpoint is not None else None for m in names]
-        if all(v is not None for v in saved):
+        """{method: (T, n) scores}; ``self.method_seconds`` {method: seconds per test point}. Saved in
+        the checkpoint (random is redrawn from the seed)."""
+        names = [m for m in method_names(s.get("dampings"), s.get("checkpoints")) if m != "random"]
+        ckpt = self.checkpoint
+        saved = [ckpt.load_array("scores_%d" % i) if ckpt is not None else None for i in range(len(names))]
+        times = ckpt.load_array("score_seconds") if ckpt is not None else None
+        if all(v is not None for v in saved) and times is not None:
             out = dict(zip(names, saved))
             out["random"] = np.random.RandomState(s["seed"] + SEED_RANDOM_SCORES).standard_normal(saved[0].shape)
+            self.method_seconds = dict(zip(names, times.tolist()), random=0.0)
             return out
-        out = baseline_scores(self.model, self.train, self.test, s["seed"], s["solver"], s["damping"],
+        self.method_seconds = {}
+        out = baseline_scores(self.model, self.train, self.test, s["seed"], s["solver"], self.damping(s),
                               s["scoring"], s["batch_size"], s["check_optimum"], self.progress,
-                              curvature=s.get("curvature", "auto"), **self.solver_options)
-        if self.checkpoint is not None:
-            for m in names:
-                self.checkpoint.save_array("scores_" + m, out[m])
+                              s.get("curvature", "hessian"), s.get("dampings") or (),
+                              getattr(self, "checkpoints", None), s.get("learning_rates"),
+                              self.method_seconds, **self.solver_options)
+        if ckpt is not None:
+            for i, m in enumerate(names):
+                ckpt.save_array("scores_%d" % i, out[m])
+            ckpt.save_array("score_seconds", np.array([self.method_seconds[m] for m in names]))
         return out
 
     def _reference(self, s, data=None):
@@ -137,22 +231,34 @@ class EvalJob(Job):
         T = 0 if self.test is None else len(self.test)
         return packed[1 + T:].astype(self.model.dtype), packed[1:1 + T], float(packed[0])
 
-    def _retrain(self, s, w0, kept, norm):
+    def _retrain(self, s, w0, kept, norm, spec=None):
+        """(test losses (T, m), their seed-to-seed standard deviation (T, m), final gradient norms (m,))."""
         ckpt = None if self.checkpoint is None else Prefixed(self.checkpoint, "retrain")
         runner = None
         if self.executor is not None:
             runner = self.executor if not hasattr(self.executor, "bind") else dask_runner(
                 self.executor, self.model, self.train, self.test, w0, kept, norm, s["gtol"], s["maxiter"],
-                s["batch_size"])
+                s["batch_size"], spec)
 
         def compute(a, b):
             return retrain_columns(self.model, self.train, self.test, w0, kept[a:b], norm, s["gtol"],
-                                    s["maxiter"], s["batch_size"])
+                                    s["maxiter"], s["batch_size"], spec, a)
         values, _ = run_chunks(compute, len(kept), self.chunk_size, ckpt, self.progress, "retraining", runner)
-        return values[:-1], values[-1]
+        T = len(self.test)
+        return values[:T], values[T:2 * T], values[-1]
 
 
-def check_retrain(gtol, maxiter, chunk_size):
+def check_retrain(gtol, maxiter, chunk_size, retrain="warm", seeds=1):
+    if retrain not in RETRAIN_MODES + ("auto",):
+        raise InfluenceError("%s is not one of auto, %s" % (param("retrain", retrain), ", ".join(RETRAIN_MODES)),
+                             parameter="retrain", suggestion="auto")
+    if int(seeds) < 1:
+        raise InfluenceError("%s must be a positive integer (retrainings per subset)" % param("seeds", seeds),
+                             parameter="seeds", suggestion=3)
+    if int(seeds) > 1 and retrain != "scratch":
+        raise InfluenceError("%s: several seeds per subset need %s (warm and proximal retraining are "
+                             "deterministic)" % (param("seeds", seeds), param("retrain", "scratch")),
+                             parameter="seeds", suggestion=1)
     if not (gtol > 0):
         raise ValueError("gtol=%r must be positive (e.g. 1e-6)" % (gtol,))
     if int(maxiter) < 1:
