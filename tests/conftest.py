@@ -8,10 +8,17 @@ what is broken, instead of skipping every CNTK test.
 import os
 import sys
 
-import numpy as np
-import pytest
+# The toolkit's default of one CPU thread per process (influence.set_threads, the CLI's --threads 1): CNTK
+# reads OMP_NUM_THREADS when it loads, and the Dask workers always use one thread, so tests that compare
+# this process's numbers with the workers' to the bit need this process to use one too (MKL sums in a
+# different order with two threads). A caller's explicit setting wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-from influence.models import SoftmaxRegression, LogisticRegression
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from influence.models import SoftmaxRegression, LogisticRegression  # noqa: E402
 
 #: Environment variable that makes an unimportable CNTK a failure of the whole session.
 REQUIRE_CNTK_ENV = "INFLUENCE_REQUIRE_CNTK"

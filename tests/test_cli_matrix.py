@@ -160,8 +160,12 @@ def test_matrix_run_without_a_locale(trained, workdir, tmp_path):
 def test_matrix_on_a_local_cluster_is_identical(trained, workdir, tmp_path, capsys):
     pytest.importorskip("distributed")
     single, clustered = str(tmp_path / "single.csv"), str(tmp_path / "clustered.csv")
-    assert run(_base(workdir, trained, "--out", single), capsys)[0] == 0
-    code, _, err = run(_base(workdir, trained, "--out", clustered, "--cluster", "local:2"), capsys)
-    assert code == 0, err
+    # both in fresh processes, like the workers (see test_cli.test_score_on_a_local_cluster_is_identical)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for argv in (_base(workdir, trained, "--out", single),
+                 _base(workdir, trained, "--out", clustered, "--cluster", "local:2")):
+        proc = subprocess.run([sys.executable, "-m", "influence"] + argv, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env, universal_newlines=True)
+        assert proc.returncode == 0, proc.stderr
     assert open(str(tmp_path / "single.npy"), "rb").read() == open(str(tmp_path / "clustered.npy"), "rb").read()
     assert open(single, "rb").read() == open(clustered, "rb").read()
