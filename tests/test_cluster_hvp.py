@@ -208,7 +208,8 @@ def test_score_command_solves_s_test_on_the_cluster(client, cntk, tmp_path, caps
     assert main(["train", "--data", str(tmp_path / "train.npz"), "--arch", "softmax", "--l2", "1e-2",
                  "--out", trained, "--quiet"]) == 0
     base = ["score", "--model", trained, "--train", str(tmp_path / "train.npz"), "--test",
-            str(tmp_path / "test.npz"), "--test-index", "1", "--batch-size", "100", "--quiet", "--json"]
+            str(tmp_path / "test.npz"), "--test-index", "1", "--batch-size", "100", "--quiet", "--json",
+            "--curvature", "hessian"]            # the Hessian on the cluster (Gauss-Newton: its own test)
     capsys.readouterr()
     rounds = []
     real = DaskHessianOperator._grad_sums
