@@ -8,12 +8,6 @@ what is broken, instead of skipping every CNTK test.
 import os
 import sys
 
-# The toolkit's default of one CPU thread per process (influence.set_threads, the CLI's --threads 1): CNTK
-# reads OMP_NUM_THREADS when it loads, and the Dask workers always use one thread, so tests that compare
-# this process's numbers with the workers' to the bit need this process to use one too (MKL sums in a
-# different order with two threads). A caller's explicit setting wins.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
