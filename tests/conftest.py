@@ -8,6 +8,14 @@ what is broken, instead of skipping every CNTK test.
 import os
 import sys
 
+# The toolkit's default of one CPU thread per process (influence.set_threads, the CLI's --threads 1).
+# CNTK reads OMP_NUM_THREADS when it loads, which in this process is before any CLI call can choose;
+# with two threads MKL sums in another order, and the tests that compare this process's output with
+# a fresh CLI process's (resume after Ctrl-C, the Dask workers) to the byte then differ: a cg solve of
+# 176 iterations turned last-bit differences into 1e-7. Measured: one thread in this process gives the
+# same bytes as a fresh process, also after other networks have run. A caller's explicit setting wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -59,6 +67,30 @@ def pytest_sessionstart(session):
         _import_cntk()
     except ImportError as e:
         pytest.exit(cntk_diagnosis(e), returncode=CNTK_MISSING_EXIT)
+
+
+#: Above this many characters (or bytes), a failed ``==`` between two strings or byte strings is
+#: explained by its first differing line instead of pytest's difflib diff, which is quadratic: on two
+#: 60 KB score CSVs it ran for over ten minutes and a CI run hit its time limit inside it.
+LONG_COMPARISON = 2000
+
+
+def first_difference(left, right):
+    """One short explanation of where ``left`` and ``right`` (str or bytes) first differ."""
+    nl = b"\n" if isinstance(left, bytes) else "\n"
+    a, b = left.split(nl), right.split(nl)
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return ["outputs differ (%d vs %d lines); first at line %d:" % (len(a), len(b), i + 1),
+                    "  left:  %r" % (x[:200],), "  right: %r" % (y[:200],),
+                    "%d of the first %d lines differ" % (sum(p != q for p, q in zip(a, b)), min(len(a), len(b)))]
+    return ["outputs differ in length: %d vs %d lines, the common lines are equal" % (len(a), len(b))]
+
+
+def pytest_assertrepr_compare(op, left, right):
+    if (op == "==" and type(left) is type(right) and isinstance(left, (str, bytes))
+            and max(len(left), len(right)) > LONG_COMPARISON):
+        return ["long %s outputs are not equal" % type(left).__name__] + first_difference(left, right)
 
 
 @pytest.fixture(scope="session")
