@@ -2,7 +2,8 @@
 and during scoring (many small chunks of per-example gradients, so that the signal lands inside a
 CNTK call, where CNTK's SWIG wrapper turns it into a SystemError). Each time: exit 130, one line
 ``influence: interrupted`` naming --resume, no traceback, no retry warning, no output file; then
-``--resume`` completes and writes the same bytes as an uninterrupted run.
+``--resume`` completes and writes the same bytes as an uninterrupted run (each run in a fresh process,
+as a user runs them: tests/cli_process.py says why).
 
 The processes run through tests/interrupt_cli.py, which creates a marker file at the chosen moment
 (the N-th Hessian-vector product, the N-th saved chunk); the test sends SIGINT when it appears.
@@ -18,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+from cli_process import run_fresh
 from influence.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +49,7 @@ def job(tmp_path_factory, cntk):
     argv = ["score", "--model", model, "--train", str(d / "train.npz"), "--test", str(d / "test.npz"),
             "--test-index", "3", "--solver", "cg", "--scoring", "gradient", "--chunk-size", str(CHUNK), "--quiet"]
     ref = str(d / "ref.csv")
-    code, _, err = _cli(argv + ["--out", ref])
+    code, _, err = run_fresh(argv + ["--out", ref])
     assert code == 0, err
     return d, argv, open(ref, "rb").read()
 
@@ -89,7 +91,7 @@ def test_ctrl_c_during_the_cg_solve(job, tmp_path):
     # nothing was finished (s_test is saved when the solve ends): nothing kept, and --resume says so
     assert not os.path.exists(out + ".partial"), os.listdir(out + ".partial")
     assert "before any work was finished" in err.strip().splitlines()[-1], err
-    code, _, err = _cli(argv + ["--out", out, "--resume"])
+    code, _, err = run_fresh(argv + ["--out", out, "--resume"])
     assert code == 0, err
     assert "nothing to resume; starting" in err
     assert open(out, "rb").read() == ref
@@ -107,7 +109,7 @@ def test_ctrl_c_inside_a_cntk_call_during_scoring(job, tmp_path):
     assert 3 <= len(done) < N_TRAIN // CHUNK and "s_test.npy" in os.listdir(partial)
     if how:                             # it landed inside a CNTK call: the SWIG SystemError was converted
         assert how.startswith("SystemError: ") and "returned a result with an error set" in how, how
-    code, stdout, err = _cli(argv + ["--out", out, "--resume", "--json"])
+    code, stdout, err = run_fresh(argv + ["--out", out, "--resume", "--json"])
     assert code == 0, err
     assert "nothing to resume" not in err
     assert open(out, "rb").read() == ref                            # the same bytes as an uninterrupted run
