@@ -91,3 +91,52 @@ def test_hvp_with_each_curvature(adam_mlp, capsys):
     assert np.allclose(results["gauss-newton"], expected, rtol=1e-10, atol=0)
     # v·(F + 0.5 I)·v >= 0.5 ‖v‖² (F positive semi-definite)
     assert float(v @ results["fisher"]) >= 0.5 * float(v @ v) * (1 - 1e-12)
+    for curvature in ("gauss-newton", "fisher"):       # the .npy says how it was computed
+        meta = json.load(open(str(d / ("hv-%s.npy.meta.json" % curvature))))
+        assert meta["curvature"] == curvature and meta["damping"] == 0.5 and meta["command"] == "hvp"
+
+
+def _meta(path):
+    with open(path + ".meta.json") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("out_name", ["scores.csv", "scores.npy"])
+def test_csv_and_npy_outputs_record_curvature_and_damping(adam_mlp, capsys, out_name):
+    """A CSV header and an .npy array have no room for how the numbers were computed: the file next
+    to them (OUT.meta.json) says it, with the same curvature and damping as --json."""
+    d, model = adam_mlp
+    out = str(d / out_name)
+    code, stdout, err = run(["score"] + _base(d, model, "--test", str(d / "test.npz"), "--test-index", "1", "2",
+                                              "--out", out, "--json"), capsys)
+    assert code == 0, err
+    summary, meta = json.loads(stdout), _meta(out)
+    assert meta["curvature"] == summary["curvature"] == "gauss-newton"
+    assert meta["damping"] == summary["damping"] > 0
+    assert meta["test_index"] == [1, 2] and meta["converged"] is True and meta["not_converged"] is None
+    assert meta["file"] == out_name and meta["command"] == "score" and meta["model"] == os.path.abspath(model)
+    assert meta["inputs"]["model_file"] and meta["influence_version"]
+    # a number wins over auto, and is what the file records
+    code, stdout, err = run(["score"] + _base(d, model, "--test", str(d / "test.npz"), "--test-index", "1",
+                                              "--damping", "0.25", "--out", out), capsys)
+    assert code == 0, err
+    assert _meta(out)["damping"] == 0.25 and _meta(out)["test_index"] == [1]
+
+
+def test_the_score_matrix_and_self_record_curvature_and_damping(adam_mlp, capsys):
+    d, model = adam_mlp
+    agg, matrix = str(d / "agg.csv"), str(d / "M.npy")
+    code, stdout, err = run(["score"] + _base(d, model, "--test", str(d / "test.npz"), "--matrix", matrix,
+                                              "--out", agg, "--json"), capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    for path in (agg, matrix):
+        meta = _meta(path)
+        assert meta["curvature"] == "gauss-newton" and meta["damping"] == summary["damping"] > 0, path
+        assert meta["test_index"] == [0, 1, 2, 3]
+    out = str(d / "self.csv")
+    code, stdout, err = run(["self"] + _base(d, model, "--out", out, "--json"), capsys)
+    assert code == 0, err
+    summary, meta = json.loads(stdout), _meta(out)
+    assert summary["curvature"] == meta["curvature"] == "gauss-newton"
+    assert meta["damping"] == summary["damping"] > 0 and meta["method"] == "exact"

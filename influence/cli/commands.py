@@ -12,7 +12,7 @@ from .._version import __version__
 from ._common import (
     EXIT_OK, META_SUFFIX, UsageError, Timer, Warnings, check_indices, existing_file, job_inputs, label_text,
     data_labels, load_data_file, load_model, load_split, log, out_extension, parse_arch, partial_folder)
-from .curvature import curvature_line
+from .curvature import curvature_line, curvature_record, write_provenance
 from .plans import FitProgress, retrain_plan, self_plan
 
 
@@ -158,14 +158,16 @@ def cmd_hvp(args):
         hv = op @ v
         if cur.damping:
             hv = hv + cur.damping * v.astype(np.float64)
+    record = curvature_record(cur)
     if args.out:
         write_npy(args.out, hv)
+        write_provenance(args, args.out, "(C + damping I) v for the --vector v (float64)",
+                         dict(record, vector=os.path.abspath(args.vector)))
     summary = {"n_params": model.n_params, "norm_v": float(np.linalg.norm(v)),
                "norm_hv": float(np.linalg.norm(hv)), "vHv": float(v @ hv), "rel_step": op.rel_step,
                "gradients": getattr(op, "n_grad", None), "forward_passes": getattr(op, "n_forward", None),
                "backward_passes": getattr(op, "n_backward", None), "curvature": cur.kind,
-               "damping": cur.damping + (float(getattr(op, "damping", 0.0)) if cur.kind != "hessian" else 0.0),
-               "seconds": timer.as_dict(), "out": args.out}
+               "damping": record["damping"], "curvature_reason": cur.reason, "seconds": timer.as_dict(), "out": args.out}
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
@@ -190,10 +192,15 @@ def cmd_self(args):
     self_plan(args, model, train)
     options = {"k": args.rank, "random_state": args.seed} if args.method == "lanczos" else {}
     labels = data_labels(train)
+    # what was asked for, until the job says what it chose (a resumed job may not choose again)
+    record = {"curvature": args.curvature, "damping": args.damping, "curvature_reason": "resumed: as asked"}
+
+    def on_curvature(cur):
+        record.update(curvature_record(cur))
+        curvature_line(args, cur)
     with Warnings():
         job = SelfInfluenceJob(model, train, folder=folder, resume=args.resume, method=args.method,
-                               damping=args.damping, curvature=args.curvature,
-                               on_curvature=lambda cur: curvature_line(args, cur),
+                               damping=args.damping, curvature=args.curvature, on_curvature=on_curvature,
                                batch_size=args.batch_size, chunk_size=args.chunk_size,
                                check_optimum=not args.no_optimum_check, progress=not args.quiet,
                                inputs=job_inputs(args, {}), **options)
@@ -206,18 +213,23 @@ def cmd_self(args):
             order = np.argsort(-values, kind="mergesort")
             rank = np.empty(n, dtype=np.int64)
             rank[order] = np.arange(1, n + 1)
+            record["method"] = args.method
             if out_format == ".npy":
                 with timer("write"):
                     write_npy(args.out, np.asarray(values, dtype=np.float64))
+                    write_provenance(args, args.out, "self-influence g_i^T (C + damping I)^-1 g_i of training point "
+                                     "i (float64)", record)
             elif args.out:
                 with timer("write"):
                     write_table(args.out, ["train_index", "label", "self_influence", "rank", "training_loss"],
                                 ((i, label_text(labels, i), values[i], int(rank[i]), losses[i])
                                  for i in range(n)))
+                    write_provenance(args, args.out, "one row per training point: self_influence = g_i^T "
+                                     "(C + damping I)^-1 g_i, its rank (1 = largest) and training_loss", record)
     top = [[int(i), label_text(labels, i), float(values[i]), float(losses[i])] for i in order[:args.top]]
     if args.json:
-        print(json.dumps({"n_train": n, "method": args.method, "top": top, "seconds": timer.as_dict(),
-                          "out": args.out, "chunks": chunks},
+        print(json.dumps(dict(record, n_train=n, method=args.method, top=top, seconds=timer.as_dict(),
+                              out=args.out, chunks=chunks),
                          indent=2, sort_keys=True))
         return EXIT_OK
     print("most likely mislabeled training points (highest self-influence g_iᵀ H⁻¹ g_i):")

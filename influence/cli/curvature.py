@@ -3,11 +3,18 @@ says which curvature was used and why, and how a solve above its tolerance is re
 from __future__ import print_function
 
 import argparse
+import os
 import sys
 
-from ._common import log
+from ._common import job_inputs, log
 
-__all__ = ["curvature_flags", "curvature_line", "curvature_summary", "check_converged", "NotConverged"]
+__all__ = ["curvature_flags", "curvature_line", "curvature_summary", "curvature_record", "check_converged",
+           "NotConverged", "write_provenance", "PROVENANCE_SUFFIX"]
+
+#: The file next to a .csv or .npy output that says how it was computed: ``scores.csv`` ->
+#: ``scores.csv.meta.json`` (a CSV header and a .npy array have no room for the curvature and damping,
+#: and the same numbers mean different things under another curvature).
+PROVENANCE_SUFFIX = ".meta.json"
 
 
 def _damping_value(text):
@@ -47,6 +54,30 @@ def curvature_summary(args, job):
     if st is None:
         return {"curvature": args.curvature, "damping": args.damping, "curvature_reason": "resumed: as asked"}
     return {"curvature": st.curvature, "damping": st.damping, "curvature_reason": st.curvature_reason}
+
+
+def curvature_record(cur):
+    """{"curvature", "damping", "curvature_reason"} of a chosen :class:`~influence.scoring.choice.Curvature`:
+    the damping in effect, whether the solver adds it or the operator holds it (damping="auto")."""
+    held = float(getattr(cur.operator, "damping", 0.0) or 0.0) if cur.kind not in ("hessian", "given") else 0.0
+    return {"curvature": cur.kind, "damping": float(cur.damping) + held, "curvature_reason": cur.reason}
+
+
+def write_provenance(args, path, what, record):
+    """Write PATH.meta.json: what the file at ``path`` holds and how it was computed (toolkit version,
+    command, inputs with their fingerprints, curvature, damping, convergence). ``record``: the
+    command's own fields (curvature_summary, solver, ...)."""
+    from .._version import __version__
+    from ..common.files import write_json
+    body = {"format": "cntk-influence-output/1", "file": os.path.basename(path), "holds": what,
+            "influence_version": __version__, "command": args.command,
+            "model": os.path.abspath(args.model), "inputs": job_inputs(args, {})}
+    for flag in ("train", "test", "data"):
+        value = getattr(args, flag, None)
+        if isinstance(value, str):
+            body[flag] = os.path.abspath(value)
+    body.update(record)
+    write_json(path + PROVENANCE_SUFFIX, body)
 
 
 class NotConverged(Exception):

@@ -12,8 +12,17 @@ from ._common import (
     EXIT_OK, UsageError, Timer, Warnings, check_indices, job_inputs, label_text, data_labels, load_model,
     load_split, log, out_extension, partial_folder, print_timing, solutions_json, solver_options,
     parse_test_indices)
-from .curvature import check_converged, curvature_line, curvature_summary
+from .curvature import check_converged, curvature_line, curvature_summary, write_provenance
 from .plans import FORWARD_PASS_PER_HVP
+
+
+def _record(args, job, idx, result, not_converged):
+    """How the scores were computed, for .json outputs and the .meta.json next to .csv/.npy ones."""
+    record = {"test_index": [int(t) for t in idx], "solver": args.solver, "scoring": args.scoring,
+              "plan": None if result.plan is None else dict(result.plan._asdict()),
+              "converged": not not_converged, "not_converged": not_converged}
+    record.update(curvature_summary(args, job))
+    return record
 
 
 def _write_scores(args, timer, idx, n, train, scores, curvature):
@@ -26,6 +35,8 @@ def _write_scores(args, timer, idx, n, train, scores, curvature):
     with timer("write"):
         if args.out.lower().endswith(".npy"):           # the (test points x training points) I_up,loss matrix
             write_npy(args.out, np.atleast_2d(np.asarray(scores, dtype=np.float64)))
+            write_provenance(args, args.out, "I_up,loss = -g_test^T (C + damping I)^-1 g_i: row j the j-th "
+                             "test point of test_index, column i the training point i (float64)", curvature)
         elif args.out.lower().endswith(".json"):
             write_json(args.out, {"test_index": idx, "n_train": n, "train_label": train_labels,
                                   "influence": scores, "predicted_loss_change": delta,
@@ -37,6 +48,9 @@ def _write_scores(args, timer, idx, n, train, scores, curvature):
                     for j, t in enumerate(idx) for i in range(n))     # streamed, not a list
             write_table(args.out, ["test_index", "train_index", "train_label", "influence",
                                    "predicted_loss_change"], rows)
+            write_provenance(args, args.out, "one row per (test point, training point): influence = I_up,loss = "
+                             "-g_test^T (C + damping I)^-1 g_i, predicted_loss_change = -influence / n_train",
+                             curvature)
 
 
 def cmd_score(args):
@@ -92,10 +106,11 @@ def cmd_score(args):
                 timer.steps.append(("test gradients + inverse HVP (%s)" % solver_used, job.seconds["s_test"]))
                 timer.steps.append(("scoring (%s, %d training points)" % (args.scoring, n), job.seconds["scoring"]))
                 scores, solutions, chunks = result.scores, result.solutions, result.chunks
+                record = _record(args, job, idx, result, not_converged)
                 if many:
-                    _write_aggregates(args, timer, train, result.aggregates)
+                    _write_aggregates(args, timer, train, result.aggregates, record, matrix_path)
                 else:
-                    _write_scores(args, timer, idx, n, train, scores, curvature_summary(args, job))
+                    _write_scores(args, timer, idx, n, train, scores, record)
     finally:
         if client is not None:
             client.close()
@@ -218,9 +233,13 @@ def _aggregate_columns(agg):
     return names, arrays
 
 
-def _write_aggregates(args, timer, train, agg):
-    """--out in matrix mode: one row per training point (streamed), written atomically."""
+def _write_aggregates(args, timer, train, agg, record, matrix_path):
+    """--out in matrix mode: one row per training point (streamed), written atomically; and the
+    .meta.json of the score matrix the job wrote."""
     from ..common.files import write_table
+    if matrix_path:
+        write_provenance(args, matrix_path, "the score matrix I_up,loss = -g_test^T (C + damping I)^-1 g_i: row j "
+                         "the j-th test point of test_index, column i the training point i (float64)", record)
     if not args.out or _out_is_matrix(args):
         return
     labels = data_labels(train)
@@ -228,6 +247,8 @@ def _write_aggregates(args, timer, train, agg):
     with timer("write"):
         write_table(args.out, ["train_index", "train_label"] + names,
                     ((i, label_text(labels, i)) + tuple(a[i] for a in arrays) for i in range(agg.n_train)))
+        write_provenance(args, args.out, "one row per training point: sums and means over the test points of "
+                         "influence (I_up,loss) and predicted_loss_change (-influence / n_train)", record)
 
 
 def _ranked(agg, delta, labels, top):
