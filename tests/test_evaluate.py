@@ -213,6 +213,41 @@ def test_loo_for_many_test_points_matches_verify_loo(problem):
     assert set(res.pearson) == set(ev.METHODS)
 
 
+#: The first-order noise estimate bounds how far a loose retraining's measured change is from a tight
+#: one's, within this factor (it is one Newton step's worth: exact for a quadratic, close near one).
+NOISE_FACTOR = 2.0
+
+
+def test_verify_loo_noise_bounds_what_a_loose_tolerance_costs(problem):
+    """LOOResult.noise: |s·r_i| + |s·r_0| from the gradients the retrainings leave. Retrained to gtol
+    1e-4, each measured change is within NOISE_FACTOR × its noise of the change retrained to 1e-11;
+    at 1e-11 the noise is far below the changes, and there is no note."""
+    model, train, test = problem
+    idx = [0, 5, 11, 17, 23, 40]
+    tight = influence.verify_loo(model, train, test, indices=idx, solver="direct", scoring="gradient", gtol=1e-11)
+    loose = influence.verify_loo(model, train, test, indices=idx, solver="direct", scoring="gradient", gtol=1e-4)
+    assert tight.note is None and tight.retrain == "warm"
+    assert np.all(tight.noise < 1e-3 * np.abs(tight.actual))
+    off = np.abs(loose.actual - tight.actual)
+    assert np.all(off <= NOISE_FACTOR * loose.noise + 1e-14), (off, loose.noise)
+    assert np.max(off) > 100 * np.max(tight.noise)          # the loose runs are measurably off
+    given = influence.verify_loo(model, train, test, indices=idx, scores=tight.scores)
+    assert given.noise is None                              # no s_test computed here: no estimate
+
+
+def test_explain_correlation_says_why_it_is_nan_or_meaningless():
+    p = np.array([1.0, -2.0, 3.0])
+    assert ev.explain_correlation(p, np.array([0.5, -1.0, 2.0])) is None
+    assert "exactly 0" in ev.explain_correlation(p, np.zeros(3))
+    assert np.isnan(ev.pearson(p, np.zeros(3)))
+    assert "the same (0.25)" in ev.explain_correlation(p, np.full(3, 0.25))
+    assert "every prediction is the same" in ev.explain_correlation(np.zeros(3), p)
+    assert "not finite" in ev.explain_correlation(p, np.array([1.0, np.nan, 2.0]))
+    assert "within its retraining noise" in ev.explain_correlation(p, np.array([1e-9, -1e-9, 2e-9]),
+                                                                   noise=np.full(3, 1e-8))
+    assert "at least 2" in ev.explain_correlation(p[:1], p[:1])
+
+
 def test_flip_labels_and_detection_curve():
     y = np.arange(50) % 4
     new, flipped = ev.flip_labels(y, 0.2, 4, seed=1)

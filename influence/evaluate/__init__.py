@@ -70,8 +70,8 @@ the reports (``report``). The top layer below the CLI: it may import everything 
 from .baselines import METHODS, baseline_scores, method_names, parse_dampings, tracin_scores
 from .datamodeling import LDS_GTOL, LDSResult, lds
 from .leave_one_out import LOO_GTOL, LOOEvaluation, LOOResult, loo, verify_loo
-from .metrics import (detection_curve, draw_subsets, flip_labels, linear_datamodeling_score, mean_and_error,
-                      pearson, spearman, subset_predictions)
+from .metrics import (detection_curve, draw_subsets, explain_correlation, flip_labels, linear_datamodeling_score,
+                      mean_and_error, pearson, spearman, subset_predictions)
 from .mislabeled import MISLABEL_TOP, MislabelResult, mislabel
 from .report import plot, summary
 from .proximal import BREGMAN_LOSSES, bregman, proximal_objective, proximal_retrain
@@ -83,4 +83,4 @@ __all__ = ["lds", "loo", "mislabel", "LDSResult", "LOOEvaluation", "MislabelResu
            "flip_labels", "detection_curve", "plot", "summary", "METHODS", "LDS_GTOL", "MISLABEL_TOP",
            "RETRAIN_MAXITER", "RETRAIN_MODES", "proximal_retrain", "proximal_objective", "bregman", "BREGMAN_LOSSES",
            "scratch_train", "reinitialise", "parse_recipe", "Recipe", "LEARNERS", "tracin_scores", "parse_dampings",
-           "method_names"]
+           "method_names", "explain_correlation"]

@@ -26,7 +26,7 @@ from ..jobs import plain_options
 from ..jobs import damping_setting
 from ..scoring import influence_scores, predicted_loss_change, s_test
 from .baselines import method_names, parse_dampings
-from .metrics import pearson, spearman
+from .metrics import explain_correlation, pearson, spearman
 from .retrain import EvalJob, RETRAIN_MAXITER, check_retrain, retrain_columns, retraining
 
 __all__ = ["verify_loo", "LOOResult", "loo", "LOOEvaluation", "pearson", "spearman", "LOO_GTOL"]
@@ -37,13 +37,19 @@ LOO_GTOL = 1e-9
 SEED_LOO = 2
 
 LOOResult = collections.namedtuple(
-    "LOOResult", "indices predicted actual pearson spearman scores base_grad_norm grad_norms seconds retrain")
+    "LOOResult", "indices predicted actual pearson spearman scores base_grad_norm grad_norms seconds retrain "
+                 "noise note")
 LOOResult.__doc__ = """Result of :func:`verify_loo`. ``indices``: the training points removed;
 ``predicted``: −I_up,loss/n for them (mean over test points); ``actual``: ℓ(z_test, w*_{−i}) −
 ℓ(z_test, w*) (mean over test points); ``pearson``/``spearman`` of the two; ``scores``: I_up,loss of
 every training point (as returned by influence_scores); ``base_grad_norm``: ‖∇R‖ of the re-tightened
 full-data reference optimum; ``grad_norms``: ‖∇R_{−i}‖ at the end of each retraining; ``seconds``:
-dict of wall times (scores, retraining); ``retrain``: the retraining mode used."""
+dict of wall times (scores, retraining); ``retrain``: the retraining mode used; ``noise``: per removed
+point, the first-order estimate of how much the measured change is still off because the retrainings
+stop at ``gtol``, |s·r_i| + |s·r_0| (s = (C + damping·I)⁻¹ ∇ℓ_test the scores' s_test, r_i and r_0 the
+gradients left at the end of the retraining without i and of the reference; warm and proximal
+retraining when the scores were computed here, else None); ``note``: None, or one sentence on why the
+correlations are NaN or mean little (:func:`influence.evaluate.explain_correlation`)."""
 
 
 
@@ -74,6 +80,7 @@ def verify_loo(model, train, test, indices=None, k=20, damping=0.0, random_state
     n = len(train)
     times = {}
     t0 = time.time()
+    st = None
     if scores is None:
         st = s_test(model, train, test, solver, damping, batch_size, curvature=curvature,
                     **dict({"progress": progress}, **solver_options))
@@ -103,23 +110,33 @@ def verify_loo(model, train, test, indices=None, k=20, damping=0.0, random_state
     mode = retrain
     if mode == "auto":
         mode = "warm" if check_optimum(model, train, batch_size=batch_size).ok else "proximal"
+    s_mean = None
+    if st is not None and mode == "warm":
+        s_mean = np.atleast_2d(st.vectors).mean(axis=0)   # the test loss is the mean over the test points
     if mode == "warm":
-        actual, grad_norms, base_grad_norm = _warm_loo(model, train, test, indices, gtol, maxiter, batch_size)
+        actual, grad_norms, base_grad_norm, noise = _warm_loo(model, train, test, indices, gtol, maxiter,
+                                                              batch_size, s_mean)
     else:
         actual, grad_norms, base_grad_norm = _other_loo(model, train, test, indices, gtol, maxiter, batch_size,
                                                         retraining(mode, damping, seeds, recipe, train_fn, init,
                                                                    random_state))
+        noise = None
     times["retraining"] = time.time() - t0
     return LOOResult(indices, predicted, actual, pearson(predicted, actual), spearman(predicted, actual),
-                     scores, base_grad_norm, grad_norms, times, mode)
+                     scores, base_grad_norm, grad_norms, times, mode, noise,
+                     explain_correlation(predicted, actual, noise))
 
 
-def _warm_loo(model, train, test, indices, gtol, maxiter, batch_size):
+def _warm_loo(model, train, test, indices, gtol, maxiter, batch_size, s=None):
+    """(actual, gradient norms left, the reference's, noise or None). The noise of change j: the test
+    loss still moves by ≈ −s·r when a retraining ending with gradient r is finished (one Newton step
+    w − C⁻¹r, s = C⁻¹∇ℓ_test), so the measured difference is off by up to |s·r_j| + |s·r_0|."""
     n = len(train)
-    actual, grad_norms = np.empty(indices.size), np.empty(indices.size)
+    actual, grad_norms, noise = np.empty(indices.size), np.empty(indices.size), np.empty(indices.size)
     with model.preserving_params():
         minimize_lbfgs(model, train, n, gtol, maxiter, 30)
-        base_grad_norm = float(np.linalg.norm(objective(model, train, n)[1]))
+        r0 = objective(model, train, n)[1]
+        base_grad_norm = float(np.linalg.norm(r0))
         w_ref = model.get_params()
         base = float(np.mean(model.per_example_losses(test, batch_size)))
         everything = np.arange(n)
@@ -127,9 +144,12 @@ def _warm_loo(model, train, test, indices, gtol, maxiter, batch_size):
             model.set_params(w_ref)
             rest = train.subset(np.delete(everything, i))
             minimize_lbfgs(model, rest, n, gtol, maxiter, 30)
-            grad_norms[j] = np.linalg.norm(objective(model, rest, n)[1])
+            r = objective(model, rest, n)[1]
+            grad_norms[j] = np.linalg.norm(r)
             actual[j] = float(np.mean(model.per_example_losses(test, batch_size))) - base
-    return actual, grad_norms, base_grad_norm
+            if s is not None:
+                noise[j] = abs(float(s @ r)) + abs(float(s @ r0))
+    return actual, grad_norms, base_grad_norm, (noise if s is not None else None)
 
 
 def _other_loo(model, train, test, indices, gtol, maxiter, batch_size, spec):

@@ -3,7 +3,7 @@ the linear datamodeling score, correlations, flipped labels and detection curves
 import numpy as np
 
 __all__ = ["draw_subsets", "subset_predictions", "linear_datamodeling_score", "mean_and_error", "flip_labels",
-           "detection_curve", "found_at", "pearson", "spearman"]
+           "detection_curve", "found_at", "pearson", "spearman", "explain_correlation"]
 
 
 def draw_subsets(n, m, alpha=0.5, seed=0):
@@ -101,3 +101,36 @@ def spearman(a, b):
     """Spearman rank correlation: Pearson of the (tie-averaged) ranks."""
     from scipy.stats import rankdata
     return pearson(rankdata(np.ravel(a)), rankdata(np.ravel(b)))
+
+
+def explain_correlation(predicted, actual, noise=None, what="measured change"):
+    """None when the correlation of ``predicted`` and ``actual`` is defined and the measurements are
+    above their noise; otherwise one sentence saying why it is NaN or why it means little: every
+    measured change exactly 0 (the retrainings did not move the weights), one side constant, or
+    every measured change within ``noise`` (its first-order estimate, same shape)."""
+    predicted = np.asarray(predicted, dtype=np.float64).ravel()
+    actual = np.asarray(actual, dtype=np.float64).ravel()
+    k = actual.size
+    if k < 2:
+        return "a correlation needs at least 2 retrainings; %d ran" % k
+    if not np.all(np.isfinite(actual)):
+        return ("%d of %d %ss are not finite (a retraining diverged): the correlation is undefined"
+                % (int(np.sum(~np.isfinite(actual))), k, what))
+    if np.all(actual == 0):
+        return ("every %s is exactly 0: the retrainings ended where they started (the weights did not move, "
+                "so the test loss could not change); a warm retraining that stops at once means the "
+                "objective's gradient is already below the tolerance: tighten gtol, or retrain 'proximal' "
+                "or 'scratch'" % what)
+    if np.ptp(actual) == 0:
+        return "every %s is the same (%.3g): the correlation is undefined" % (what, actual[0])
+    if np.ptp(predicted) == 0:
+        return ("every prediction is the same (%.3g): the correlation is undefined (are the scores all zero? "
+                "a test point the model fits exactly has a zero gradient)" % predicted[0])
+    if noise is not None:
+        noise = np.asarray(noise, dtype=np.float64).ravel()
+        below = np.abs(actual) <= noise
+        if np.all(below):
+            return ("every %s is within its retraining noise (the first-order change still to come if the "
+                    "retrainings were run to exactness): the correlation measures the noise; tighten gtol"
+                    % what)
+    return None
