@@ -70,7 +70,7 @@ def test_every_command_runs_without_a_locale(files, tmp_path):
     assert "g_i^T H^-1 g_i" in outputs[2]
     assert "Pearson" in outputs[3]
     assert "v^THv" in outputs[4] and "H*v" in outputs[4]
-    assert "(H + lambdaI)^-1" in outputs[5]
+    assert "(C + damping*I)^-1" in outputs[5]                   # · and ⁻¹ in ASCII
 
 
 # ------------------------------------------------------------------------------------ refusals
