@@ -189,6 +189,17 @@ def test_proximal_with_damping_auto_uses_the_mean_eigenvalue(problem):
     assert np.isclose(res.damping, influence.curvature.auto_damping(op), rtol=1e-12)
 
 
+def test_a_multiple_of_the_mean_eigenvalue_is_the_damping_of_the_scores_and_the_proximal_term(problem):
+    model, train, test = problem
+    res = ev.loo(model, train, test, k=3, seed=0, retrain="proximal", damping="0.5x", curvature="gauss-newton")
+    mean = influence.curvature.mean_eigenvalue(influence.GaussNewtonOperator(model, _data(model, train)))[0]
+    assert np.isclose(res.damping, 0.5 * mean, rtol=1e-12)
+    with pytest.raises(InfluenceError, match="damping='-1x'"):
+        ev.lds(model, train, test, subsets=3, damping="-1x")
+    one = ev.verify_loo(model, train, (test[0][:2], test[1][:2]), k=2, damping=0.25, retrain="proximal")
+    assert one.retrain == "proximal" and one.damping == 0.25
+
+
 # ------------------------------------------------------------------------------------- scratch
 def test_scratch_retraining_of_a_convex_model_reaches_the_warm_optimum(problem):
     model, train, test = problem

@@ -24,6 +24,7 @@ from ._common import (
     vocab_flag, cli_text)
 from .curvature import NotConverged, curvature_flags
 from .commands import cmd_hvp, cmd_info, cmd_self, cmd_train, cmd_verify
+from .retraining import retrain_flags
 from .score import MATRIX_TEST_POINTS, cmd_score
 from .evaluate import evaluate_parsers
 from ._common import ASCII_SYMBOLS, VOCABULARY, parse_test_indices  # noqa: F401  (part of influence.cli's surface)
@@ -147,7 +148,8 @@ def build_parser():
 
     p = sub.add_parser("verify", parents=[common], help="leave-one-out check of the influence predictions",
                        description="Retrain without k training points (the most influential and random "
-                       "ones), measure the actual change of the test loss and compare with the prediction.")
+                       "ones; --retrain says how: warm from the optimum, proximal or from scratch), measure the "
+                       "actual change of the test loss and compare with the prediction.")
     model_flags(p)
     p.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y)")
     p.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y)")
@@ -158,6 +160,7 @@ def build_parser():
     curvature_flags(p)
     p.add_argument("--solver", choices=["cg", "lissa", "direct", "lanczos"], default="cg", help="default cg")
     vocab_flag(p, "--top", "worst disagreements to print", type=int, metavar="N")
+    retrain_flags(p)
     p.set_defaults(func=cmd_verify)
 
     evaluate_parsers(sub, common)

@@ -86,7 +86,12 @@ def ascii_safe_stdio():
 
 # ---------------------------------------------------------------------------------------- plumbing
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit 2) instead of usage + message."""
+    """argparse with one-line errors (exit 2) instead of usage + message. A negative multiple of the mean
+    eigenvalue ("--damping -1x") is read as a value, as a negative number is, so that its check names it."""
+
+    def __init__(self, *args, **kwargs):
+        argparse.ArgumentParser.__init__(self, *args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\d+x?$|^-\d*\.\d+x?$")
 
     def error(self, message):
         raise UsageError("%s: %s (see '%s --help')" % (self.prog, message, self.prog))
@@ -180,7 +185,7 @@ def check_numbers(args):
             raise UsageError("%s %d is not a positive integer; pass e.g. %s %s"
                              % (flag, value, flag, VOCABULARY_DEFAULTS.get(flag) or 100))
     damping = getattr(args, "damping", None)
-    if damping is not None and damping != "auto" and not (np.isfinite(damping) and damping >= 0):
+    if damping is not None and not isinstance(damping, str) and not (np.isfinite(damping) and damping >= 0):
         raise UsageError("--damping %r must be a finite number >= 0 (e.g. 0.01)" % damping)
     l2 = getattr(args, "l2", None)
     if l2 is not None and not (np.isfinite(l2) and l2 >= 0):

@@ -106,6 +106,7 @@ def cmd_train(args):
         meta = {"format": "cntk-influence/1", "arch": args.arch, "activation": args.activation,
                 "dtype": args.dtype, "loss": loss, "l2": args.l2, "n_outputs": n_out,
                 "input_shape": list(shape), "train_data": os.path.abspath(args.data),
+                "recipe": "lbfgs",          # full-batch L-BFGS to --gtol: what --retrain scratch repeats
                 "n_train": len(x), "fit": {"loss": result.loss, "grad_norm": result.grad_norm,
                                            "grad_max": grad_max, "gtol": args.gtol,
                                            "n_iter": result.n_iter, "converged": bool(result.converged)}}
@@ -245,32 +246,41 @@ def cmd_self(args):
 
 def cmd_verify(args):
     from ..evaluate.leave_one_out import verify_loo
+    from .retraining import retrain_options, retrain_text
     timer = Timer()
     with timer("load model and data"):
-        model, _ = load_model(args)
+        model, meta = load_model(args)
+        retraining = retrain_options(args, meta, model)
         train = load_split(args.train, "--train", model, args.ctf_options)
         test = load_split(args.test, "--test", model, args.ctf_options)
     idx = check_indices(args.test_index, len(test), "--test-index", "the test set")
     if args.retrainings < 1:
         raise UsageError("--retrainings %d: pass at least 1 training point to retrain without" % args.retrainings)
     k = min(args.retrainings, len(train))
-    retrain_plan(args, model, train, k + 1, "verify", m=len(idx))     # + 1: the reference, re-tightened
+    # + 1: the reference, re-tightened (warm) or trained on all the data by the same seeds (scratch)
+    count = (k + 1) * args.seeds if args.retrain == "scratch" else k + (args.retrain != "proximal")
+    retrain_plan(args, model, train, count, "verify", m=len(idx), how=retrain_text(args))
     with Warnings():
         with timer("influence + %d leave-one-out retrainings" % k):
             res = verify_loo(model, train, test.subset(idx), k=args.retrainings, damping=args.damping,
                              curvature=args.curvature,
                              random_state=args.seed, solver=args.solver, batch_size=args.batch_size,
-                             progress=not args.quiet)
+                             progress=not args.quiet, **retraining)
     err = np.abs(res.predicted - res.actual)
     worst = np.argsort(-err, kind="mergesort")[:args.top]
     rows = [[int(res.indices[i]), float(res.predicted[i]), float(res.actual[i])] for i in worst]
     if args.json:
         print(json.dumps({"pearson": res.pearson, "spearman": res.spearman, "k": len(res.indices),
                           "indices": res.indices, "predicted": res.predicted, "actual": res.actual,
+                          "retrain": res.retrain, "seeds": args.seeds,
+                          "damping": res.damping if np.isfinite(res.damping) else None,
                           "seconds": timer.as_dict()}, indent=2, sort_keys=True,
                          default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
         return EXIT_OK
-    print("leave-one-out check on %d training points (test points %s):" % (len(res.indices), idx.tolist()))
+    print("leave-one-out check on %d training points (test points %s), %s retraining (%s), %d seed%s each:"
+          % (len(res.indices), idx.tolist(), res.retrain,
+             ("λ = %.4g, the scores' damping and the proximal term's" if res.retrain == "proximal"
+              else "scores at λ = %.4g") % res.damping, args.seeds, "" if args.seeds == 1 else "s"))
     print("  Pearson %.4f, Spearman %.4f between predicted and actual test-loss change" % (res.pearson, res.spearman))
     print("  worst disagreements:")
     print("    %8s %16s %16s" % ("index", "predicted", "actual"))

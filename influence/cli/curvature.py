@@ -17,6 +17,16 @@ __all__ = ["curvature_flags", "curvature_line", "curvature_summary", "curvature_
 PROVENANCE_SUFFIX = ".meta.json"
 
 
+def _multiple(text):
+    """The factor of a multiple of the mean eigenvalue ("0.1x" → 0.1); None for other text."""
+    if not text.endswith("x"):
+        return None
+    try:
+        return float(text[:-1])
+    except ValueError:
+        return None
+
+
 def _damping_value(text):
     """--damping: a number >= 0 or "auto"."""
     if text == "auto":
@@ -24,12 +34,31 @@ def _damping_value(text):
     try:
         return float(text)
     except ValueError:
+        if _multiple(text) is not None:
+            raise argparse.ArgumentTypeError("%r: a multiple of the mean eigenvalue works in 'evaluate lds' and "
+                                             "'evaluate loo' only; here pass a number >= 0 or auto (e.g. "
+                                             "--damping auto)" % text)
         raise argparse.ArgumentTypeError("%r is neither a number nor 'auto' (e.g. --damping 0.01 or "
                                          "--damping auto)" % text)
 
 
-def curvature_flags(p, what="the curvature"):
-    """--curvature and --damping, the same in every command that uses curvature."""
+def _sweep_value(text):
+    """--damping of evaluate lds/loo: a number >= 0, "auto" or a multiple of the mean eigenvalue ("0.1x")."""
+    factor = _multiple(text)
+    if factor is None:
+        try:
+            return _damping_value(text)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError("%r is not a number, 'auto' or a multiple of the mean eigenvalue "
+                                             "such as 0.1x (e.g. --damping 1x 0.1x 10x)" % text)
+    if not (factor >= 0 and factor < float("inf")):
+        raise argparse.ArgumentTypeError("%r: a multiple of the mean eigenvalue is >= 0 (e.g. --damping 0.1x)" % text)
+    return text
+
+
+def curvature_flags(p, what="the curvature", sweep=False):
+    """--curvature and --damping, the same in every command that uses curvature; ``sweep`` (evaluate
+    lds/loo): --damping takes several values, multiples of the mean eigenvalue among them."""
     from ..scoring.choice import CURVATURES
     p.add_argument("--curvature", choices=CURVATURES, default="auto",
                    help="the curvature C of (C + damping·I)⁻¹: hessian (exact, at an optimum), gauss-newton "
@@ -37,6 +66,14 @@ def curvature_flags(p, what="the curvature"):
                    "empirical Fisher, any loss), ekfac (the EK-FAC approximation: no iterations, fitted "
                    "once), or auto (default: the Hessian at an optimum where H + "
                    "damping·I is positive definite, otherwise Gauss-Newton; printed before the work)")
+    if sweep:
+        p.add_argument("--damping", type=_sweep_value, nargs="+", default=None, metavar="λ",
+                       help="λ added to %s: a number >= 0, auto (0.1 × the mean eigenvalue, by 10 Hutchinson "
+                       "probes) or a multiple of the mean eigenvalue such as 0.1x; also the λ of --retrain "
+                       "proximal. Further values add a damping sweep, one more scored method each "
+                       "('influence λ=B'), sharing the retrainings, e.g. --damping 1x 0.01x 0.1x 10x; default: "
+                       "0 with the Hessian, auto with gauss-newton and fisher" % what)
+        return
     p.add_argument("--damping", type=_damping_value, default=None, metavar="λ|auto",
                    help="λ added to %s: a number >= 0, or auto (0.1 × the mean eigenvalue, by 10 Hutchinson "
                    "probes); default: 0 with the Hessian, auto with gauss-newton and fisher" % what)

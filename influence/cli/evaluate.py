@@ -8,17 +8,25 @@ from ._common import (
     job_inputs, load_model, load_split, model_flags, out_extension, partial_folder, parse_test_indices)
 from .curvature import curvature_flags
 from .plans import LANCZOS_HVP_PER_RANK, retrain_plan
+from .retraining import (
+    method_flags, method_options, retrain_flags, retrain_inputs, retrain_options, retrain_text, split_dampings)
 
 
 # ---------------------------------------------------------------------------------------- evaluate
 #: How each score method is named in the printed tables of ``influence evaluate``.
 EVALUATE_NAMES = {"influence": "influence (H^-1)", "grad_dot": "grad-dot (H -> I)", "random": "random",
-                  "self_influence": "self-influence", "training_loss": "training loss"}
+                  "self_influence": "self-influence", "training_loss": "training loss", "tracin": "TracIn-CP"}
+#: The name of the influence scores when --curvature names another curvature than the Hessian.
+CURVATURE_NAMES = {"gauss-newton": "influence (G^-1)", "fisher": "influence (F^-1)"}
+#: A proximal retraining that ends with ‖∇P‖ above this multiple of --gtol gets a note in the report.
+PROXIMAL_NOTE_GTOL = 1e3
 
 
 def _evaluate_check(args):
     """Refuse bad flags of ``influence evaluate`` before any work (nothing written)."""
     from ..common.files import check_writable
+    if args.metric != "mislabel":
+        split_dampings(args)
     check_numbers(args)
     for flag, attr, low in (("--subsets", "subsets", 2), ("--retrainings", "retrainings", 2),
                             ("--lbfgs-maxiter", "lbfgs_maxiter", 1)):
@@ -44,26 +52,52 @@ def _evaluate_check(args):
     return partial_folder(args)
 
 
+def _print_retraining(args, res):
+    """How the retrainings ran: the mode, λ, the seeds and their spread, the final gradient norms."""
+    norms = np.asarray(res.grad_norms, dtype=np.float64)
+    finite = np.isfinite(norms)
+    what = "‖∇P‖ (the proximal objective)" if res.retrain == "proximal" else "‖∇R_S‖"
+    last = ("largest final %s %.2e (--gtol %g)" % (what, np.max(norms[finite]), args.gtol)) if finite.any() \
+        else "no final gradient norm (trained by a recipe or --train-fn)"
+    lam = ("λ = %.4g, the scores' damping and the proximal term's" if res.retrain == "proximal"
+           else "scores at λ = %.4g") % res.damping
+    print("  retrainings: %s (%s), %d seed%s each; %s" % (res.retrain, lam, res.seeds, "" if res.seeds == 1 else "s",
+                                                         last))
+    if res.retrain == "proximal" and finite.any() and np.max(norms[finite]) > PROXIMAL_NOTE_GTOL * args.gtol:
+        print("  note: %d of %d proximal retrainings ended with ‖∇P‖ above %g × --gtol: the objective may be "
+              "unbounded below at this λ (a removed point's loss can outgrow the proximal term); raise --damping "
+              "(e.g. 1x)" % (int(np.sum(norms[finite] > PROXIMAL_NOTE_GTOL * args.gtol)), norms.size,
+                             PROXIMAL_NOTE_GTOL))
+    if res.seeds > 1:
+        spread = np.asarray(res.spread, dtype=np.float64)
+        change = np.abs(res.actual - np.mean(res.actual, axis=1, keepdims=True))
+        print("  seeds: %d per retraining; seed-to-seed spread of their mean %.3g (typical change between "
+              "retrainings %.3g)" % (res.seeds, float(np.mean(spread)) / np.sqrt(res.seeds), float(np.mean(change))))
+
+
 def _evaluate_print(args, res, timer):
-    from ..evaluate import METHODS
+    names = dict(EVALUATE_NAMES)
+    names["influence"] = CURVATURE_NAMES.get(args.curvature, names["influence"])
     if args.metric == "lds":
         print("linear datamodeling score (%s): %d subsets of %d of %d training points, %d test points"
               % (res.target, res.subsets.shape[0], res.subsets.shape[1], res.n_train, res.actual.shape[0]))
-        print("  %-20s %10s %10s %12s" % ("scores", "mean LDS", "std err", "test points"))
-        for m in METHODS:
-            print("  %-20s %10.4f %10.4f %12d" % (EVALUATE_NAMES[m], res.mean[m], res.stderr[m],
-                                                 np.isfinite(res.lds[m]).sum()))
-        print("  retrainings: largest final ‖∇R_S‖ %.2e (--gtol %g)" % (np.max(res.grad_norms), res.gtol))
+        print("  %-20s %10s %10s %12s %14s" % ("scores", "mean LDS", "std err", "test points", "s/test point"))
+        for m in res.mean:
+            print("  %-20s %10.4f %10.4f %12d %14.3g" % (names.get(m, m), res.mean[m], res.stderr[m],
+                                                        np.isfinite(res.lds[m]).sum(), res.method_seconds.get(m, 0.0)))
+        _print_retraining(args, res)
     elif args.metric == "loo":
         print("leave-one-out: %d training points removed one at a time, %d test points"
               % (len(res.indices), res.actual.shape[0]))
-        print("  %-20s %10s %10s %16s %16s" % ("scores", "Pearson", "Spearman", "pooled Pearson",
-                                               "pooled Spearman"))
-        for m in METHODS:
-            print("  %-20s %10.4f %10.4f %16.4f %16.4f" % (EVALUATE_NAMES[m], res.pearson[m], res.spearman[m],
-                                                         res.pooled_pearson[m], res.pooled_spearman[m]))
+        print("  %-20s %10s %10s %16s %16s %14s" % ("scores", "Pearson", "Spearman", "pooled Pearson",
+                                                    "pooled Spearman", "s/test point"))
+        for m in res.pearson:
+            print("  %-20s %10.4f %10.4f %16.4f %16.4f %14.3g" % (
+                names.get(m, m), res.pearson[m], res.spearman[m], res.pooled_pearson[m], res.pooled_spearman[m],
+                res.method_seconds.get(m, 0.0)))
         print("  (Pearson/Spearman of the test-loss change averaged over the test points; pooled: over "
               "every test point and removed point)")
+        _print_retraining(args, res)
     else:
         print("mislabel detection: %d of %d training labels flipped (--seed %d)"
               % (res.flipped.size, res.curves["random"].size, args.seed))
@@ -90,7 +124,10 @@ def cmd_evaluate(args):
         check_reachable(args.cluster)
     timer = Timer()
     with timer("load model and data"):
-        model, _ = load_model(args)
+        model, meta = load_model(args)
+        options = {}
+        if args.metric != "mislabel":
+            options = dict(retrain_options(args, meta, model), **method_options(args, model))
         train = load_split(args.train, "--train", model, args.ctf_options)
         test = idx = None
         if args.metric != "mislabel":
@@ -105,11 +142,15 @@ def cmd_evaluate(args):
                       m=0, extra_hvp=d if args.method == "exact" else LANCZOS_HVP_PER_RANK * args.rank)
     else:
         count = args.subsets if args.metric == "lds" else min(args.retrainings, len(train))
-        retrain_plan(args, model, train, count + 1, "evaluate %s" % args.metric, m=len(test))
+        # + 1: the warm reference, re-tightened (proximal and scratch measure from the trained weights)
+        retrain_plan(args, model, train, count * args.seeds + (args.retrain not in ("proximal", "scratch")),
+                     "evaluate %s" % args.metric,
+                     m=len(test) * (1 + len(args.dampings)), how=retrain_text(args))
+    extra = {} if idx is None else dict(retrain_inputs(args), test_index=idx.tolist())
     common = dict(seed=args.seed, gtol=args.gtol, maxiter=args.lbfgs_maxiter, damping=args.damping,
                   curvature=args.curvature,
                   batch_size=args.batch_size, folder=folder, resume=args.resume, progress=not args.quiet,
-                  inputs=job_inputs(args, {} if idx is None else {"test_index": idx.tolist()}))
+                  inputs=job_inputs(args, extra))
     client = None
     try:
         with Warnings():
@@ -126,7 +167,7 @@ def cmd_evaluate(args):
                         client = connect(args.cluster)
                     executor = DaskExecutor(client)
                 scoring = dict(solver=args.solver, scoring="gradient", check_optimum=not args.no_optimum_check,
-                               chunk_size=args.chunk_size, executor=executor, **common)
+                               chunk_size=args.chunk_size, executor=executor, **dict(common, **options))
                 if args.metric == "lds":
                     with timer("scores + %d retrainings" % args.subsets):
                         res = evaluate.lds(model, train, test, subsets=args.subsets, alpha=args.alpha,
@@ -180,7 +221,7 @@ def evaluate_parsers(sub, common):
             q.add_argument("--test", required=True, metavar="Q.npz", help="test data (.npz with x, y, or .ctf)")
             q.add_argument("--test-index", nargs="+", metavar="I", help=TEST_INDEX_HELP)
         ctf_flags(q)
-        curvature_flags(q)
+        curvature_flags(q, sweep=chunks)
         q.add_argument("--gtol", type=float, default=1e-6, help="retrain (and re-tighten the reference optimum) "
                        "until max |∂R/∂w| <= GTOL (default 1e-6)")
         vocab_flag(q, "--lbfgs-maxiter", "L-BFGS iterations per retraining at most", old=("--maxiter",),
@@ -198,12 +239,14 @@ def evaluate_parsers(sub, common):
                            "tcp://HOST:PORT (see docs/cluster.md)")
             q.add_argument("--no-optimum-check", action="store_true",
                            help="skip the check that the model is at an optimum of the training objective")
+            method_flags(q)
+            retrain_flags(q)
         q.set_defaults(func=cmd_evaluate)
 
     q = metrics.add_parser("lds", parents=[common], help="linear datamodeling score over random subsets",
                            description="Linear datamodeling score (Park et al. 2023): retrain on SUBSETS "
-                           "random subsets of floor(ALPHA*n) training points (warm start, mean loss over the "
-                           "subset + the same L2), and correlate (Spearman, per test point) the measured test "
+                           "random subsets of floor(ALPHA*n) training points (--retrain: by default warm from the "
+                           "optimum on the mean loss over the subset + the same L2), and correlate (Spearman, per test point) the measured test "
                            "loss with the sum of the subset's scores; mean and standard error over the test "
                            "points, for the influence scores and the baselines.")
     flags(q)
@@ -215,7 +258,7 @@ def evaluate_parsers(sub, common):
                    "models; the same LDS, in other units) (default loss)")
     q = metrics.add_parser("loo", parents=[common], help="leave-one-out check for many test points",
                            description="Retrain without each of K training points (half the most influential, "
-                           "half at random) and compare the actual test-loss change of every test point with "
+                           "half at random; --retrain says how) and compare the actual test-loss change of every test point with "
                            "the prediction -I/n of the influence scores and of the baselines.")
     flags(q)
     vocab_flag(q, "--retrainings", "training points to retrain without, one at a time", old=("--k",), type=int,

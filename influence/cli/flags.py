@@ -14,7 +14,9 @@ __all__ = ["FLAGS", "COMMAND_FLAGS", "API_ONLY", "cli_spelling", "cli_text", "fi
 FLAGS = {"damping": "--damping", "rtol": "--rtol", "maxiter": "--solver-maxiter", "random_state": "--seed",
          "chunk_size": "--chunk-size", "batch_size": "--batch-size", "k": "--rank", "resume": "--resume",
          "folder": "--out", "l2": "--l2", "scoring": "--scoring", "method": "--solver", "solver": "--solver",
-         "mapping": "--ctf-map", "skip": "--ctf-skip", "gtol": "--gtol", "curvature": "--curvature"}
+         "mapping": "--ctf-map", "skip": "--ctf-skip", "gtol": "--gtol", "curvature": "--curvature",
+         "retrain": "--retrain", "seeds": "--seeds", "recipe": "--recipe", "train_fn": "--train-fn", "init": "--init",
+         "dampings": "--damping", "checkpoints": "--checkpoints", "learning_rates": "--checkpoint-lr"}
 COMMAND_FLAGS = {"self": {"method": "--method"}, "verify": {"k": "--retrainings", "maxiter": "--lbfgs-maxiter"},
                  "train": {"maxiter": "--lbfgs-maxiter"}, "evaluate lds": {"maxiter": "--lbfgs-maxiter"},
                  "evaluate loo": {"k": "--retrainings", "maxiter": "--lbfgs-maxiter"},
@@ -26,11 +28,7 @@ API_ONLY = {"x0": "cg's starting point", "callback": "per-iteration hook", "recy
             "batches": "lissa option", "check_every": "lissa option", "steps": "lissa option",
             "power_steps": "lissa option", "rel_step": "HessianOperator option", "subsets": "evaluate lds option",
             "fraction": "evaluate mislabel option", "curvature_steps": "cg option", "inner_steps": "lissa option",
-            "stagnation": "cg option",
-            # influence.evaluate's retraining modes and methods: Python only until their flags land
-            "retrain": "evaluate option", "seeds": "evaluate option", "recipe": "evaluate option",
-            "train_fn": "evaluate option", "init": "evaluate option", "dampings": "evaluate option",
-            "checkpoints": "evaluate option", "learning_rates": "evaluate option"}
+            "stagnation": "cg option"}
 
 
 def _flag_value(name, value):

@@ -77,9 +77,12 @@ def _plans_needed(args):
     return not (getattr(args, "resume", False) and out and os.path.isdir(out + ".partial"))
 
 
-def _retrain_text(count, pass_seconds):
-    return "%d L-BFGS retraining%s (~%d passes over the data each, ~%.3g s per pass)" \
-           % (count, "" if count == 1 else "s", RETRAIN_PASSES_ESTIMATE, pass_seconds)
+def _retrain_text(count, pass_seconds, how=None):
+    """``how``: (noun with %s for the plural, the mode in words), e.g. ("L-BFGS retraining%s", "warm ...")."""
+    noun, mode = ("L-BFGS retraining%s", None) if how is None else how
+    return "%d %s (%s~%d passes over the data each, ~%.3g s per pass)" \
+           % (count, noun % ("" if count == 1 else "s"), "" if mode is None else mode + "; ",
+              RETRAIN_PASSES_ESTIMATE, pass_seconds)
 
 
 def self_plan(args, model, train):
@@ -99,15 +102,16 @@ def self_plan(args, model, train):
               (products + 4 * forward * args.rank) * hvp)
 
 
-def retrain_plan(args, model, train, retrainings, what, m=1, extra_hvp=0):
-    """``verify``/``evaluate``: the plan line before the influence scores and the retrainings."""
+def retrain_plan(args, model, train, retrainings, what, m=1, extra_hvp=0, how=None):
+    """``verify``/``evaluate``: the plan line before the influence scores and the retrainings (``how``:
+    what :func:`influence.cli.retraining.retrain_text` says of the mode, λ and seeds)."""
     if not _plans_needed(args):
         return
     from ..solvers.plan import CG_ITERATIONS_ESTIMATE
     hvp = _hvp_seconds(model, train, args.batch_size)
     solve = m * (min(model.n_params, CG_ITERATIONS_ESTIMATE) + 2) + extra_hvp
     plan_line(args, "%s: influence scores (~%d Hessian-vector products, ~%.3g s each) and %s"
-          % (what, solve, hvp, _retrain_text(retrainings, hvp / 2.0)),
+          % (what, solve, hvp, _retrain_text(retrainings, hvp / 2.0, how)),
           solve * hvp + retrainings * RETRAIN_PASSES_ESTIMATE * hvp / 2.0)
 
 

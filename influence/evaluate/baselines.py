@@ -7,11 +7,12 @@ from scipy.sparse.linalg import aslinearoperator
 
 from ..common.errors import InfluenceError, param
 from ..curvature import FisherOperator, GaussNewtonOperator, HessianOperator, auto_damping, mean_eigenvalue
+from ..jobs import damping_setting as plain_damping
 from ..scoring import influence_scores, s_test
 from ..solvers import dense_matrix
 
 __all__ = ["METHODS", "baseline_scores", "SEED_RANDOM_SCORES", "CURVATURES", "curvature_operator", "tracin_scores",
-           "parse_dampings", "method_names"]
+           "parse_dampings", "method_names", "damping_setting"]
 
 #: Curvatures the influence scores of an evaluation may use (``curvature=``).
 CURVATURES = ("hessian", "gauss-newton", "fisher")
@@ -48,6 +49,23 @@ def curvature_operator(model, train, curvature="hessian", damping=0.0, batch_siz
         (_, factor, absolute), = parse_dampings([damping])
         damping = absolute if factor is None else factor * mean_eigenvalue(op)[0]
     return op, float(damping)
+
+
+def damping_setting(damping):
+    """The scores' damping as an evaluation records it: None (the curvature's default), "auto", a
+    multiple of the mean eigenvalue such as "0.1x" (checked: a number >= 0 before the x), or a float."""
+    if isinstance(damping, str) and damping.strip().endswith("x"):
+        text = damping.strip()
+        try:
+            factor = float(text[:-1])
+        except ValueError:
+            factor = -1.0
+        if not (np.isfinite(factor) and factor >= 0):
+            raise InfluenceError("%s: a damping is a number >= 0, 'auto' or a multiple of the mean eigenvalue of the "
+                                 "curvature such as %s" % (param("damping", damping), param("damping", "0.1x")),
+                                 parameter="damping", suggestion="1x")
+        return text
+    return plain_damping(damping)
 
 
 def parse_dampings(values):

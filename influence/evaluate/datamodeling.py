@@ -5,8 +5,8 @@ import time
 
 import numpy as np
 
-from ..jobs import damping_setting, plain_options
-from .baselines import method_names, parse_dampings
+from ..jobs import plain_options
+from .baselines import damping_setting, method_names, parse_dampings
 from .metrics import draw_subsets, linear_datamodeling_score, mean_and_error, subset_predictions
 from .retrain import EvalJob, RETRAIN_MAXITER, check_retrain
 

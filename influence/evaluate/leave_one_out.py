@@ -23,9 +23,8 @@ import numpy as np
 from ..common.errors import InfluenceError, param
 from ..fitting import check_optimum, minimize_lbfgs, objective
 from ..jobs import plain_options
-from ..jobs import damping_setting
 from ..scoring import influence_scores, predicted_loss_change, s_test
-from .baselines import method_names, parse_dampings
+from .baselines import damping_setting, method_names, parse_dampings
 from .metrics import explain_correlation, pearson, spearman
 from .retrain import EvalJob, RETRAIN_MAXITER, check_retrain, retrain_columns, retraining
 
@@ -38,13 +37,15 @@ SEED_LOO = 2
 
 LOOResult = collections.namedtuple(
     "LOOResult", "indices predicted actual pearson spearman scores base_grad_norm grad_norms seconds retrain "
-                 "noise note")
+                 "damping noise note")
 LOOResult.__doc__ = """Result of :func:`verify_loo`. ``indices``: the training points removed;
 ``predicted``: −I_up,loss/n for them (mean over test points); ``actual``: ℓ(z_test, w*_{−i}) −
 ℓ(z_test, w*) (mean over test points); ``pearson``/``spearman`` of the two; ``scores``: I_up,loss of
 every training point (as returned by influence_scores); ``base_grad_norm``: ‖∇R‖ of the re-tightened
 full-data reference optimum; ``grad_norms``: ‖∇R_{−i}‖ at the end of each retraining; ``seconds``:
-dict of wall times (scores, retraining); ``retrain``: the retraining mode used; ``noise``: per removed
+dict of wall times (scores, retraining); ``retrain``: the retraining mode used; ``damping``: the damping of
+the scores as a number (the λ of proximal retraining; NaN when ``scores`` were given and ``damping`` is
+None or "auto"); ``noise``: per removed
 point, the first-order estimate of how much the measured change is still off because the retrainings
 stop at ``gtol``, |s·r_i| + |s·r_0| (s = (C + damping·I)⁻¹ ∇ℓ_test the scores' s_test, r_i and r_0 the
 gradients left at the end of the retraining without i and of the reference; warm and proximal
@@ -122,8 +123,9 @@ def verify_loo(model, train, test, indices=None, k=20, damping=0.0, random_state
                                                                    random_state))
         noise = None
     times["retraining"] = time.time() - t0
+    lam = float("nan") if damping is None or isinstance(damping, str) else float(damping)
     return LOOResult(indices, predicted, actual, pearson(predicted, actual), spearman(predicted, actual),
-                     scores, base_grad_norm, grad_norms, times, mode, noise,
+                     scores, base_grad_norm, grad_norms, times, mode, lam, noise,
                      explain_correlation(predicted, actual, noise))
 
 

@@ -11,7 +11,7 @@ from .baselines import SEED_RANDOM_SCORES, baseline_scores, curvature_operator, 
 from .proximal import proximal_retrain
 from .scratch import restore_state, saved_state, scratch_train
 
-__all__ = ["EvalJob", "retrain_columns", "check_retrain", "retraining", "RETRAIN_MAXITER", "MAXCOR",
+__all__ = ["EvalJob", "retrain_columns", "check_retrain", "check_mode", "retraining", "RETRAIN_MAXITER", "MAXCOR",
            "RETRAIN_MODES"]
 
 #: Default L-BFGS iterations at most per retraining.
@@ -248,7 +248,9 @@ class EvalJob(Job):
         return values[:T], values[T:2 * T], values[-1]
 
 
-def check_retrain(gtol, maxiter, chunk_size, retrain="warm", seeds=1):
+def check_mode(retrain="auto", seeds=1):
+    """Refuse a retraining mode that is not one of auto or :data:`RETRAIN_MODES`, and ``seeds`` that are
+    not a positive integer or several without ``retrain="scratch"``."""
     if retrain not in RETRAIN_MODES + ("auto",):
         raise InfluenceError("%s is not one of auto, %s" % (param("retrain", retrain), ", ".join(RETRAIN_MODES)),
                              parameter="retrain", suggestion="auto")
@@ -259,6 +261,10 @@ def check_retrain(gtol, maxiter, chunk_size, retrain="warm", seeds=1):
         raise InfluenceError("%s: several seeds per subset need %s (warm and proximal retraining are "
                              "deterministic)" % (param("seeds", seeds), param("retrain", "scratch")),
                              parameter="seeds", suggestion=1)
+
+
+def check_retrain(gtol, maxiter, chunk_size, retrain="warm", seeds=1):
+    check_mode(retrain, seeds)
     if not (gtol > 0):
         raise ValueError("gtol=%r must be positive (e.g. 1e-6)" % (gtol,))
     if int(maxiter) < 1:
