@@ -148,12 +148,22 @@ def test_self_and_verify_commands(trained, workdir, capsys):
     assert sorted(table["rank"].astype(int).tolist()) == list(range(1, 301))
     assert table["rank"][np.argmax(expected)] == 1
 
+    loo_csv = str(workdir / "loo.csv")
     code, out, err = run(["verify", "--model", trained, "--train", str(workdir / "train.npz"),
                           "--test", str(workdir / "test.npz"), "--test-index", "4", "--retrainings", "6", "--json",
-                          "--quiet"], capsys)
+                          "--quiet", "--out", loo_csv], capsys)
     assert code == 0, err
     res = json.loads(out)
-    assert res["k"] == 6 and res["pearson"] > 0.9
+    assert res["k"] == 6 and res["pearson"] > 0.9 and res["retrain"] == "warm" and res["note"] is None
+    # each measured change with its retraining noise (warm: |s·r_i| + |s·r_0|), in --json and in --out
+    table = np.genfromtxt(loo_csv, delimiter=",", names=True, dtype=None, encoding="utf-8")
+    assert table["train_index"].tolist() == res["indices"] and len(res["noise"]) == 6
+    np.testing.assert_array_equal(table["noise"], res["noise"])
+    assert [str(v) == "True" for v in table["above_noise"]] == res["above_noise"]
+    assert all(n >= 0 for n in res["noise"]) and sum(res["above_noise"]) >= 4
+    code, _, err = run(["verify", "--model", trained, "--train", str(workdir / "train.npz"), "--test",
+                        str(workdir / "test.npz"), "--test-index", "4", "--out", str(workdir / "loo.npy")], capsys)
+    assert code == 2 and "'influence verify' writes .csv or .json files" in err
 
 
 def test_score_usage_errors(trained, workdir, capsys):

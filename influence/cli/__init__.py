@@ -161,6 +161,8 @@ def build_parser():
     p.add_argument("--solver", choices=["cg", "lissa", "direct", "lanczos"], default="cg", help="default cg")
     vocab_flag(p, "--top", "worst disagreements to print", type=int, metavar="N")
     retrain_flags(p)
+    p.add_argument("--out", metavar="loo.csv|loo.json", help="write the whole table here, one row per retraining "
+                   "(index, predicted, actual, noise, above_noise); the extension decides the format")
     p.set_defaults(func=cmd_verify)
 
     evaluate_parsers(sub, common)

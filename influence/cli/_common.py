@@ -461,7 +461,7 @@ def label_text(labels, i):
 
 #: What ``--out`` of each command can write, by extension (the extension decides the format).
 OUT_FORMATS = {"score": (".csv", ".json", ".npy"), "self": (".csv", ".json", ".npy"), "hvp": (".npy",),
-               "evaluate": (".json",)}
+               "evaluate": (".json",), "verify": (".csv", ".json")}
 
 
 def out_extension(args, command=None):

@@ -247,6 +247,10 @@ def cmd_self(args):
 def cmd_verify(args):
     from ..evaluate.leave_one_out import verify_loo
     from .retraining import retrain_options, retrain_text
+    from ..common.files import check_writable, write_table
+    out_extension(args)
+    if args.out:
+        check_writable(args.out)
     timer = Timer()
     with timer("load model and data"):
         model, meta = load_model(args)
@@ -268,12 +272,20 @@ def cmd_verify(args):
                              progress=not args.quiet, **retraining)
     err = np.abs(res.predicted - res.actual)
     worst = np.argsort(-err, kind="mergesort")[:args.top]
-    rows = [[int(res.indices[i]), float(res.predicted[i]), float(res.actual[i])] for i in worst]
+    noise = res.noise if res.noise is not None else np.full(len(res.indices), np.nan)
+    above = np.abs(res.actual) > noise                  # False where the noise is unknown (NaN)
+    rows = [[int(res.indices[i]), float(res.predicted[i]), float(res.actual[i]), float(noise[i])] for i in worst]
+    if args.out:
+        with timer("write"):
+            write_table(args.out, ["train_index", "predicted", "actual", "noise", "above_noise"],
+                        ((int(i), float(p), float(a), float(e), "" if not np.isfinite(e) else bool(b))
+                         for i, p, a, e, b in zip(res.indices, res.predicted, res.actual, noise, above)))
     if args.json:
         print(json.dumps({"pearson": res.pearson, "spearman": res.spearman, "k": len(res.indices),
                           "indices": res.indices, "predicted": res.predicted, "actual": res.actual,
-                          "retrain": res.retrain, "seeds": args.seeds,
-                          "damping": res.damping if np.isfinite(res.damping) else None,
+                          "noise": res.noise, "above_noise": None if res.noise is None else above,
+                          "note": res.note, "retrain": res.retrain, "seeds": args.seeds,
+                          "damping": res.damping if np.isfinite(res.damping) else None, "out": args.out,
                           "seconds": timer.as_dict()}, indent=2, sort_keys=True,
                          default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
         return EXIT_OK
@@ -282,10 +294,17 @@ def cmd_verify(args):
              ("λ = %.4g, the scores' damping and the proximal term's" if res.retrain == "proximal"
               else "scores at λ = %.4g") % res.damping, args.seeds, "" if args.seeds == 1 else "s"))
     print("  Pearson %.4f, Spearman %.4f between predicted and actual test-loss change" % (res.pearson, res.spearman))
+    if res.note:
+        print("  note: %s" % res.note)
+    if res.noise is not None:
+        print("  %d of %d measured changes are above their retraining noise (the change still to come if each "
+              "retraining were finished: |s·r| from the gradient it leaves)" % (int(above.sum()), len(above)))
     print("  worst disagreements:")
-    print("    %8s %16s %16s" % ("index", "predicted", "actual"))
-    for i, p, a in rows:
-        print("    %8d %+16.4e %+16.4e" % (i, p, a))
+    print("    %8s %16s %16s %12s" % ("index", "predicted", "actual", "noise"))
+    for i, p, a, e in rows:
+        print("    %8d %+16.4e %+16.4e %12s" % (i, p, a, "%.2e" % e if np.isfinite(e) else "-"))
     print("timing:")
     print("\n".join(timer.lines()))
+    if args.out:
+        print("saved %s (%d rows)" % (args.out, len(res.indices)))
     return EXIT_OK
