@@ -14,7 +14,8 @@ __all__ = ["FLAGS", "COMMAND_FLAGS", "API_ONLY", "cli_spelling", "cli_text", "fi
 FLAGS = {"damping": "--damping", "rtol": "--rtol", "maxiter": "--solver-maxiter", "random_state": "--seed",
          "chunk_size": "--chunk-size", "batch_size": "--batch-size", "k": "--rank", "resume": "--resume",
          "folder": "--out", "l2": "--l2", "scoring": "--scoring", "method": "--solver", "solver": "--solver",
-         "mapping": "--ctf-map", "skip": "--ctf-skip", "gtol": "--gtol", "curvature": "--curvature"}
+         "mapping": "--ctf-map", "skip": "--ctf-skip", "gtol": "--gtol", "curvature": "--curvature",
+         "preconditioner": "--preconditioner", "strategy": "--strategy", "labels": "--labels"}
 COMMAND_FLAGS = {"self": {"method": "--method"}, "verify": {"k": "--retrainings", "maxiter": "--lbfgs-maxiter"},
                  "train": {"maxiter": "--lbfgs-maxiter"}, "evaluate lds": {"maxiter": "--lbfgs-maxiter"},
                  "evaluate loo": {"k": "--retrainings", "maxiter": "--lbfgs-maxiter"},
