@@ -12,7 +12,8 @@ from .._version import __version__
 from ._common import (
     EXIT_OK, META_SUFFIX, UsageError, Timer, Warnings, check_indices, existing_file, job_inputs, label_text,
     data_labels, load_data_file, load_model, load_split, log, out_extension, parse_arch, partial_folder)
-from .curvature import curvature_line
+from .curvature import curvature_line, factors_summary
+from .factors import check_factor_flags, preconditioner_text, use_factors
 from .plans import FitProgress, retrain_plan, self_plan
 
 
@@ -181,19 +182,30 @@ def cmd_self(args):
     from ..jobs import SelfInfluenceJob
     from ..common.files import write_npy, write_table
     out_format = out_extension(args)
+    check_factor_flags(args)
     folder = partial_folder(args)
     timer = Timer()
     with timer("load model and data"):
         model, _ = load_model(args)
         train = load_split(args.train, "--train", model, args.ctf_options)
     n = len(train)
-    self_plan(args, model, train)
+    curvature, damping, _ = use_factors(args, model, train)
+    if args.curvature != "ekfac":
+        self_plan(args, model, train)
     options = {"k": args.rank, "random_state": args.seed} if args.method == "lanczos" else {}
+    if args.curvature == "ekfac" and not args.factors:
+        options["random_state"] = args.seed          # the seed of EK-FAC's sampled labels
     labels = data_labels(train)
+    used = {"curvature": args.curvature, "damping": args.damping, "curvature_reason": None}
+
+    def on_curvature(cur):
+        from ..scoring.scores import total_damping
+        total = total_damping(cur)
+        used.update(curvature=cur.kind, damping=total if total == total else "auto", curvature_reason=cur.reason)
+        curvature_line(args, cur)
     with Warnings():
         job = SelfInfluenceJob(model, train, folder=folder, resume=args.resume, method=args.method,
-                               damping=args.damping, curvature=args.curvature,
-                               on_curvature=lambda cur: curvature_line(args, cur),
+                               damping=damping, curvature=curvature, on_curvature=on_curvature,
                                batch_size=args.batch_size, chunk_size=args.chunk_size,
                                check_optimum=not args.no_optimum_check, progress=not args.quiet,
                                inputs=job_inputs(args, {}), **options)
@@ -216,9 +228,10 @@ def cmd_self(args):
                                  for i in range(n)))
     top = [[int(i), label_text(labels, i), float(values[i]), float(losses[i])] for i in order[:args.top]]
     if args.json:
-        print(json.dumps({"n_train": n, "method": args.method, "top": top, "seconds": timer.as_dict(),
-                          "out": args.out, "chunks": chunks},
-                         indent=2, sort_keys=True))
+        summary = {"n_train": n, "method": args.method, "top": top, "seconds": timer.as_dict(), "out": args.out,
+                   "chunks": chunks}
+        summary.update(used, **factors_summary(args))
+        print(json.dumps(summary, indent=2, sort_keys=True))
         return EXIT_OK
     print("most likely mislabeled training points (highest self-influence g_iᵀ H⁻¹ g_i):")
     print("  %5s %8s %7s %16s %14s" % ("rank", "index", "label", "self-influence", "training loss"))
@@ -233,6 +246,7 @@ def cmd_self(args):
 
 def cmd_verify(args):
     from ..evaluate.leave_one_out import verify_loo
+    check_factor_flags(args)
     timer = Timer()
     with timer("load model and data"):
         model, _ = load_model(args)
@@ -242,20 +256,28 @@ def cmd_verify(args):
     if args.retrainings < 1:
         raise UsageError("--retrainings %d: pass at least 1 training point to retrain without" % args.retrainings)
     k = min(args.retrainings, len(train))
-    retrain_plan(args, model, train, k + 1, "verify", m=len(idx))     # + 1: the reference, re-tightened
+    curvature, damping, preconditioner = use_factors(args, model, train)
+    pre_line = preconditioner_text(args)
+    retrain_plan(args, model, train, k + 1, "verify" + (" (cg preconditioned by EK-FAC)" if pre_line else ""),
+                 m=len(idx))     # + 1: the reference, re-tightened
+    if pre_line:
+        log(args, pre_line)
+    options = {} if preconditioner is None else {"preconditioner": preconditioner}
     with Warnings():
         with timer("influence + %d leave-one-out retrainings" % k):
-            res = verify_loo(model, train, test.subset(idx), k=args.retrainings, damping=args.damping,
-                             curvature=args.curvature,
+            res = verify_loo(model, train, test.subset(idx), k=args.retrainings, damping=damping,
+                             curvature=curvature,
                              random_state=args.seed, solver=args.solver, batch_size=args.batch_size,
-                             progress=not args.quiet)
+                             progress=not args.quiet, **options)
     err = np.abs(res.predicted - res.actual)
     worst = np.argsort(-err, kind="mergesort")[:args.top]
     rows = [[int(res.indices[i]), float(res.predicted[i]), float(res.actual[i])] for i in worst]
     if args.json:
-        print(json.dumps({"pearson": res.pearson, "spearman": res.spearman, "k": len(res.indices),
-                          "indices": res.indices, "predicted": res.predicted, "actual": res.actual,
-                          "seconds": timer.as_dict()}, indent=2, sort_keys=True,
+        summary = {"pearson": res.pearson, "spearman": res.spearman, "k": len(res.indices), "indices": res.indices,
+                   "predicted": res.predicted, "actual": res.actual, "seconds": timer.as_dict(),
+                   "curvature": args.curvature, "damping": args.damping}
+        summary.update(factors_summary(args))
+        print(json.dumps(summary, indent=2, sort_keys=True,
                          default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
         return EXIT_OK
     print("leave-one-out check on %d training points (test points %s):" % (len(res.indices), idx.tolist()))

@@ -3,14 +3,16 @@ says which curvature was used and why, and how a solve above its tolerance is re
 from __future__ import print_function
 
 import argparse
+import os
 import sys
 
 from ._common import log
 
-__all__ = ["curvature_flags", "curvature_line", "curvature_summary", "check_converged", "NotConverged"]
+__all__ = ["curvature_flags", "curvature_line", "curvature_summary", "check_converged", "NotConverged", "damping_value",
+           "factors_summary"]
 
 
-def _damping_value(text):
+def damping_value(text):
     """--damping: a number >= 0 or "auto"."""
     if text == "auto":
         return text
@@ -30,7 +32,7 @@ def curvature_flags(p, what="the curvature"):
                    "empirical Fisher, any loss), ekfac (the EK-FAC approximation: no iterations, fitted "
                    "once), or auto (default: the Hessian at an optimum where H + "
                    "damping·I is positive definite, otherwise Gauss-Newton; printed before the work)")
-    p.add_argument("--damping", type=_damping_value, default=None, metavar="λ|auto",
+    p.add_argument("--damping", type=damping_value, default=None, metavar="λ|auto",
                    help="λ added to %s: a number >= 0, or auto (0.1 × the mean eigenvalue, by 10 Hutchinson "
                    "probes); default: 0 with the Hessian, auto with gauss-newton and fisher" % what)
 
@@ -41,12 +43,24 @@ def curvature_line(args, cur):
 
 
 def curvature_summary(args, job):
-    """{"curvature", "damping", "curvature_reason"} of a job's s_test for --json and .json outputs (what
-    was asked for when the solve came from a resumed checkpoint)."""
+    """{"curvature", "damping", "curvature_reason", "preconditioner", "factors"} of a job's s_test for
+    --json and .json outputs (what was asked for when the solve came from a resumed checkpoint);
+    EK-FAC's automatic damping, one per block, is "auto"."""
     st = getattr(job, "s_test", None)
     if st is None:
-        return {"curvature": args.curvature, "damping": args.damping, "curvature_reason": "resumed: as asked"}
-    return {"curvature": st.curvature, "damping": st.damping, "curvature_reason": st.curvature_reason}
+        out = {"curvature": args.curvature, "damping": args.damping, "curvature_reason": "resumed: as asked"}
+    else:
+        damping = st.damping if st.damping == st.damping else "auto"        # NaN: per block
+        out = {"curvature": st.curvature, "damping": damping, "curvature_reason": st.curvature_reason}
+    out.update(factors_summary(args))
+    return out
+
+
+def factors_summary(args):
+    """{"preconditioner": none|ekfac, "factors": the absolute path of --factors or None}."""
+    factors = getattr(args, "factors", None)
+    return {"preconditioner": getattr(args, "preconditioner", None) or "none",
+            "factors": os.path.abspath(factors) if factors else None}
 
 
 class NotConverged(Exception):

@@ -11,7 +11,8 @@ import numpy as np
 from ._common import log
 
 __all__ = ["PLAN_SECONDS", "RETRAIN_PASSES_ESTIMATE", "FORWARD_PASS_PER_HVP", "LANCZOS_HVP_PER_RANK",
-           "self_plan", "retrain_plan", "FitProgress", "plan_line", "progress_bar"]
+           "self_plan", "retrain_plan", "factors_plan", "FitProgress", "plan_line", "progress_bar",
+           "FACTORS_PILOT_ROWS"]
 
 #: Work estimated to take longer than this (seconds) gets one plan line with the estimate on stderr
 #: before it starts (``influence: plan: ...``), next to its progress bar.
@@ -28,6 +29,9 @@ RETRAIN_PASSES_ESTIMATE = 200
 FORWARD_PASS_PER_HVP = 0.7
 #: Products of a rank-k Lanczos run (scipy's eigsh with ncv = 2k + 1 and restarts), per unit of k.
 LANCZOS_HVP_PER_RANK = 3
+#: ``factors``: the per-example gradients of this many training rows are timed (after a warm-up on two
+#: rows, which builds the batched graph) and scaled to the whole pass.
+FACTORS_PILOT_ROWS = 256
 
 
 def _duration(seconds):
@@ -109,6 +113,34 @@ def retrain_plan(args, model, train, retrainings, what, m=1, extra_hvp=0):
     plan_line(args, "%s: influence scores (~%d Hessian-vector products, ~%.3g s each) and %s"
           % (what, solve, hvp, _retrain_text(retrainings, hvp / 2.0)),
           solve * hvp + retrainings * RETRAIN_PASSES_ESTIMATE * hvp / 2.0)
+
+
+def factors_plan(args, model, train):
+    """``factors``: the plan line before fitting EK-FAC (when long): passes of batched per-example
+    gradients over the training rows (one for the factors, one more for ekfac's eigenvalues; sampled
+    labels add a forward pass, not counted), each estimated from a timed pilot of
+    :data:`FACTORS_PILOT_ROWS` rows, then the eigendecompositions (float64, not estimated: (n_in + 1)³
+    and n_out³ per layer, small next to the passes for layers up to a few thousand units wide).
+    Returns the estimated seconds (None when not estimated)."""
+    if not _plans_needed(args):
+        return None
+    n = len(train)
+    layers, _ = model.kfac_plan()
+    if args.strategy == "diagonal":
+        layers = []
+    passes = 2 if args.strategy == "ekfac" and layers else 1
+    with model.preserving_params():
+        model.per_example_grads(train.subset(slice(0, min(n, 2))), args.batch_size)
+        pilot = min(n, FACTORS_PILOT_ROWS)
+        t0 = time.perf_counter()
+        model.per_example_grads(train.subset(slice(0, pilot)), args.batch_size)
+        pass_seconds = (time.perf_counter() - t0) * n / float(pilot)
+    widest = max([max(L.n_in + 1, L.n_out) for L in layers] or [0])
+    plan_line(args, "EK-FAC factors (%s, labels %s) of %d parameters: %d pass%s of per-example gradients over %d "
+              "training rows (~%.3g s each), then the eigendecompositions of %d layer%s (largest factor %d x %d)"
+              % (args.strategy, args.labels, model.n_params, passes, "" if passes == 1 else "es", n, pass_seconds,
+                 len(layers), "" if len(layers) == 1 else "s", widest, widest), passes * pass_seconds)
+    return passes * pass_seconds
 
 
 class FitProgress(object):
