@@ -55,18 +55,20 @@ def test_factors_command_plan_line_summary_and_file(files, tmp_path, capsys, mon
     import influence.cli.plans
     d, model, _, _ = files
     out = str(tmp_path / "g.npz")
-    monkeypatch.setattr(influence.cli.plans, "PLAN_SECONDS", 0.0)          # the plan line of long work
+    monkeypatch.setattr(influence.cli.plans, "PLAN_SECONDS", 0.0)          # the plan line of long work,
+    monkeypatch.setattr(influence.cli.plans, "FACTORS_PILOT_ROWS", 64)     # timed on a pilot of rows
     code, stdout, err = run(["factors", "--model", model, "--train", str(d / "train.npz"), "--out", out,
                              "--strategy", "kfac", "--labels", "true", "--damping", "0.01", "--json"], capsys)
     assert code == 0, err
     first = err.strip().splitlines()[0]
     assert first.startswith("influence: plan: EK-FAC factors (kfac, labels true) of 610 parameters: 1 pass") \
-        and "(estimated ~" in first, err
+        and "(timed on 64 rows) (estimated ~" in first, err
     assert "EK-FAC factors" in err.split(first, 1)[1]                     # then the bar
     summary = json.loads(stdout)
     assert summary["out"] == out and summary["strategy"] == "kfac" and summary["labels"] == "true"
     assert summary["damping"] == 0.01 and summary["block_damping"] == [0.01, 0.01] and summary["passes"] == 1
     assert summary["size"] == os.path.getsize(out) and os.listdir(str(tmp_path)) == ["g.npz"]
+    assert summary["estimated_seconds"] > 0
     assert [b["treatment"] for b in summary["blocks"]] == ["kfac", "kfac"]
 
 
