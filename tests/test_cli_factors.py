@@ -86,6 +86,21 @@ def test_factors_usage_errors_exit_2_and_write_nothing(files, tmp_path, capsys, 
     assert os.listdir(str(tmp_path)) == []
 
 
+def test_a_library_refusal_is_worded_in_flags(tmp_path, capsys, cntk):
+    from influence.cli import main
+    rng = np.random.RandomState(0)
+    x = rng.standard_normal((60, 3))
+    np.savez(str(tmp_path / "reg.npz"), x=x, y=x @ rng.standard_normal(3))       # float targets: squared_error
+    model = str(tmp_path / "reg.cntk")
+    assert main(["train", "--data", str(tmp_path / "reg.npz"), "--arch", "mlp:2", "--lbfgs-maxiter", "5", "--out",
+                 model, "--quiet"]) == 0
+    code, _, err = run(["factors", "--model", model, "--train", str(tmp_path / "reg.npz"), "--out",
+                        str(tmp_path / "f.npz")], capsys)
+    assert code == 2 and err.startswith("influence: error: --labels sampled draws labels") \
+        and "'squared_error' with labels of dtype float64; pass --labels true" in err, err
+    assert not os.path.exists(str(tmp_path / "f.npz"))
+
+
 @pytest.mark.parametrize("where", ["fit", "write"])
 def test_ctrl_c_while_fitting_or_writing_leaves_nothing(files, tmp_path, capsys, monkeypatch, where):
     import influence.curvature.ekfac as ekfac_module

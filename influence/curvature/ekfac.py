@@ -75,10 +75,12 @@ def sampled_labels(model, data, rng, batch_size=None):
     a class; binary cross-entropy: 0 or 1), same format as the data's labels."""
     loss = getattr(model, "output_loss", None)
     if loss not in ("cross_entropy", "binary_cross_entropy") or data.y is None or not isinstance(data.y, np.ndarray):
+        labels = "no labels" if data.y is None else "sequence labels" if not isinstance(data.y, np.ndarray) \
+            else "labels of dtype %s" % data.y.dtype
         raise InfluenceError("%s draws labels from the model's softmax or logistic output, but this model's "
-                             "loss is %r with %s labels; pass %s (the empirical Fisher)"
-                             % (param("labels", "sampled"), loss, "sequence" if data.y is not None else "no",
-                                param("labels", "true")), parameter="labels", suggestion="true")
+                             "loss is %r with %s; pass %s (the empirical Fisher)"
+                             % (param("labels", "sampled"), loss, labels, param("labels", "true")),
+                             parameter="labels", suggestion="true")
     z = model.outputs(data, batch_size)
     if len(z) != len(data):
         raise InfluenceError("%s needs one output row per example but the data have %d rows and %d outputs; "
