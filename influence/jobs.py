@@ -41,7 +41,7 @@ from .data import Sequences
 from .common.interrupt import is_interrupt
 from .adapters.base import weights_digest
 from .scoring.chunks import CHUNK_RETRIES, DEFAULT_CHUNK_SIZE, ChunkRetryWarning, chunk_bounds, run_chunks
-from .scoring.choice import check_curvature
+from .scoring.choice import check_curvature, curvature_setting, is_ekfac
 from .scoring.matrix import MatrixCheckpoint, ScoreAggregates
 from .scoring.scores import executor_hessian, influence_scores, s_test, self_influence
 from .solvers import DivergenceError, NonPositiveCurvatureError
@@ -277,8 +277,13 @@ def model_identity(model):
 
 
 def plain_options(options):
-    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
-            for k, v in sorted(options.items())}
+    """Solver options as a fingerprint records them: plain values as they are, an object with a
+    ``fingerprint()`` (an :class:`influence.EKFAC` preconditioner) by it, anything else by its repr."""
+    def plain(v):
+        if isinstance(v, (int, float, str, bool, type(None))):
+            return v
+        return v.fingerprint() if callable(getattr(v, "fingerprint", None)) else repr(v)
+    return {k: plain(v) for k, v in sorted(options.items())}
 
 
 # ------------------------------------------------------------------------------------ jobs
@@ -443,7 +448,7 @@ class ScoreJob(Job):
 
     def _settings(self):
         return {"test": data_identity(self.test), "solver": self.solver, "damping": self.damping,
-                "curvature": self.curvature, "scoring": self.scoring, "batch_size": self.batch_size, "matrix_file": self.matrix is not None,
+                "curvature": curvature_setting(self.curvature), "scoring": self.scoring, "batch_size": self.batch_size, "matrix_file": self.matrix is not None,
                 "solver_options": plain_options(dict(self.solver_options, progress=None))}
 
     def _finish(self):
@@ -459,7 +464,7 @@ class ScoreJob(Job):
         t0 = time.perf_counter()
         vectors = ckpt.load_array("s_test") if ckpt is not None else None
         if vectors is None:
-            on_workers = self.executor if self.curvature in ("auto", "hessian", "gauss-newton") else None
+            on_workers = self.executor if not is_ekfac(self.curvature) and self.curvature != "fisher" else None
             with executor_hessian(on_workers, self.model, self.train, self.batch_size) as hessian:
                 st = s_test(self.model, self.train, self.test, self.solver, self.damping, self.batch_size,
                             hessian=hessian, check_optimum=self.check_optimum, curvature=self.curvature,
@@ -503,7 +508,8 @@ class SelfInfluenceJob(Job):
         self.lanczos_options = lanczos_options
 
     def _settings(self):
-        return {"method": self.method, "k": self.k, "damping": self.damping, "curvature": self.curvature,
+        return {"method": self.method, "k": self.k, "damping": self.damping,
+                "curvature": curvature_setting(self.curvature),
                 "batch_size": self.batch_size,
                 "solver_options": plain_options(dict(self.lanczos_options, progress=None))}
 

@@ -357,3 +357,37 @@ def test_a_model_without_declared_layers_gets_the_diagonal():
     (entry,) = e.plan()
     assert entry["treatment"] == "diagonal" and "declares no Dense/Convolution layer" in entry["reason"]
     assert e.n_passes == 1
+
+
+# ---------------------------------------------------------------------------- reuse: s_test and the jobs
+def test_a_fitted_ekfac_is_a_curvature_and_ekfac_a_preconditioner_of_s_test(tmp_path):
+    model, x, y, _, _ = _hessian_problem()
+    train, test = (x, y), (x[:3], y[:3])
+    path = EKFAC(model, train, random_state=5).save(str(tmp_path / "f.npz"))
+    loaded = influence.s_test(model, train, test, curvature=EKFAC.load(path, model, train))
+    refit = influence.s_test(model, train, test, curvature="ekfac", random_state=5)
+    assert np.array_equal(loaded.vectors, refit.vectors) and "loaded from %s" % path in loaded.curvature_reason
+    assert EKFAC.load(path, model, train, damping=0.01).block_damping == [0.01]
+    with pytest.raises(ValueError, match="damping=0.1 with a fitted EKFAC"):
+        influence.s_test(model, train, test, curvature=EKFAC.load(path, model, train), damping=0.1)
+    with pytest.raises(ValueError, match="preconditioner='ekfac' preconditions an iterative solve"):
+        influence.s_test(model, train, test, curvature="ekfac", preconditioner="ekfac")
+    plain = influence.s_test(model, train, test, "cg", curvature="hessian", check_optimum=False)
+    pre = influence.s_test(model, train, test, "cg", curvature="hessian", check_optimum=False, preconditioner="ekfac")
+    assert pre.preconditioner.startswith("EK-FAC fitted on the training data") and plain.preconditioner is None
+    assert np.abs(pre.vectors - plain.vectors).max() <= 1e-5 * np.abs(plain.vectors).max()
+    assert sum(s.n_hvp for s in pre.solutions) < 0.7 * sum(s.n_hvp for s in plain.solutions)
+    auto = influence.s_test(model, train, test, "auto", curvature="hessian", check_optimum=False,
+                            preconditioner="ekfac")
+    assert auto.plan.method == "cg"
+
+
+def test_a_job_given_an_ekfac_fingerprints_its_factors():
+    model, x, y, _, _ = _hessian_problem()
+    fingerprints = [influence.jobs.ScoreJob(model, (x, y), (x[:2], y[:2]),
+                                            curvature=EKFAC(model, (x, y), random_state=seed),
+                                            solver_options={"preconditioner": EKFAC(model, (x, y))}).fingerprint()
+                    for seed in (0, 0, 1)]
+    assert fingerprints[0] == fingerprints[1] != fingerprints[2]
+    assert set(fingerprints[0]["curvature"]["ekfac"]) == {"strategy", "labels", "damping", "l2", "n_params", "sha256"}
+    assert fingerprints[0]["solver_options"]["preconditioner"]["sha256"]

@@ -9,7 +9,8 @@ Without a UTF-8 locale (Python 3.6 then opens stdio as ASCII), the symbols of th
 printed in ASCII (:data:`ASCII_SYMBOLS`: ‖ → ||, λ → lambda, ᵀ → ^T, ...); files are UTF-8 always.
 
 Layout: :mod:`._common` (what every command shares) ← :mod:`.commands` (info, train, hvp, self,
-verify), :mod:`.score`, :mod:`.evaluate` ← this module (the parser, error reporting, ``main``).
+verify), :mod:`.score`, :mod:`.evaluate`, :mod:`.factors` (the factors command, --factors and
+--preconditioner) ← this module (the parser, error reporting, ``main``).
 """
 from __future__ import print_function
 
@@ -27,6 +28,7 @@ from .commands import cmd_hvp, cmd_info, cmd_self, cmd_train, cmd_verify
 from .retraining import retrain_flags
 from .score import MATRIX_TEST_POINTS, cmd_score
 from .evaluate import evaluate_parsers
+from .factors import factor_flags, factors_parser
 from ._common import ASCII_SYMBOLS, VOCABULARY, parse_test_indices  # noqa: F401  (part of influence.cli's surface)
 
 __all__ = ["main", "build_parser", "UsageError", "ASCII_SYMBOLS", "MATRIX_TEST_POINTS", "VOCABULARY"]
@@ -80,11 +82,14 @@ def build_parser():
     p.add_argument("--out", metavar="hv.npy", help="save (C + damping·I)·v here (.npy)")
     p.set_defaults(func=cmd_hvp)
 
+    factors_parser(sub, common)
+
     def score_flags(p, solver=True):
         model_flags(p)
         p.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y, or .ctf)")
         ctf_flags(p)
         curvature_flags(p)
+        factor_flags(p, preconditioner=solver)
         p.add_argument("--chunk-size", type=int, default=10000, metavar="C",
                        help="training rows per chunk: the unit of progress and of --resume (default 10000)")
         p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.partial/ "
@@ -158,6 +163,7 @@ def build_parser():
                 "influential, half at random)", old=("--k",), type=int, metavar="N")
     ctf_flags(p)
     curvature_flags(p)
+    factor_flags(p)
     p.add_argument("--solver", choices=["cg", "lissa", "direct", "lanczos"], default="cg", help="default cg")
     vocab_flag(p, "--top", "worst disagreements to print", type=int, metavar="N")
     retrain_flags(p)

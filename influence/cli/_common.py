@@ -461,7 +461,7 @@ def label_text(labels, i):
 
 #: What ``--out`` of each command can write, by extension (the extension decides the format).
 OUT_FORMATS = {"score": (".csv", ".json", ".npy"), "self": (".csv", ".json", ".npy"), "hvp": (".npy",),
-               "evaluate": (".json",), "verify": (".csv", ".json")}
+               "evaluate": (".json",), "verify": (".csv", ".json"), "factors": (".npz",)}
 
 
 def out_extension(args, command=None):
@@ -512,8 +512,15 @@ def partial_folder(args):
 
 
 def job_inputs(args, extra):
+    """A job's extra fingerprint: the command, the model file, --factors (its content fingerprint) and
+    --preconditioner when given, and ``extra``."""
+    from ..common.files import file_fingerprint
     fp = {"command": args.command}
     fp.update(_model_inputs(args))
+    if getattr(args, "factors", None):
+        fp["factors"] = file_fingerprint(args.factors)
+    if (getattr(args, "preconditioner", None) or "none") != "none":
+        fp["preconditioner"] = args.preconditioner
     fp.update(extra)
     return fp
 

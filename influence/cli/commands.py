@@ -12,7 +12,8 @@ from .._version import __version__
 from ._common import (
     EXIT_OK, META_SUFFIX, UsageError, Timer, Warnings, check_indices, existing_file, job_inputs, label_text,
     data_labels, load_data_file, load_model, load_split, log, out_extension, parse_arch, partial_folder)
-from .curvature import curvature_line, curvature_record, write_provenance
+from .curvature import curvature_line, curvature_record, factors_summary, write_provenance
+from .factors import check_factor_flags, preconditioner_text, use_factors
 from .plans import FitProgress, retrain_plan, self_plan
 
 
@@ -184,24 +185,30 @@ def cmd_self(args):
     from ..jobs import SelfInfluenceJob
     from ..common.files import write_npy, write_table
     out_format = out_extension(args)
+    check_factor_flags(args)
     folder = partial_folder(args)
     timer = Timer()
     with timer("load model and data"):
         model, _ = load_model(args)
         train = load_split(args.train, "--train", model, args.ctf_options)
     n = len(train)
-    self_plan(args, model, train)
+    curvature, damping, _ = use_factors(args, model, train)
+    if args.curvature != "ekfac":
+        self_plan(args, model, train)
     options = {"k": args.rank, "random_state": args.seed} if args.method == "lanczos" else {}
+    if args.curvature == "ekfac" and not args.factors:
+        options["random_state"] = args.seed          # the seed of EK-FAC's sampled labels
     labels = data_labels(train)
     # what was asked for, until the job says what it chose (a resumed job may not choose again)
     record = {"curvature": args.curvature, "damping": args.damping, "curvature_reason": "resumed: as asked"}
+    record.update(factors_summary(args))
 
     def on_curvature(cur):
         record.update(curvature_record(cur))
         curvature_line(args, cur)
     with Warnings():
         job = SelfInfluenceJob(model, train, folder=folder, resume=args.resume, method=args.method,
-                               damping=args.damping, curvature=args.curvature, on_curvature=on_curvature,
+                               damping=damping, curvature=curvature, on_curvature=on_curvature,
                                batch_size=args.batch_size, chunk_size=args.chunk_size,
                                check_optimum=not args.no_optimum_check, progress=not args.quiet,
                                inputs=job_inputs(args, {}), **options)
@@ -251,6 +258,7 @@ def cmd_verify(args):
     out_extension(args)
     if args.out:
         check_writable(args.out)
+    check_factor_flags(args)
     timer = Timer()
     with timer("load model and data"):
         model, meta = load_model(args)
@@ -261,15 +269,23 @@ def cmd_verify(args):
     if args.retrainings < 1:
         raise UsageError("--retrainings %d: pass at least 1 training point to retrain without" % args.retrainings)
     k = min(args.retrainings, len(train))
+    curvature, damping, preconditioner = use_factors(args, model, train)
+    pre_line = preconditioner_text(args)
     # + 1: the reference, re-tightened (warm) or trained on all the data by the same seeds (scratch)
     count = (k + 1) * args.seeds if args.retrain == "scratch" else k + (args.retrain != "proximal")
-    retrain_plan(args, model, train, count, "verify", m=len(idx), how=retrain_text(args))
+    retrain_plan(args, model, train, count, "verify" + (" (cg preconditioned by EK-FAC)" if pre_line else ""),
+                 m=len(idx), how=retrain_text(args))
+    if pre_line:
+        log(args, pre_line)
+    options = dict(retraining)
+    if preconditioner is not None:
+        options["preconditioner"] = preconditioner
     with Warnings():
         with timer("influence + %d leave-one-out retrainings" % k):
-            res = verify_loo(model, train, test.subset(idx), k=args.retrainings, damping=args.damping,
-                             curvature=args.curvature,
+            res = verify_loo(model, train, test.subset(idx), k=args.retrainings, damping=damping,
+                             curvature=curvature,
                              random_state=args.seed, solver=args.solver, batch_size=args.batch_size,
-                             progress=not args.quiet, **retraining)
+                             progress=not args.quiet, **options)
     err = np.abs(res.predicted - res.actual)
     worst = np.argsort(-err, kind="mergesort")[:args.top]
     noise = res.noise if res.noise is not None else np.full(len(res.indices), np.nan)
@@ -281,12 +297,14 @@ def cmd_verify(args):
                         ((int(i), float(p), float(a), float(e), "" if not np.isfinite(e) else bool(b))
                          for i, p, a, e, b in zip(res.indices, res.predicted, res.actual, noise, above)))
     if args.json:
-        print(json.dumps({"pearson": res.pearson, "spearman": res.spearman, "k": len(res.indices),
-                          "indices": res.indices, "predicted": res.predicted, "actual": res.actual,
-                          "noise": res.noise, "above_noise": None if res.noise is None else above,
-                          "note": res.note, "retrain": res.retrain, "seeds": args.seeds,
-                          "damping": res.damping if np.isfinite(res.damping) else None, "out": args.out,
-                          "seconds": timer.as_dict()}, indent=2, sort_keys=True,
+        summary = {"pearson": res.pearson, "spearman": res.spearman, "k": len(res.indices),
+                   "indices": res.indices, "predicted": res.predicted, "actual": res.actual,
+                   "noise": res.noise, "above_noise": None if res.noise is None else above,
+                   "note": res.note, "retrain": res.retrain, "seeds": args.seeds, "curvature": args.curvature,
+                   "damping": res.damping if np.isfinite(res.damping) else args.damping, "out": args.out,
+                   "seconds": timer.as_dict()}
+        summary.update(factors_summary(args))
+        print(json.dumps(summary, indent=2, sort_keys=True,
                          default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
         return EXIT_OK
     print("leave-one-out check on %d training points (test points %s), %s retraining (%s), %d seed%s each:"

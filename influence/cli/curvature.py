@@ -9,7 +9,7 @@ import sys
 from ._common import job_inputs, log
 
 __all__ = ["curvature_flags", "curvature_line", "curvature_summary", "curvature_record", "check_converged",
-           "NotConverged", "write_provenance", "PROVENANCE_SUFFIX"]
+           "NotConverged", "write_provenance", "PROVENANCE_SUFFIX", "damping_value", "factors_summary"]
 
 #: The file next to a .csv or .npy output that says how it was computed: ``scores.csv`` ->
 #: ``scores.csv.meta.json`` (a CSV header and a .npy array have no room for the curvature and damping,
@@ -27,7 +27,7 @@ def _multiple(text):
         return None
 
 
-def _damping_value(text):
+def damping_value(text):
     """--damping: a number >= 0 or "auto"."""
     if text == "auto":
         return text
@@ -47,7 +47,7 @@ def _sweep_value(text):
     factor = _multiple(text)
     if factor is None:
         try:
-            return _damping_value(text)
+            return damping_value(text)
         except argparse.ArgumentTypeError:
             raise argparse.ArgumentTypeError("%r is not a number, 'auto' or a multiple of the mean eigenvalue "
                                              "such as 0.1x (e.g. --damping 1x 0.1x 10x)" % text)
@@ -74,7 +74,7 @@ def curvature_flags(p, what="the curvature", sweep=False):
                        "('influence λ=B'), sharing the retrainings, e.g. --damping 1x 0.01x 0.1x 10x; default: "
                        "0 with the Hessian, auto with gauss-newton and fisher" % what)
         return
-    p.add_argument("--damping", type=_damping_value, default=None, metavar="λ|auto",
+    p.add_argument("--damping", type=damping_value, default=None, metavar="λ|auto",
                    help="λ added to %s: a number >= 0, or auto (0.1 × the mean eigenvalue, by 10 Hutchinson "
                    "probes); default: 0 with the Hessian, auto with gauss-newton and fisher" % what)
 
@@ -85,19 +85,34 @@ def curvature_line(args, cur):
 
 
 def curvature_summary(args, job):
-    """{"curvature", "damping", "curvature_reason"} of a job's s_test for --json and .json outputs (what
-    was asked for when the solve came from a resumed checkpoint)."""
+    """{"curvature", "damping", "curvature_reason", "preconditioner", "factors"} of a job's s_test for
+    --json and .json outputs (what was asked for when the solve came from a resumed checkpoint);
+    EK-FAC's automatic damping, one per block, is "auto"."""
     st = getattr(job, "s_test", None)
     if st is None:
-        return {"curvature": args.curvature, "damping": args.damping, "curvature_reason": "resumed: as asked"}
-    return {"curvature": st.curvature, "damping": st.damping, "curvature_reason": st.curvature_reason}
+        out = {"curvature": args.curvature, "damping": args.damping, "curvature_reason": "resumed: as asked"}
+    else:
+        damping = st.damping if st.damping == st.damping else "auto"        # NaN: per block
+        out = {"curvature": st.curvature, "damping": damping, "curvature_reason": st.curvature_reason}
+    out.update(factors_summary(args))
+    return out
+
+
+def factors_summary(args):
+    """{"preconditioner": none|ekfac, "factors": the absolute path of --factors or None}."""
+    factors = getattr(args, "factors", None)
+    return {"preconditioner": getattr(args, "preconditioner", None) or "none",
+            "factors": os.path.abspath(factors) if factors else None}
 
 
 def curvature_record(cur):
     """{"curvature", "damping", "curvature_reason"} of a chosen :class:`~influence.scoring.choice.Curvature`:
-    the damping in effect, whether the solver adds it or the operator holds it (damping="auto")."""
-    held = float(getattr(cur.operator, "damping", 0.0) or 0.0) if cur.kind not in ("hessian", "given") else 0.0
-    return {"curvature": cur.kind, "damping": float(cur.damping) + held, "curvature_reason": cur.reason}
+    the damping in effect, whether the solver adds it or the operator holds it (damping="auto"); "auto" for
+    EK-FAC's automatic damping, one value per block."""
+    from ..scoring.scores import total_damping
+    total = total_damping(cur)
+    return {"curvature": cur.kind, "damping": total if total == total else "auto",     # NaN: EK-FAC's per block
+            "curvature_reason": cur.reason}
 
 
 def write_provenance(args, path, what, record):

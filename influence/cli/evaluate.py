@@ -5,8 +5,9 @@ import numpy as np
 
 from ._common import (
     EXIT_OK, TEST_INDEX_HELP, UsageError, Parser, Timer, Warnings, check_numbers, ctf_flags, vocab_flag,
-    job_inputs, load_model, load_split, model_flags, out_extension, partial_folder, parse_test_indices)
-from .curvature import curvature_flags
+    job_inputs, load_model, load_split, log, model_flags, out_extension, partial_folder, parse_test_indices)
+from .curvature import curvature_flags, factors_summary
+from .factors import check_factor_flags, factor_flags, preconditioner_text, use_factors
 from .plans import LANCZOS_HVP_PER_RANK, retrain_plan
 from .retraining import (
     method_flags, method_options, retrain_flags, retrain_inputs, retrain_options, retrain_text, split_dampings)
@@ -49,6 +50,11 @@ def _evaluate_check(args):
         from ..evaluate.report import pyplot
         pyplot()                                   # matplotlib missing: refused before any work
     out_extension(args, "evaluate")
+    if args.metric != "mislabel" and args.curvature == "ekfac":
+        raise UsageError("--curvature ekfac: 'influence evaluate %s' scores with the hessian, gauss-newton or fisher "
+                         "curvature; pass one of them (with --preconditioner ekfac for EK-FAC-preconditioned cg)"
+                         % args.metric)
+    check_factor_flags(args, curvature=False)
     return partial_folder(args)
 
 
@@ -135,6 +141,7 @@ def cmd_evaluate(args):
             items = args.test_index or ["0-%d" % (len(test) - 1)]
             idx = parse_test_indices(items, test, model, args.batch_size)
             test = test.subset(idx)
+    curvature, damping, preconditioner = use_factors(args, model, train)
     if args.metric == "mislabel":
         d = model.n_params
         retrain_plan(args, model, train, 1, "evaluate mislabel (a refit on flipped labels, then self-influence "
@@ -142,13 +149,16 @@ def cmd_evaluate(args):
                       m=0, extra_hvp=d if args.method == "exact" else LANCZOS_HVP_PER_RANK * args.rank)
     else:
         count = args.subsets if args.metric == "lds" else min(args.retrainings, len(train))
+        pre_line = preconditioner_text(args)
         # + 1: the warm reference, re-tightened (proximal and scratch measure from the trained weights)
         retrain_plan(args, model, train, count * args.seeds + (args.retrain not in ("proximal", "scratch")),
-                     "evaluate %s" % args.metric,
+                     "evaluate %s%s" % (args.metric, " (cg preconditioned by EK-FAC)" if pre_line else ""),
                      m=len(test) * (1 + len(args.dampings)), how=retrain_text(args))
+        if pre_line:
+            log(args, pre_line)
     extra = {} if idx is None else dict(retrain_inputs(args), test_index=idx.tolist())
-    common = dict(seed=args.seed, gtol=args.gtol, maxiter=args.lbfgs_maxiter, damping=args.damping,
-                  curvature=args.curvature,
+    common = dict(seed=args.seed, gtol=args.gtol, maxiter=args.lbfgs_maxiter, damping=damping,
+                  curvature=curvature,
                   batch_size=args.batch_size, folder=folder, resume=args.resume, progress=not args.quiet,
                   inputs=job_inputs(args, extra))
     client = None
@@ -168,6 +178,8 @@ def cmd_evaluate(args):
                     executor = DaskExecutor(client)
                 scoring = dict(solver=args.solver, scoring="gradient", check_optimum=not args.no_optimum_check,
                                chunk_size=args.chunk_size, executor=executor, **dict(common, **options))
+                if preconditioner is not None:
+                    scoring["preconditioner"] = preconditioner
                 if args.metric == "lds":
                     with timer("scores + %d retrainings" % args.subsets):
                         res = evaluate.lds(model, train, test, subsets=args.subsets, alpha=args.alpha,
@@ -181,8 +193,8 @@ def cmd_evaluate(args):
     if args.out:
         with timer("write"):
             body = evaluate.summary(res, details=True)
-            body.update(command="evaluate " + args.metric, seed=args.seed,
-                        test_index=None if idx is None else idx.tolist())
+            body.update(command="evaluate " + args.metric, seed=args.seed, curvature=args.curvature,
+                        damping=args.damping, test_index=None if idx is None else idx.tolist(), **factors_summary(args))
             write_json(args.out, body)
     if args.plot:
         with timer("plot"):
@@ -190,8 +202,8 @@ def cmd_evaluate(args):
                 evaluate.plot(res, tmp)
     if args.json:
         out = evaluate.summary(res)
-        out.update(seed=args.seed, out=args.out, plot=args.plot, timing=timer.as_dict(),
-                   test_index=None if idx is None else idx.tolist())
+        out.update(seed=args.seed, out=args.out, plot=args.plot, timing=timer.as_dict(), curvature=args.curvature,
+                   damping=args.damping, test_index=None if idx is None else idx.tolist(), **factors_summary(args))
         print(to_json(out))                   # NaN (e.g. an LDS without finite values) as null
         return EXIT_OK
     _evaluate_print(args, res, timer)
@@ -222,6 +234,8 @@ def evaluate_parsers(sub, common):
             q.add_argument("--test-index", nargs="+", metavar="I", help=TEST_INDEX_HELP)
         ctf_flags(q)
         curvature_flags(q, sweep=chunks)
+        if chunks:
+            factor_flags(q, curvature=False)
         q.add_argument("--gtol", type=float, default=1e-6, help="retrain (and re-tighten the reference optimum) "
                        "until max |∂R/∂w| <= GTOL (default 1e-6)")
         vocab_flag(q, "--lbfgs-maxiter", "L-BFGS iterations per retraining at most", old=("--maxiter",),

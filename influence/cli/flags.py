@@ -16,7 +16,8 @@ FLAGS = {"damping": "--damping", "rtol": "--rtol", "maxiter": "--solver-maxiter"
          "folder": "--out", "l2": "--l2", "scoring": "--scoring", "method": "--solver", "solver": "--solver",
          "mapping": "--ctf-map", "skip": "--ctf-skip", "gtol": "--gtol", "curvature": "--curvature",
          "retrain": "--retrain", "seeds": "--seeds", "recipe": "--recipe", "train_fn": "--train-fn", "init": "--init",
-         "dampings": "--damping", "checkpoints": "--checkpoints", "learning_rates": "--checkpoint-lr"}
+         "dampings": "--damping", "checkpoints": "--checkpoints", "learning_rates": "--checkpoint-lr",
+         "preconditioner": "--preconditioner", "strategy": "--strategy", "labels": "--labels"}
 COMMAND_FLAGS = {"self": {"method": "--method"}, "verify": {"k": "--retrainings", "maxiter": "--lbfgs-maxiter"},
                  "train": {"maxiter": "--lbfgs-maxiter"}, "evaluate lds": {"maxiter": "--lbfgs-maxiter"},
                  "evaluate loo": {"k": "--retrainings", "maxiter": "--lbfgs-maxiter"},

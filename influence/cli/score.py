@@ -13,6 +13,7 @@ from ._common import (
     load_split, log, out_extension, partial_folder, print_timing, solutions_json, solver_options,
     parse_test_indices)
 from .curvature import check_converged, curvature_line, curvature_summary, write_provenance
+from .factors import check_factor_flags, preconditioner_text, use_factors
 from .plans import FORWARD_PASS_PER_HVP
 
 
@@ -57,6 +58,7 @@ def cmd_score(args):
     from ..jobs import ScoreJob
     from ..scoring.scores import predicted_loss_change
     out_extension(args)
+    check_factor_flags(args)
     folder = partial_folder(args)
     if args.cluster:
         from ..dask.executor import check_reachable
@@ -71,6 +73,10 @@ def cmd_score(args):
     else:
         idx = check_indices(range(len(test)), len(test), "--test-index", "the test set")
     test_sel = test.subset(idx)
+    curvature, damping, preconditioner = use_factors(args, model, train)
+    options = solver_options(args)
+    if preconditioner is not None:
+        options["preconditioner"] = preconditioner
     n = len(train)
     many = args.matrix is not None or len(idx) > MATRIX_TEST_POINTS
     matrix_path = _matrix_path(args, len(idx)) if many else None
@@ -85,19 +91,23 @@ def cmd_score(args):
                 client = connect(args.cluster)
             executor = DaskExecutor(client)
 
+        pre_line = preconditioner_text(args)
+        if pre_line:
+            log(args, pre_line)
+
         def on_plan(plan):
-            log(args, "influence: " + str(plan))
+            log(args, "influence: " + str(plan) + ("; preconditioned by EK-FAC" if pre_line else ""))
             if many and not args.test_index:
                 _cost_line(args, len(idx), n, matrix_path, plan)
         with Warnings():
             job = ScoreJob(model, train, test_sel, folder=folder, resume=args.resume, solver=args.solver,
-                           damping=args.damping, curvature=args.curvature,
+                           damping=damping, curvature=curvature,
                            on_curvature=lambda cur: curvature_line(args, cur),
                            scoring=args.scoring, batch_size=args.batch_size,
                            chunk_size=args.chunk_size, check_optimum=not args.no_optimum_check,
                            progress=not args.quiet, executor=executor,
                            inputs=job_inputs(args, {"test_index": idx.tolist()}),
-                           solver_options=solver_options(args), on_plan=on_plan,
+                           solver_options=options, on_plan=on_plan,
                            aggregate=many, matrix=matrix_path, groups=groups)
             with job:
                 result = job.run()

@@ -10,7 +10,8 @@ from .gauss_newton import GaussNewtonOperator
 from .fisher import FisherOperator
 from .damping import auto_damping, mean_eigenvalue
 from .ekfac import EKFAC, ekfac_s_test, self_influence_ekfac
+from .ekfac_io import FactorFileError
 
 __all__ = ["HessianOperator", "hvp", "central_difference", "adaptive_difference", "Step",
            "GaussNewtonOperator", "FisherOperator", "auto_damping", "mean_eigenvalue",
-           "EKFAC", "ekfac_s_test", "self_influence_ekfac"]
+           "EKFAC", "ekfac_s_test", "self_influence_ekfac", "FactorFileError"]

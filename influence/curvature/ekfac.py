@@ -38,7 +38,7 @@ from ..common.errors import InfluenceError, param
 from ..common.progress import Progress
 from ..data import Dataset, check_batch_size
 from .damping import DAMPING_FACTOR, resolve_damping
-from .ekfac_io import data_digest, read_factors, write_factors
+from .ekfac_io import FactorFileError, data_digest, read_factors, write_factors
 
 __all__ = ["EKFAC", "STRATEGIES", "LABELS", "BLOCK_BYTES", "self_influence_ekfac", "ekfac_s_test"]
 
@@ -53,8 +53,9 @@ DEFAULT_SEED = 0
 
 def _check_choice(name, value, choices):
     if not isinstance(value, str) or value not in choices:
-        raise InfluenceError("%s=%r is not one of %s; pass e.g. %s=%r"
-                             % (name, value, ", ".join(repr(c) for c in choices), name, choices[0]))
+        raise InfluenceError("%s is not one of %s; pass e.g. %s"
+                             % (param(name, value), ", ".join(repr(c) for c in choices), param(name, choices[0])),
+                             parameter=name, suggestion=choices[0])
     return value
 
 
@@ -74,13 +75,17 @@ def sampled_labels(model, data, rng, batch_size=None):
     a class; binary cross-entropy: 0 or 1), same format as the data's labels."""
     loss = getattr(model, "output_loss", None)
     if loss not in ("cross_entropy", "binary_cross_entropy") or data.y is None or not isinstance(data.y, np.ndarray):
-        raise InfluenceError("labels='sampled' draws labels from the model's softmax or logistic output, but "
-                             "this model's loss is %r with %s labels; pass labels='true' (the empirical Fisher)"
-                             % (loss, "sequence" if data.y is not None else "no"))
+        labels = "no labels" if data.y is None else "sequence labels" if not isinstance(data.y, np.ndarray) \
+            else "labels of dtype %s" % data.y.dtype
+        raise InfluenceError("%s draws labels from the model's softmax or logistic output, but this model's "
+                             "loss is %r with %s; pass %s (the empirical Fisher)"
+                             % (param("labels", "sampled"), loss, labels, param("labels", "true")),
+                             parameter="labels", suggestion="true")
     z = model.outputs(data, batch_size)
     if len(z) != len(data):
-        raise InfluenceError("labels='sampled' needs one output row per example but the data have %d rows and %d "
-                             "outputs; pass labels='true'" % (len(data), len(z)))
+        raise InfluenceError("%s needs one output row per example but the data have %d rows and %d outputs; "
+                             "pass %s" % (param("labels", "sampled"), len(data), len(z), param("labels", "true")),
+                             parameter="labels", suggestion="true")
     u = rng.random_sample(len(z))
     if loss == "cross_entropy":
         p = np.exp(z - z.max(axis=1, keepdims=True))
@@ -189,6 +194,8 @@ class EKFAC(LinearOperator):
         rng = _rng(random_state)
         t0 = time.time()
         self.model = model
+        #: The file the factors were loaded from (:meth:`load`), else None.
+        self.source = None
         self.data = model.validate(data, getattr(data, "name", "training data"))
         self.batch_size = batch_size
         self.progress = bool(progress)
@@ -368,10 +375,13 @@ class EKFAC(LinearOperator):
         return str(path)
 
     @classmethod
-    def load(cls, path, model, data):
+    def load(cls, path, model, data, damping=None):
         """The EKFAC saved by :meth:`save`, for ``model`` at its current weights and the training rows
-        ``data``; refused with a one-line error naming the fix when the weights or the rows differ
-        (stale factors), or the model's layers are not the ones the file describes."""
+        ``data``; refused with a one-line :class:`~influence.curvature.ekfac_io.FactorFileError` naming
+        the fix when the weights or the rows differ (stale factors), or the model's layers are not the
+        ones the file describes. ``damping``: None keeps the saved setting; a number >= 0 or ``"auto"``
+        replaces it (the factors do not depend on the damping: only the inverse does)."""
+        damping = None if damping is None else resolve_damping(damping)
         data = model.validate(data, getattr(data, "name", "training data"))
         meta, arrays = read_factors(path, model, data)
         layers, others = model.kfac_plan()
@@ -380,11 +390,12 @@ class EKFAC(LinearOperator):
         described = [(L.name, list(L.kernel), list(L.bias), L.n_in, L.n_out, L.layout) for L in layers]
         saved = [(L["name"], L["kernel"], L["bias"], L["n_in"], L["n_out"], L["layout"]) for L in meta["layers"]]
         if described != saved:
-            raise InfluenceError("the EK-FAC factors in %r describe other layers than this model's %s; fit them "
-                                 "again with influence.EKFAC(model, data)" % (str(path), [d[0] for d in described]))
+            raise FactorFileError(path, "describe other layers than this model's %s" % [d[0] for d in described],
+                                  False, "fit them again with influence.EKFAC(model, data)")
         self = cls.__new__(cls)
         LinearOperator.__init__(self, dtype=np.dtype(np.float64), shape=(model.n_params, model.n_params))
         self.model, self.data, self.batch_size, self.progress = model, data, None, False
+        self.source = str(path)
         self.strategy, self.labels, self.l2 = meta["strategy"], meta["labels"], float(model.l2)
         self.damping_auto = bool(meta["damping_auto"])
         self._others = meta["others"]
@@ -396,8 +407,22 @@ class EKFAC(LinearOperator):
             self.blocks.append(b)
         self.diagonal, self.diagonal_index = arrays["diagonal"], arrays["diagonal_index"]
         self.n_hvp, self.n_passes, self.seconds = 0, 0, 0.0
-        self._set_damping("auto" if self.damping_auto else meta["damping"])
+        if damping is None:
+            damping = "auto" if self.damping_auto else meta["damping"]
+        self.damping_auto = damping == "auto"
+        self._set_damping(damping)
         return self
+
+    def fingerprint(self):
+        """A JSON-able identity of the fitted approximation (settings, dampings and a hash of the factors):
+        what a resumable job records when it is given this EKFAC."""
+        import hashlib
+        h = hashlib.sha256()
+        for a in [self.diagonal, self.diagonal_index] + [x for b in self.blocks for x in (b.qa, b.qs, b.eig)]:
+            a = np.ascontiguousarray(a)
+            h.update(("%s %s" % (a.dtype.str, a.shape)).encode() + a.tobytes())
+        return {"strategy": self.strategy, "labels": self.labels, "damping": list(self.block_damping),
+                "l2": self.l2, "n_params": int(self.shape[0]), "sha256": h.hexdigest()[:32]}
 
     # ------------------------------------------------------------------ description
     def plan(self):

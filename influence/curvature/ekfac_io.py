@@ -18,10 +18,21 @@ from ..common.errors import InfluenceError
 from ..common.files import atomic_path
 from ..data import Sequences
 
-__all__ = ["data_digest", "write_factors", "read_factors", "FORMAT"]
+__all__ = ["data_digest", "write_factors", "read_factors", "FORMAT", "FactorFileError"]
 
 #: Format tag written into ``meta``; a file of another format is refused.
 FORMAT = "influence-ekfac-1"
+
+
+class FactorFileError(InfluenceError):
+    """A factor file refused by :func:`read_factors` or :meth:`influence.EKFAC.load`: ``path``; ``reason``,
+    what is wrong with it in a few words after the file's name (e.g. "were fitted on other weights
+    (digest ..., the model's is ...)"); ``stale``: True when the file is a valid one fitted on other
+    weights or other training rows (fit again), False when it is no factor file for this model."""
+
+    def __init__(self, path, reason, stale, fix):
+        self.path, self.reason, self.stale = str(path), reason, bool(stale)
+        InfluenceError.__init__(self, "the EK-FAC factors in %r %s; %s" % (self.path, reason, fix))
 
 
 def _update(h, a):
@@ -70,29 +81,27 @@ def write_factors(path, meta, arrays):
 
 def read_factors(path, model, data):
     """``(meta, arrays)`` of a factor file, after checking that it was fitted on the current weights of
-    ``model`` and on the rows of ``data`` (a one-line InfluenceError otherwise)."""
+    ``model`` and on the rows of ``data`` (a one-line :class:`FactorFileError` otherwise)."""
     path = str(path)
+    again = "fit them again with influence.EKFAC(model, data).save(path)"
     if not os.path.exists(path):
-        raise InfluenceError("EK-FAC factors %r do not exist; fit them with influence.EKFAC(model, data) and "
-                             ".save(path)" % path)
+        raise FactorFileError(path, "do not exist", False, "fit them with influence.EKFAC(model, data) and .save(path)")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
         meta = json.loads(str(arrays.pop("meta")))
     except (ValueError, KeyError, OSError) as e:
-        raise InfluenceError("%r is not an EK-FAC factor file (%s); fit the factors again with "
-                             "influence.EKFAC(model, data).save(path)" % (path, str(e).splitlines()[0] if str(e) else e))
-    if meta.get("format") != FORMAT:
-        raise InfluenceError("%r has format %r, not %r; fit the factors again with influence.EKFAC(model, data)"
-                             % (path, meta.get("format"), FORMAT))
+        raise FactorFileError(path, "are not readable: not an EK-FAC factor file (%s)"
+                              % (str(e).splitlines()[0] if str(e) else type(e).__name__), False, again)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise FactorFileError(path, "have format %r, not %r" % (meta.get("format") if isinstance(meta, dict) else None,
+                                                                 FORMAT), False, again)
     weights = weights_digest(model)
     if meta.get("weights") != weights or meta.get("n_params") != int(model.n_params):
-        raise InfluenceError("the EK-FAC factors in %r were fitted on other weights (digest %s, the model's is "
-                             "%s); they are stale: fit them again with influence.EKFAC(model, data)"
-                             % (path, meta.get("weights"), weights))
+        raise FactorFileError(path, "were fitted on other weights (digest %s, the model's is %s): they are stale"
+                              % (meta.get("weights"), weights), True, again)
     rows = data_digest(data)
     if meta.get("data") != rows:
-        raise InfluenceError("the EK-FAC factors in %r were fitted on other training rows (digest %s, these "
-                             "rows' is %s); they are stale: fit them again on these data"
-                             % (path, meta.get("data"), rows))
+        raise FactorFileError(path, "were fitted on other training rows (digest %s, these rows' is %s): they are "
+                              "stale" % (meta.get("data"), rows), True, "fit them again on these data")
     return meta, arrays

@@ -11,7 +11,9 @@ model is at an optimum (:func:`influence.check_optimum`) and H + damping·I is p
 solver that meets negative curvature switches), otherwise the Gauss-Newton matrix (the Fisher for a
 loss without a closed-form output Hessian). ``"ekfac"``: the eigenvalue-corrected Kronecker-factored
 approximation of the Fisher/Gauss-Newton matrix (:class:`influence.EKFAC`), fitted once and inverted
-block by block: s_test and self-influence without iterations, an approximation.
+block by block: s_test and self-influence without iterations, an approximation. A fitted
+:class:`influence.EKFAC` (e.g. ``EKFAC.load(path, model, train)``: factors fitted once and saved) may
+be passed as ``curvature=`` itself: it is used as it is, with its own damping.
 
 ``damping=None`` (the default) means 0 for the Hessian and ``"auto"`` for Gauss-Newton and Fisher:
 0.1 × the mean eigenvalue of the curvature (:func:`influence.curvature.auto_damping`); a number
@@ -24,7 +26,8 @@ from ..common.numeric import check_damping
 from ..curvature import EKFAC, FisherOperator, GaussNewtonOperator, HessianOperator
 from ..fitting import OPTIMUM_RTOL, NotAtOptimumWarning, check_optimum as _optimum_check
 
-__all__ = ["CURVATURES", "Curvature", "choose_curvature", "check_curvature", "fallback_curvature"]
+__all__ = ["CURVATURES", "Curvature", "choose_curvature", "check_curvature", "fallback_curvature",
+           "curvature_setting", "is_ekfac"]
 
 #: The values of ``curvature=`` (and ``--curvature``).
 CURVATURES = ("auto", "hessian", "gauss-newton", "fisher", "ekfac")
@@ -37,11 +40,42 @@ operator: 0.0 when the operator holds it), ``reason`` (one line: why this curvat
 ``requested`` (the ``curvature=`` asked for)."""
 
 
+def is_ekfac(curvature):
+    """True for ``curvature="ekfac"`` and for a fitted :class:`influence.EKFAC` given as the curvature."""
+    return isinstance(curvature, EKFAC) or (isinstance(curvature, str) and curvature == "ekfac")
+
+
 def check_curvature(curvature):
-    if curvature not in CURVATURES:
+    """``curvature`` when it is one of :data:`CURVATURES` or a fitted :class:`influence.EKFAC`."""
+    if isinstance(curvature, EKFAC):
+        return curvature
+    if not isinstance(curvature, str) or curvature not in CURVATURES:
         raise InfluenceError("%s is not one of %s; pass e.g. %s" % (
             param("curvature", curvature), ", ".join(CURVATURES), param("curvature", "auto")), parameter="curvature")
     return curvature
+
+
+def curvature_setting(curvature):
+    """``curvature`` as a job's fingerprint records it: the name, or for a given EKFAC
+    ``{"ekfac": EKFAC.fingerprint()}`` (its settings and a hash of its factors)."""
+    curvature = check_curvature(curvature)
+    return {"ekfac": curvature.fingerprint()} if isinstance(curvature, EKFAC) else curvature
+
+
+def _given_ekfac(model, train, ekfac, damping):
+    """The :class:`Curvature` of a fitted EKFAC passed as ``curvature=``."""
+    if ekfac.model is not model or ekfac.shape[0] != model.n_params or len(ekfac.data) != len(train):
+        raise InfluenceError("%s was fitted on another model or other training rows (%d rows, %d parameters; "
+                             "here %d and %d); fit influence.EKFAC(model, train) on these, or pass %s"
+                             % (param("curvature", "EKFAC"), len(ekfac.data), ekfac.shape[0], len(train),
+                                model.n_params, param("curvature", "ekfac")), parameter="curvature")
+    if damping is not None:
+        raise InfluenceError("%s with a fitted EKFAC as %s: its damping is the one it was fitted (or loaded) with; "
+                             "drop %s, or pass it to EKFAC(..., damping=) or EKFAC.load(..., damping=)"
+                             % (param("damping", damping), param("curvature"), param("damping")), parameter="damping")
+    source = getattr(ekfac, "source", None)
+    why = "loaded from %s, not refitted" % source if source else "given, fitted once"
+    return Curvature(ekfac, "ekfac", 0.0, _describe("ekfac", ekfac, 0.0, why), "ekfac")
 
 
 def _check_damping(damping):
@@ -53,12 +87,14 @@ def _check_damping(damping):
     return check_damping(damping)
 
 
-def _operator(kind, model, train, damping, batch_size, distributed=None):
+def _operator(kind, model, train, damping, batch_size, distributed=None, random_state=None):
     """(operator, solver damping, damping text) for ``kind`` with ``damping`` (None, "auto" or a number).
     ``distributed``: an operator that offers ``gauss_newton(damping)`` (a Dask Hessian operator): the
-    Gauss-Newton matrix is then built on its workers too."""
+    Gauss-Newton matrix is then built on its workers too. ``random_state``: the seed of EK-FAC's
+    sampled labels."""
     if kind == "ekfac":
-        return EKFAC(model, train, damping="auto" if damping is None else damping, batch_size=batch_size), 0.0, None
+        return EKFAC(model, train, damping="auto" if damping is None else damping, random_state=random_state,
+                     batch_size=batch_size), 0.0, None
     if kind == "hessian":
         op = HessianOperator(model, train, batch_size=batch_size)
         if damping == "auto":
@@ -101,15 +137,19 @@ def _describe(kind, op, damping, why):
 
 
 def choose_curvature(model, train, curvature="auto", damping=None, batch_size=None, hessian=None,
-                     check_optimum=True):
+                     check_optimum=True, random_state=None):
     """The :class:`Curvature` for ``curvature`` (module docstring) on validated ``train``.
 
     ``hessian``: a ready operator (e.g. a calibrated HessianOperator or a Dask one) used as the
     Hessian; a Dask one also builds the Gauss-Newton matrix on its workers. With ``curvature="auto"`` the optimum check runs (unless ``check_optimum`` is False) and
     decides between the Hessian and Gauss-Newton; with ``"hessian"`` a failed check warns
-    (:class:`influence.NotAtOptimumWarning`) naming ``curvature="gauss-newton"``."""
+    (:class:`influence.NotAtOptimumWarning`) naming ``curvature="gauss-newton"``. ``random_state``:
+    the seed of EK-FAC's sampled labels (``curvature="ekfac"``; None: its default seed). A fitted
+    EKFAC as ``curvature`` is used as it is (``damping`` must then be None)."""
     check_curvature(curvature)
     damping = _check_damping(damping)
+    if isinstance(curvature, EKFAC):
+        return _given_ekfac(model, train, curvature, damping)
     kind, why = curvature, None
     if curvature in ("auto", "hessian") and check_optimum:
         chk = _optimum_check(model, train, OPTIMUM_RTOL, batch_size)
@@ -138,7 +178,7 @@ def choose_curvature(model, train, curvature="auto", damping=None, batch_size=No
         op, solver_damping = hessian, d
     else:
         with model.preserving_params():
-            op, solver_damping, _ = _operator(kind, model, train, damping, batch_size, hessian)
+            op, solver_damping, _ = _operator(kind, model, train, damping, batch_size, hessian, random_state)
     return Curvature(op, kind, solver_damping, _describe(kind, op, solver_damping, why), curvature)
 
 

@@ -29,10 +29,10 @@ from ..common.numeric import check_damping
 from .chunks import DEFAULT_CHUNK_SIZE, run_chunks
 from ..data import check_batch_size
 from ..fitting import OPTIMUM_RTOL, NotAtOptimumWarning, warn_if_not_optimal
-from .choice import choose_curvature, fallback_curvature
+from .choice import choose_curvature, fallback_curvature, is_ekfac
 from .kernels import (FORWARD_STENCIL, GRADIENT_CHUNK, ForwardStep, chunk_scores, forward_differences,
                       forward_steps, gradient_blocks, validated as _validate)
-from ..curvature import ekfac_s_test, self_influence_ekfac
+from ..curvature import EKFAC, ekfac_s_test, self_influence_ekfac
 from ..solvers import (METHODS, NonPositiveCurvatureError, Solution, dense_matrix, lanczos_inverse, plan_solver,
                        solve_many)
 from ..solvers.dense import cholesky
@@ -41,16 +41,17 @@ __all__ = ["s_test", "STest", "influence_scores", "predicted_loss_change", "self
            "directional_derivatives", "forward_steps", "forward_differences", "ForwardStep",
            "FORWARD_STENCIL", "GRADIENT_CHUNK"]
 
-STest = collections.namedtuple("STest", "vectors solutions damping plan curvature curvature_reason")
-STest.__new__.__defaults__ = (None, "hessian", None)
+STest = collections.namedtuple("STest", "vectors solutions damping plan curvature curvature_reason preconditioner")
+STest.__new__.__defaults__ = (None, "hessian", None, None)
 STest.__doc__ = """Result of :func:`s_test`. ``vectors``: float64 array (n_test, d), row j = (H + damping·I)⁻¹
 g_test_j (one row per test point, also for a single test point); ``solutions``: the solver's
 ``Solution`` for each row (x, converged, n_iter, n_hvp, residual, seconds; with direct and lanczos the
 shared factorisation's products and seconds are in the first row, see
 :func:`influence.solvers.solve_many`); ``damping``: the damping used; ``plan``: the
 :class:`influence.solvers.Plan` of ``solver="auto"`` (None otherwise); ``curvature``: the curvature
-used ("hessian", "gauss-newton", "fisher", or "given" for a caller's operator) and
-``curvature_reason``, one line saying why and with which damping."""
+used ("hessian", "gauss-newton", "fisher", "ekfac", or "given" for a caller's operator) and
+``curvature_reason``, one line saying why and with which damping; ``preconditioner``: one line naming
+the preconditioner of the solve (None without one)."""
 
 
 def total_damping(cur):
@@ -62,7 +63,27 @@ def total_damping(cur):
     return float("nan") if own is None else float(cur.damping) + float(own or 0.0)
 
 #: Options that only cg (of the methods "auto" chooses from) takes: given one, "auto" plans cg.
-_CG_ONLY = ("maxiter", "stagnation", "curvature_steps", "recycle")
+_CG_ONLY = ("maxiter", "stagnation", "curvature_steps", "recycle", "preconditioner")
+
+
+def _preconditioned(options, model, train, cur, batch_size):
+    """``(options, description)``: the solver options with ``preconditioner="ekfac"`` replaced by an
+    :class:`influence.EKFAC` fitted on ``train`` with the damping of the curvature ``cur`` (so that it
+    approximates C + damping·I; "auto" when both the damping and the model's l2 are 0) and the seed
+    ``random_state``; a given preconditioner is kept. ``description``: one line, or None without one."""
+    pre = options.get("preconditioner")
+    if pre is None:
+        return options, None
+    if isinstance(pre, str) and pre == "ekfac":
+        total = total_damping(cur)
+        damping = total if np.isfinite(total) and (total > 0 or float(getattr(model, "l2", 0.0)) > 0) else "auto"
+        pre = EKFAC(model, train, damping=damping, random_state=options.get("random_state"), batch_size=batch_size)
+        return dict(options, preconditioner=pre), "EK-FAC fitted on the training data (%s, labels %s, damping %s)" % (
+            pre.strategy, pre.labels, "auto" if pre.damping_auto else "%.3g" % pre.damping)
+    if isinstance(pre, EKFAC):
+        return options, "a given EK-FAC (%s, labels %s, damping %s)" % (
+            pre.strategy, pre.labels, "auto" if pre.damping_auto else "%.3g" % pre.damping)
+    return options, "a given %s" % type(pre).__name__
 
 
 def directional_derivatives(model, data, directions, rel_step=None, stencil=None, batch_size=None):
@@ -95,11 +116,12 @@ def _check_solver(solver):
                              % (param("solver", solver), ", ".join(METHODS), param("solver", "auto")), parameter="solver")
 
 
-def _with_curvature(model, train, curvature, damping, batch_size, hessian, check_optimum, work, on_curvature=None):
+def _with_curvature(model, train, curvature, damping, batch_size, hessian, check_optimum, work, on_curvature=None,
+                    random_state=None):
     """``work(cur)`` on the :class:`~influence.scoring.choice.Curvature` chosen for ``curvature``;
     under ``"auto"``, a Hessian built here that turns out not positive definite is replaced by the
     Gauss-Newton matrix and the work done again. ``on_curvature(cur)`` hears each choice. Returns (result, curvature)."""
-    cur = choose_curvature(model, train, curvature, damping, batch_size, hessian, check_optimum)
+    cur = choose_curvature(model, train, curvature, damping, batch_size, hessian, check_optimum, random_state)
     if on_curvature is not None:
         on_curvature(cur)
     if cur.requested == "auto" and cur.kind != "hessian":
@@ -157,9 +179,19 @@ def s_test(model, train, test, solver="cg", damping=None, batch_size=None, hessi
     ``w`` is not a minimum of R (saying which curvature was used instead). ``on_curvature``: called
     with the :class:`~influence.scoring.choice.Curvature` once chosen (before the solve);
     ``on_plan``: called with the plan of ``solver="auto"`` before the solve.
+    ``curvature`` may also be a fitted :class:`influence.EKFAC` (e.g. loaded with ``EKFAC.load``), used
+    as it is; with ``curvature="ekfac"`` its sampled labels are seeded by ``random_state``.
+    ``preconditioner`` (a solver option of cg and lissa; "auto" then plans cg): an EKFAC, any
+    LinearOperator M ≈ (C + damping·I)⁻¹, or ``"ekfac"``: an EKFAC fitted here on ``train`` with the
+    damping of the chosen curvature. The answer is the unpreconditioned system's; only the number of
+    products changes (``STest.preconditioner`` names it).
     Weights are unchanged (bit-identical) afterwards.
     """
     _check_solver(solver)
+    if is_ekfac(curvature) and solver_options.get("preconditioner") is not None:
+        raise InfluenceError("%s preconditions an iterative solve, but %s has none (its inverse is applied block "
+                             "by block): drop one of them" % (param("preconditioner", "ekfac"),
+                                                              param("curvature", "ekfac")), parameter="preconditioner")
     train = _validate(model, train, "training data")
     test = _validate(model, test, "test data")
     with model.preserving_params():
@@ -170,18 +202,20 @@ def s_test(model, train, test, solver="cg", damping=None, batch_size=None, hessi
                 t0 = time.time()
                 X = np.atleast_2d(ekfac_s_test(cur.operator, g_test))
                 seconds = (time.time() - t0) / len(X)
-                return [Solution(x, True, 0, 0, 0.0, seconds) for x in X], None
+                return [Solution(x, True, 0, 0, 0.0, seconds) for x in X], None, None
             method, plan = solver, None
             if method == "auto":
                 plan = plan_auto(cur.operator, len(g_test), cur.damping, solver_options)
                 method = plan.method
                 if on_plan is not None:
                     on_plan(plan)
-            return solve_many(cur.operator, g_test, method, damping=float(cur.damping), **solver_options), plan
-        (solutions, plan), cur = _with_curvature(model, train, curvature, damping, batch_size, hessian,
-                                                 check_optimum, solve, on_curvature)
+            options, pre = _preconditioned(solver_options, model, train, cur, batch_size)
+            return solve_many(cur.operator, g_test, method, damping=float(cur.damping), **options), plan, pre
+        (solutions, plan, pre), cur = _with_curvature(model, train, curvature, damping, batch_size, hessian,
+                                                      check_optimum, solve, on_curvature,
+                                                      solver_options.get("random_state"))
     vectors = np.array([np.asarray(sol.x, dtype=np.float64).reshape(-1) for sol in solutions])
-    return STest(vectors, solutions, total_damping(cur), plan, cur.kind, cur.reason)
+    return STest(vectors, solutions, total_damping(cur), plan, cur.kind, cur.reason, pre)
 
 
 def _steps_checkpointed(model, train, directions, rel_step, stencil, batch_size, checkpoint):
@@ -270,7 +304,7 @@ def influence_scores(model, train, test, solver="cg", scoring="forward", damping
     if hasattr(executor, "check"):
         executor.check(model, train)
     if s is None:
-        on_workers = executor if hessian is None and curvature in ("auto", "hessian", "gauss-newton") else None
+        on_workers = executor if hessian is None and not is_ekfac(curvature) and curvature != "fisher" else None
         with executor_hessian(on_workers, model, train, batch_size) as own:
             s = s_test(model, train, test, solver, damping, batch_size, hessian if own is None else own,
                        check_optimum, curvature, **solver_options)
@@ -328,8 +362,9 @@ def self_influence(model, train, method="exact", k=None, damping=None, batch_siz
                              parameter="k", suggestion=50)
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     with model.preserving_params():
-        if curvature == "ekfac":
-            cur = choose_curvature(model, train, curvature, damping, batch_size, hessian, check_optimum)
+        if is_ekfac(curvature):
+            cur = choose_curvature(model, train, curvature, damping, batch_size, hessian, check_optimum,
+                                   lanczos_options.get("random_state"))
             if on_curvature is not None:
                 on_curvature(cur)
             return self_influence_ekfac(model, train, cur.operator, batch_size, progress)

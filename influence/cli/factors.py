@@ -1,0 +1,172 @@
+"""``influence factors``: fit the EK-FAC factors of a model on its training data once and save them
+(.npz, fingerprinted against the weights and the rows); and what the commands that use curvature
+need to reuse them: ``--factors F.npz`` (loaded instead of refitted by ``--curvature ekfac``, or the
+preconditioner) and ``--preconditioner {none,ekfac}`` (cg and lissa)."""
+from __future__ import print_function
+
+import json
+
+from ._common import (EXIT_OK, UsageError, Timer, Warnings, ctf_flags, load_model, load_split, model_flags,
+                      out_extension)
+from .curvature import damping_value
+from .plans import factors_plan
+
+__all__ = ["factors_parser", "factor_flags", "check_factor_flags", "use_factors", "preconditioner_text",
+           "cmd_factors", "PRECONDITIONERS", "PRECONDITIONED_SOLVERS"]
+
+#: The values of ``--preconditioner``.
+PRECONDITIONERS = ("none", "ekfac")
+#: The solvers a preconditioner speeds up (``auto`` then plans cg: direct would ignore it).
+PRECONDITIONED_SOLVERS = ("cg", "lissa", "auto")
+
+
+def factors_parser(sub, common):
+    """``influence factors``: its parser."""
+    from ..curvature.ekfac import LABELS, STRATEGIES
+    p = sub.add_parser("factors", parents=[common], help="fit EK-FAC's factors once and save them (.npz)",
+                       description="Fit the EK-FAC approximation of the Fisher (= Gauss-Newton for softmax "
+                       "cross-entropy with sampled labels) of a model on its training data: per layer the "
+                       "Kronecker factors, their eigendecompositions and (--strategy ekfac) the eigenvalues "
+                       "refitted from the per-example gradients. Saves them atomically as .npz, fingerprinted "
+                       "against the model's weights and the training rows, for --factors of score, self, verify "
+                       "and evaluate (with --curvature ekfac, or --preconditioner ekfac): fitted once, reused "
+                       "by every later command on the same model and data. See docs/choosing-a-solver.md.")
+    model_flags(p)
+    p.add_argument("--train", required=True, metavar="T.npz", help="training data (.npz with x, y, or .ctf)")
+    ctf_flags(p)
+    p.add_argument("--strategy", choices=STRATEGIES, default="ekfac",
+                   help="ekfac: Kronecker factors with the eigenvalues refitted in their eigenbasis (two passes "
+                   "over the data); kfac: the Kronecker factors only (one pass); diagonal: the Fisher's diagonal "
+                   "only (one pass) (default ekfac)")
+    p.add_argument("--labels", choices=LABELS, default="sampled",
+                   help="sampled: labels drawn from the model's own prediction (seeded by --seed): the true "
+                   "Fisher, = Gauss-Newton for softmax or logistic cross-entropy; true: the data's labels (the "
+                   "empirical Fisher) (default sampled)")
+    p.add_argument("--damping", type=damping_value, default="auto", metavar="λ|auto",
+                   help="λ added to every block: a number >= 0, or auto (0.1 × each block's mean eigenvalue) "
+                   "(default auto; a later --curvature ekfac --damping replaces it without refitting)")
+    p.add_argument("--out", required=True, metavar="F.npz", help="where to save the factors (.npz)")
+    p.set_defaults(func=cmd_factors)
+    return p
+
+
+def factor_flags(p, preconditioner=True, curvature=True):
+    """--factors, and --preconditioner where a cg or lissa solve can use one (``curvature``: whether
+    --curvature ekfac can use the factors too)."""
+    uses = (["--curvature ekfac loads them instead of refitting"] if curvature else []) + \
+        (["--preconditioner ekfac uses them"] if preconditioner else [])
+    p.add_argument("--factors", metavar="F.npz", help="EK-FAC factors saved by 'influence factors' for this --model "
+                   "and --train (stale ones, fitted on other weights or other rows, are refused): %s"
+                   % ", ".join(uses))
+    if preconditioner:
+        p.add_argument("--preconditioner", choices=PRECONDITIONERS, default="none",
+                       help="precondition the iterative solve (--solver cg or lissa; auto then plans cg) with "
+                       "EK-FAC, from --factors or else fitted on --train with the curvature's damping: the same "
+                       "answer, the unpreconditioned residual, in fewer Hessian-vector products (default none)")
+
+
+def check_factor_flags(args, curvature=True):
+    """Refuse --factors and --preconditioner that cannot apply, before any work (nothing written);
+    ``curvature``: whether --curvature ekfac can use --factors in this command."""
+    pre = getattr(args, "preconditioner", None) or "none"
+    factors = getattr(args, "factors", None)
+    if pre == "ekfac":
+        if args.curvature == "ekfac":
+            raise UsageError("--preconditioner ekfac preconditions an iterative solve, but --curvature ekfac has "
+                             "none (EK-FAC's inverse is applied block by block): drop --preconditioner, or choose "
+                             "another --curvature (e.g. hessian) for an exact solve")
+        solver = getattr(args, "solver", None)
+        if solver not in PRECONDITIONED_SOLVERS:
+            raise UsageError("--preconditioner ekfac speeds up the iterative solvers cg and lissa, not --solver %s "
+                             "(%s): pass --solver cg, or drop --preconditioner"
+                             % (solver, "it factorises H exactly" if solver == "direct" else "a rank-k approximation"))
+    if factors:
+        uses = (["--curvature ekfac (instead of refitting)"] if curvature else []) + \
+            (["--preconditioner ekfac"] if hasattr(args, "preconditioner") else [])
+        if not ((curvature and args.curvature == "ekfac") or pre == "ekfac"):
+            raise UsageError("--factors %s is used by %s; add %s, or drop --factors"
+                             % (factors, " or ".join(uses), "one of them" if len(uses) > 1 else uses[0].split(" (")[0]))
+        from ._common import existing_file
+        existing_file(factors, "--factors")
+
+
+def _fix(args, out):
+    """The command that writes factors for this --model and --train to ``out``."""
+    extra = ""
+    for flag, attr in (("--output-node", "output"), ("--loss", "loss"), ("--l2", "l2")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            extra += " %s %s" % (flag, value)
+    return "influence factors --model %s --train %s%s --out %s" % (args.model, args.train, extra, out)
+
+
+def use_factors(args, model, train):
+    """``(curvature, damping, preconditioner)`` for the library: --curvature (or the EKFAC loaded from
+    --factors), --damping (None when the loaded EKFAC carries it), and the preconditioner solver option
+    (None, "ekfac": fitted before the solve, or the loaded EKFAC). Stale or foreign factors are refused
+    in one line naming the file and the command that fits them again (exit 2)."""
+    from ..curvature import EKFAC, FactorFileError
+    pre = getattr(args, "preconditioner", None) or "none"
+    curvature, damping = args.curvature, args.damping
+    preconditioner = None if pre == "none" else "ekfac"
+    if not getattr(args, "factors", None):
+        return curvature, damping, preconditioner
+    use_damping = damping if curvature == "ekfac" else None
+    try:
+        ekfac = EKFAC.load(args.factors, model, train, damping=use_damping)
+    except FactorFileError as e:
+        if e.stale:
+            raise UsageError("--factors %s %s; rerun '%s' to fit them again for this --model and --train"
+                             % (args.factors, e.reason, _fix(args, args.factors)))
+        raise UsageError("--factors %s %s; pass a file written by '%s'" % (args.factors, e.reason,
+                                                                           _fix(args, "FACTORS.npz")))
+    if curvature == "ekfac":
+        return ekfac, None, None
+    return curvature, damping, ekfac
+
+
+def preconditioner_text(args):
+    """The line that says a preconditioner is used (printed before the work), or None."""
+    if (getattr(args, "preconditioner", None) or "none") == "none":
+        return None
+    source = ("the EK-FAC factors in %s" % args.factors) if getattr(args, "factors", None) else \
+        "EK-FAC, fitted on --train before the solve with the curvature's damping"
+    solver = "cg solves (--solver auto plans cg when a preconditioner is given)" if args.solver == "auto" \
+        else "%s solves" % args.solver
+    return ("influence: preconditioner: %s, for the %s: the same answer in fewer Hessian-vector products"
+            % (source, solver))
+
+
+def cmd_factors(args):
+    from ..common.files import check_writable, file_fingerprint
+    from ..curvature import EKFAC
+    out_extension(args)
+    check_writable(args.out)
+    timer = Timer()
+    with timer("load model and data"):
+        model, _ = load_model(args)
+        train = load_split(args.train, "--train", model, args.ctf_options)
+    estimate = factors_plan(args, model, train)
+    with Warnings():
+        with timer("fit (%s, labels %s)" % (args.strategy, args.labels)):
+            ekfac = EKFAC(model, train, damping=args.damping, strategy=args.strategy, labels=args.labels,
+                          random_state=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+        with timer("write"):
+            ekfac.save(args.out)
+    saved = file_fingerprint(args.out)
+    summary = {"out": saved["path"], "size": saved["size"], "sha256": saved["sha256"], "strategy": ekfac.strategy,
+               "labels": ekfac.labels, "seed": args.seed, "damping": args.damping,
+               "block_damping": list(ekfac.block_damping), "n_params": int(model.n_params), "n_train": len(train),
+               "passes": ekfac.n_passes, "blocks": ekfac.plan(), "estimated_seconds": estimate,
+               "seconds": timer.as_dict()}
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return EXIT_OK
+    print(str(ekfac))
+    setting = "auto (0.1 × each block's mean eigenvalue)" if args.damping == "auto" else args.damping
+    print("  damping %s: %s" % (setting, ", ".join("%.3g" % v for v in ekfac.block_damping) or "no blocks"))
+    print("saved %s (%.4g MB): reuse it with --factors %s (and --curvature ekfac or --preconditioner ekfac) on "
+          "this --model and --train" % (args.out, saved["size"] / 1e6, args.out))
+    print("timing:")
+    print("\n".join(timer.lines()))
+    return EXIT_OK
