@@ -40,3 +40,19 @@ def state(function):
 
 def same_state(a, b):
     return len(a) == len(b) and all(np.array_equal(u, v) for u, v in zip(a, b))
+
+
+def two_input_network(n, dtype, hidden=5, epochs=2, seed=0):
+    """A network with two named inputs ``a`` (4 features) and ``b`` (3), spliced into a tanh Dense layer
+    and a Dense(2), trained with the Trainer on the label [a₀ + b₁ > 0]; returns (z, a, b, y)."""
+    C = import_cntk()
+    rng = np.random.RandomState(seed)
+    a, b = rng.standard_normal((n, 4)), rng.standard_normal((n, 3))
+    y = (a[:, 0] + b[:, 1] > 0).astype(np.int64)
+    with C.default_options(dtype=dtype):
+        xa = C.input_variable(4, dtype=dtype, name="a")
+        xb = C.input_variable(3, dtype=dtype, name="b")
+        h = C.layers.Dense(hidden, activation=C.tanh, init=C.glorot_uniform(seed=1))(C.splice(xa, xb))
+        z = C.layers.Dense(2, init=C.glorot_uniform(seed=2))(h)
+    train_with_trainer(z, {xa: a.astype(dtype), xb: b.astype(dtype)}, y, epochs=epochs)
+    return z, a, b, y

@@ -6,7 +6,7 @@ import numpy as np
 
 import influence
 from influence.data import save_npz
-from cntk_nets import train_with_trainer
+from cntk_nets import two_input_network
 from test_cli import run
 
 #: CLI scores vs the API's on the same model, data and solver (cg; float64): the same computation.
@@ -15,16 +15,7 @@ L2 = 0.01
 
 
 def _two_input_files(C, d):
-    rng = np.random.RandomState(0)
-    a, b = rng.standard_normal((50, 4)), rng.standard_normal((50, 3))
-    y = (a[:, 0] + b[:, 1] > 0).astype(np.int64)
-    dtype = np.float64
-    with C.default_options(dtype=dtype):
-        xa = C.input_variable(4, dtype=dtype, name="a")
-        xb = C.input_variable(3, dtype=dtype, name="b")
-        h = C.layers.Dense(4, activation=C.tanh, init=C.glorot_uniform(seed=1))(C.splice(xa, xb))
-        z = C.layers.Dense(2, init=C.glorot_uniform(seed=2))(h)
-    train_with_trainer(z, {xa: a, xb: b}, y, epochs=2)
+    z, a, b, y = two_input_network(50, np.float64, hidden=4)
     influence.fit(influence.CNTKModel(z, l2=L2), ({"a": a[:40], "b": b[:40]}, y[:40]), gtol=1e-8)
     path = str(d / "two.model")
     z.save(path)

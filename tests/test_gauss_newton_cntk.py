@@ -8,7 +8,7 @@ import pytest
 import influence
 from influence.adapters.cntk import build_cnn, build_network
 from influence.curvature import FisherOperator, GaussNewtonOperator
-from cntk_nets import same_state, state, train_with_trainer
+from cntk_nets import same_state, state, train_with_trainer, two_input_network
 
 #: ‖G·v − explicit‖ / ‖explicit‖. float32: 1e-3, as for every float32 product, also for the
 #: ReLU/max-pooling CNN: J·v is a difference of the OUTPUTS, which are continuous across a ReLU or
@@ -242,15 +242,8 @@ def test_several_inputs_and_sparse_inputs(cntk):
     import scipy.sparse
     C = cntk
     dtype = np.float64
+    two, a, b, y = two_input_network(N, dtype)
     rng = np.random.RandomState(0)
-    a, b = rng.standard_normal((N, 4)), rng.standard_normal((N, 3))
-    y = (a[:, 0] + b[:, 1] > 0).astype(np.int64)
-    with C.default_options(dtype=dtype):
-        xa = C.input_variable(4, dtype=dtype, name="a")
-        xb = C.input_variable(3, dtype=dtype, name="b")
-        h = C.layers.Dense(5, activation=C.tanh, init=C.glorot_uniform(seed=1))(C.splice(xa, xb))
-        two = C.layers.Dense(2, init=C.glorot_uniform(seed=2))(h)
-    train_with_trainer(two, {xa: a, xb: b}, y, epochs=2)
     vocab = 30
     idx = rng.randint(0, vocab, N)
     csr = scipy.sparse.csr_matrix((np.ones(N), (np.arange(N), idx)), shape=(N, vocab))

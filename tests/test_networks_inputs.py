@@ -8,7 +8,7 @@ import scipy.sparse
 
 import influence
 from influence.data import Sequences, load_npz, save_npz
-from cntk_nets import same_state, state, train_with_trainer
+from cntk_nets import same_state, state, train_with_trainer, two_input_network
 
 #: |uᵀHv − vᵀHu| / |uᵀHv| and ‖forward − gradient‖/‖gradient‖ (smooth models).
 SYMMETRY_TOL = {np.float32: 1e-3, np.float64: 1e-8}
@@ -50,16 +50,7 @@ def _sequences(n, dim, seed, low=2, high=7):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_two_input_model(cntk, dtype, tmp_path):
-    C = cntk
-    rng = np.random.RandomState(0)
-    a, b = rng.standard_normal((60, 4)), rng.standard_normal((60, 3))
-    y = (a[:, 0] + b[:, 1] > 0).astype(np.int64)
-    with C.default_options(dtype=dtype):
-        xa = C.input_variable(4, dtype=dtype, name="a")
-        xb = C.input_variable(3, dtype=dtype, name="b")
-        h = C.layers.Dense(5, activation=C.tanh, init=C.glorot_uniform(seed=1))(C.splice(xa, xb))
-        z = C.layers.Dense(2, init=C.glorot_uniform(seed=2))(h)
-    train_with_trainer(z, {xa: a.astype(dtype), xb: b.astype(dtype)}, y, epochs=2)
+    z, a, b, y = two_input_network(60, dtype)
     path = str(tmp_path / "two.model")
     z.save(path)
     model = influence.CNTKModel.load(path, l2=0.01)

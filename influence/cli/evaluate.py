@@ -194,7 +194,8 @@ def cmd_evaluate(args):
         with timer("write"):
             body = evaluate.summary(res, details=True)
             body.update(command="evaluate " + args.metric, seed=args.seed, curvature=args.curvature,
-                        damping=args.damping, test_index=None if idx is None else idx.tolist(), **factors_summary(args))
+                        test_index=None if idx is None else idx.tolist(), **factors_summary(args))
+            body.setdefault("damping", args.damping)        # the number the scores used, where the result has it
             write_json(args.out, body)
     if args.plot:
         with timer("plot"):
@@ -203,7 +204,8 @@ def cmd_evaluate(args):
     if args.json:
         out = evaluate.summary(res)
         out.update(seed=args.seed, out=args.out, plot=args.plot, timing=timer.as_dict(), curvature=args.curvature,
-                   damping=args.damping, test_index=None if idx is None else idx.tolist(), **factors_summary(args))
+                   test_index=None if idx is None else idx.tolist(), **factors_summary(args))
+        out.setdefault("damping", args.damping)
         print(to_json(out))                   # NaN (e.g. an LDS without finite values) as null
         return EXIT_OK
     _evaluate_print(args, res, timer)
