@@ -235,6 +235,32 @@ def test_verify_loo_noise_bounds_what_a_loose_tolerance_costs(problem):
     assert given.noise is None                              # no s_test computed here: no estimate
 
 
+def test_verify_loo_scores_where_its_retrainings_start():
+    """Warm verify re-tightens the model's weights to gtol before retraining; the predictions come from
+    the same re-tightened weights (an independent fit of a copy to gtol, scored there), not from the
+    looser fit the model holds, whose weights stay untouched."""
+    x, y = make_classification(80, 4, 3, seed=5)
+    train, test = (x[:60], y[:60]), (x[60:], y[60:])
+    model = SoftmaxRegression(4, 3, l2=0.01)
+    influence.fit(model, train, gtol=1e-3)
+    w = model.get_params()
+    idx = [0, 3, 7, 12]
+    res = influence.verify_loo(model, train, test, indices=idx, solver="direct", scoring="gradient", gtol=1e-10,
+                               retrain="warm")
+    assert np.array_equal(model.get_params(), w) and res.retrain == "warm"
+    tight = SoftmaxRegression(4, 3, l2=0.01)
+    tight.set_params(w)
+    influence.fit(tight, train, gtol=1e-10)
+    expected = influence.predicted_loss_change(
+        influence.influence_scores(tight, train, test, solver="direct", scoring="gradient").mean(axis=0), 60)[idx]
+    np.testing.assert_allclose(res.predicted, expected, rtol=1e-6)
+    assert res.reference_moved == pytest.approx(np.linalg.norm(tight.get_params() - w), rel=1e-3)
+    assert res.reference_moved > 1e-4                        # the loose fit was measurably elsewhere
+    at_model = influence.predicted_loss_change(
+        influence.influence_scores(model, train, test, solver="direct", scoring="gradient").mean(axis=0), 60)[idx]
+    assert not np.allclose(res.predicted, at_model, rtol=1e-6)
+
+
 def test_explain_correlation_says_why_it_is_nan_or_meaningless():
     p = np.array([1.0, -2.0, 3.0])
     assert ev.explain_correlation(p, np.array([0.5, -1.0, 2.0])) is None

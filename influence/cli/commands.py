@@ -252,7 +252,7 @@ def cmd_self(args):
 
 
 def cmd_verify(args):
-    from ..evaluate.leave_one_out import verify_loo
+    from ..evaluate.leave_one_out import LOO_GTOL, verify_loo
     from .retraining import retrain_options, retrain_text
     from ..common.files import check_writable, write_table
     out_extension(args)
@@ -300,7 +300,8 @@ def cmd_verify(args):
         summary = {"pearson": res.pearson, "spearman": res.spearman, "k": len(res.indices),
                    "indices": res.indices, "predicted": res.predicted, "actual": res.actual,
                    "noise": res.noise, "above_noise": None if res.noise is None else above,
-                   "note": res.note, "retrain": res.retrain, "seeds": args.seeds, "curvature": args.curvature,
+                   "note": res.note, "reference_moved": res.reference_moved, "retrain": res.retrain,
+                   "seeds": args.seeds, "curvature": args.curvature,
                    "damping": res.damping if np.isfinite(res.damping) else args.damping, "out": args.out,
                    "seconds": timer.as_dict()}
         summary.update(factors_summary(args))
@@ -312,6 +313,9 @@ def cmd_verify(args):
              ("λ = %.4g, the scores' damping and the proximal term's" if res.retrain == "proximal"
               else "scores at λ = %.4g") % res.damping, args.seeds, "" if args.seeds == 1 else "s"))
     print("  Pearson %.4f, Spearman %.4f between predicted and actual test-loss change" % (res.pearson, res.spearman))
+    if res.reference_moved:
+        print("  predicted and measured at the same weights: the model's, re-tightened to max |∂R/∂w| <= %g "
+              "(moved %.3g), where the retrainings start" % (LOO_GTOL, res.reference_moved))
     if res.note:
         print("  note: %s" % res.note)
     if res.noise is not None:

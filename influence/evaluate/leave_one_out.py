@@ -37,7 +37,7 @@ SEED_LOO = 2
 
 LOOResult = collections.namedtuple(
     "LOOResult", "indices predicted actual pearson spearman scores base_grad_norm grad_norms seconds retrain "
-                 "damping noise note")
+                 "damping noise note reference_moved")
 LOOResult.__doc__ = """Result of :func:`verify_loo`. ``indices``: the training points removed;
 ``predicted``: −I_up,loss/n for them (mean over test points); ``actual``: ℓ(z_test, w*_{−i}) −
 ℓ(z_test, w*) (mean over test points); ``pearson``/``spearman`` of the two; ``scores``: I_up,loss of
@@ -50,7 +50,9 @@ point, the first-order estimate of how much the measured change is still off bec
 stop at ``gtol``, |s·r_i| + |s·r_0| (s = (C + damping·I)⁻¹ ∇ℓ_test the scores' s_test, r_i and r_0 the
 gradients left at the end of the retraining without i and of the reference; warm and proximal
 retraining when the scores were computed here, else None); ``note``: None, or one sentence on why the
-correlations are NaN or mean little (:func:`influence.evaluate.explain_correlation`)."""
+correlations are NaN or mean little (:func:`influence.evaluate.explain_correlation`); ``reference_moved``:
+‖w* − w‖, how far re-tightening the model's weights w to ``gtol`` moved them (warm retraining with
+scores computed here: the scores are computed at w*, where the retrainings start; else 0)."""
 
 
 
@@ -64,8 +66,10 @@ def verify_loo(model, train, test, indices=None, k=20, damping=0.0, random_state
     test points) and the rest drawn at random (``random_state``) from the others. Each retraining is a
     warm-started L-BFGS from w* on R_{−i} (1/n weights) to max |∂R_{−i}/∂w| <= ``gtol``. The reference
     w* is first re-tightened to the same ``gtol`` on the full data so both sides of the difference are
-    optimized alike (the model's own weights are not changed). ``scores``: precomputed I_up,loss
-    (skips :func:`influence_scores`, which otherwise runs with ``solver``, ``scoring``, ``damping``).
+    optimized alike (the model's own weights are not changed), and the scores are computed at w* too, so
+    that prediction and measurement share their weights (``result.reference_moved`` says how far w* is
+    from the model's weights). ``scores``: precomputed I_up,loss, used as given (skips
+    :func:`influence_scores`, which otherwise runs with ``solver``, ``scoring``, ``damping``).
     ``retrain``: "warm" (above), "proximal" (the PBRF objective from the trained weights with
     λ = ``damping``, against the test loss at those weights), "scratch" (``seeds`` runs without the
     point from fresh initialisations with ``recipe``/``train_fn``/``init`` — see
@@ -80,13 +84,27 @@ def verify_loo(model, train, test, indices=None, k=20, damping=0.0, random_state
     test = model.validate(test, getattr(test, "name", "test data"))
     n = len(train)
     times = {}
+    mode = retrain
+    if mode == "auto":
+        mode = "warm" if check_optimum(model, train, batch_size=batch_size).ok else "proximal"
     t0 = time.time()
     st = None
+    moved = 0.0
     if scores is None:
-        st = s_test(model, train, test, solver, damping, batch_size, curvature=curvature,
-                    **dict({"progress": progress}, **solver_options))
-        scores = influence_scores(model, train, test, scoring=scoring, batch_size=batch_size, s=st,
-                                  check_optimum=False, progress=progress)
+        with model.preserving_params():
+            if mode == "warm":
+                # predictions and measurements at the same weights: the retrainings start from the reference
+                # optimum re-tightened to gtol, so the scores are computed there too. A fit stopped at a
+                # looser tolerance can lie far from it along a flat direction where the Hessian differs
+                # (docs/evaluation.md, "The README's verify example, explained": 0.066 away, Pearson 0.47
+                # with the trained weights' Hessian, 0.988 with the reference's)
+                w = model.get_params()
+                minimize_lbfgs(model, train, n, gtol, maxiter, 30)
+                moved = float(np.linalg.norm(model.get_params().astype(np.float64) - w.astype(np.float64)))
+            st = s_test(model, train, test, solver, damping, batch_size, curvature=curvature,
+                        **dict({"progress": progress}, **solver_options))
+            scores = influence_scores(model, train, test, scoring=scoring, batch_size=batch_size, s=st,
+                                      check_optimum=False, progress=progress)
         if damping is None or (isinstance(damping, str) and damping == "auto"):
             damping = st.damping                # what the scores used: the proximal λ
     times["scores"] = time.time() - t0
@@ -108,9 +126,6 @@ def verify_loo(model, train, test, indices=None, k=20, damping=0.0, random_state
         indices = indices % n
     predicted = predicted_loss_change(mean_scores[indices], n)
     t0 = time.time()
-    mode = retrain
-    if mode == "auto":
-        mode = "warm" if check_optimum(model, train, batch_size=batch_size).ok else "proximal"
     s_mean = None
     if st is not None and mode == "warm":
         s_mean = np.atleast_2d(st.vectors).mean(axis=0)   # the test loss is the mean over the test points
@@ -126,7 +141,7 @@ def verify_loo(model, train, test, indices=None, k=20, damping=0.0, random_state
     lam = float("nan") if damping is None or isinstance(damping, str) else float(damping)
     return LOOResult(indices, predicted, actual, pearson(predicted, actual), spearman(predicted, actual),
                      scores, base_grad_norm, grad_norms, times, mode, lam, noise,
-                     explain_correlation(predicted, actual, noise))
+                     explain_correlation(predicted, actual, noise), moved)
 
 
 def _warm_loo(model, train, test, indices, gtol, maxiter, batch_size, s=None):
