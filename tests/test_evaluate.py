@@ -261,6 +261,25 @@ def test_verify_loo_scores_where_its_retrainings_start():
     assert not np.allclose(res.predicted, at_model, rtol=1e-6)
 
 
+def test_evaluate_loo_and_lds_score_where_their_retrainings_start():
+    """As verify: warm evaluations score at the re-tightened reference, not at a looser fit's weights."""
+    x, y = make_classification(80, 4, 3, seed=5)
+    train, test = (x[:60], y[:60]), (x[60:], y[60:])
+    model = SoftmaxRegression(4, 3, l2=0.01)
+    influence.fit(model, train, gtol=1e-3)
+    w = model.get_params()
+    tight = SoftmaxRegression(4, 3, l2=0.01)
+    tight.set_params(w)
+    influence.fit(tight, train, gtol=1e-10)
+    expected = influence.influence_scores(tight, train, test, solver="direct", scoring="gradient")
+    res = ev.loo(model, train, test, k=4, retrain="warm", gtol=1e-10, solver="direct", check_optimum=False)
+    np.testing.assert_allclose(res.predicted["influence"], -expected[:, res.indices] / 60, rtol=1e-6)
+    lds = ev.lds(model, train, test, subsets=3, retrain="warm", gtol=1e-10, solver="direct", check_optimum=False)
+    np.testing.assert_allclose(lds.predicted["influence"], ev.subset_predictions(expected, lds.subsets, 60, lds.base),
+                               rtol=1e-6)
+    assert np.array_equal(model.get_params(), w)
+
+
 def test_explain_correlation_says_why_it_is_nan_or_meaningless():
     p = np.array([1.0, -2.0, 3.0])
     assert ev.explain_correlation(p, np.array([0.5, -1.0, 2.0])) is None

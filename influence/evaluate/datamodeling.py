@@ -54,13 +54,11 @@ class _LDSJob(EvalJob):
         t0 = time.perf_counter()
         with self.model.preserving_params():
             at_model = self.model.per_example_losses(self.test, s["batch_size"])
-        scores = self._scores(s)
-        t1 = time.perf_counter()
-        mode, w_ref, base = self.start(s, at_model)
+        scores, scoring, mode, w_ref, base = self.scores_and_start(s, at_model)
         subsets = draw_subsets(len(self.train), s["subsets"], s["alpha"], s["seed"])
         actual, spread, grad_norms = self._retrain(s, w_ref, subsets, subsets.shape[1], self.spec(s, mode))
         t2 = time.perf_counter()
-        return scores, at_model, base, subsets, actual, grad_norms, (t1 - t0, t2 - t1), mode, spread
+        return scores, at_model, base, subsets, actual, grad_norms, (scoring, t2 - t0 - scoring), mode, spread
 
 
 def lds(model, train, test, subsets=50, alpha=0.5, seed=0, target="loss", gtol=LDS_GTOL,

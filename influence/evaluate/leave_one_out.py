@@ -209,8 +209,9 @@ class _LOOJob(EvalJob):
     def _compute(self):
         s = self.settings
         t0 = time.perf_counter()
-        scores = self._scores(s)
-        t1 = time.perf_counter()
+        with self.model.preserving_params():
+            at_model = self.model.per_example_losses(self.test, s["batch_size"])
+        scores, scoring, mode, w_ref, base = self.scores_and_start(s, at_model)
         n = len(self.train)
         idx = s["indices"]
         if idx is None:
@@ -221,9 +222,6 @@ class _LOOJob(EvalJob):
             rand = np.random.RandomState(s["seed"] + SEED_LOO).choice(rest, size=k - top.size, replace=False)
             idx = np.concatenate([top, rand])
         idx = np.asarray(idx, dtype=np.int64)
-        with self.model.preserving_params():
-            at_model = self.model.per_example_losses(self.test, s["batch_size"])
-        mode, w_ref, base = self.start(s, at_model)
         everything = np.arange(n)
         kept = np.array([np.delete(everything, i) for i in idx])
         after, spread, grad_norms = self._retrain(s, w_ref, kept, n, self.spec(s, mode))
@@ -231,7 +229,7 @@ class _LOOJob(EvalJob):
             # the trained weights are no reference for runs from scratch: changes from their mean
             base = after.mean(axis=1)
         t2 = time.perf_counter()
-        return scores, idx, after - base[:, None], grad_norms, (t1 - t0, t2 - t1), mode, spread
+        return scores, idx, after - base[:, None], grad_norms, (scoring, t2 - t0 - scoring), mode, spread
 
 
 def loo(model, train, test, k=20, seed=0, indices=None, gtol=LOO_GTOL, maxiter=RETRAIN_MAXITER,

@@ -1,6 +1,8 @@
 """The retraining job every evaluation runs: subsets of the training rows retrained with L-BFGS from a
 starting point, chunk by chunk (checkpointed, resumable, on Dask workers), and the checkpoint life
 cycle the three evaluations share (:class:`EvalJob`)."""
+import time
+
 import numpy as np
 
 from ..common.errors import InfluenceError, param
@@ -191,6 +193,20 @@ class EvalJob(Job):
             w_ref, base, _ = self._reference(s)
             return mode, w_ref, base
         return mode, self.model.get_params(), np.asarray(at_model, dtype=np.float64)
+
+    def scores_and_start(self, s, at_model):
+        """(scores, seconds of scoring, mode, w0, base): :meth:`start`, then the scores at the weights the
+        retrainings start from. Warm: the reference optimum re-tightened to gtol, so that prediction and
+        measurement share their weights (a fit stopped short of its optimum along a flat direction is
+        scored wrongly at its own weights: docs/evaluation.md, "The README's verify example, explained");
+        proximal and scratch: the trained weights."""
+        mode, w0, base = self.start(s, at_model)
+        t0 = time.perf_counter()
+        with self.model.preserving_params():
+            if mode == "warm":
+                self.model.set_params(w0)
+            scores = self._scores(s)
+        return scores, time.perf_counter() - t0, mode, w0, base
 
     def _scores(self, s):
         """{method: (T, n) scores}; ``self.method_seconds`` {method: seconds per test point}. Saved in
