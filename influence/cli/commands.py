@@ -12,7 +12,7 @@ from .._version import __version__
 from ._common import (
     EXIT_OK, META_SUFFIX, UsageError, Timer, Warnings, check_indices, existing_file, job_inputs, label_text,
     data_labels, load_data_file, load_model, load_split, log, out_extension, parse_arch, partial_folder)
-from .curvature import curvature_line, curvature_record, factors_summary, write_provenance
+from .curvature import curvature_line, curvature_record, curvature_summary, factors_summary, write_provenance
 from .factors import check_factor_flags, preconditioner_text, use_factors
 from .plans import FitProgress, retrain_plan, self_plan
 
@@ -200,8 +200,7 @@ def cmd_self(args):
         options["random_state"] = args.seed          # the seed of EK-FAC's sampled labels
     labels = data_labels(train)
     # what was asked for, until the job says what it chose (a resumed job may not choose again)
-    record = {"curvature": args.curvature, "damping": args.damping, "curvature_reason": "resumed: as asked"}
-    record.update(factors_summary(args))
+    record = curvature_summary(args, None)
 
     def on_curvature(cur):
         record.update(curvature_record(cur))

@@ -86,16 +86,22 @@ def curvature_line(args, cur):
 
 def curvature_summary(args, job):
     """{"curvature", "damping", "curvature_reason", "preconditioner", "factors"} of a job's s_test for
-    --json and .json outputs (what was asked for when the solve came from a resumed checkpoint);
+    --json and .json outputs (what was asked for when the solve came from a resumed checkpoint, or
+    when ``job`` has no s_test yet);
     EK-FAC's automatic damping, one per block, is "auto"."""
     st = getattr(job, "s_test", None)
     if st is None:
         out = {"curvature": args.curvature, "damping": args.damping, "curvature_reason": "resumed: as asked"}
     else:
-        damping = st.damping if st.damping == st.damping else "auto"        # NaN: per block
-        out = {"curvature": st.curvature, "damping": damping, "curvature_reason": st.curvature_reason}
+        out = {"curvature": st.curvature, "damping": _damping_text(st.damping),
+               "curvature_reason": st.curvature_reason}
     out.update(factors_summary(args))
     return out
+
+
+def _damping_text(total):
+    """A damping for the records: the number, or "auto" for NaN (EK-FAC's automatic damping, one per block)."""
+    return total if total == total else "auto"
 
 
 def factors_summary(args):
@@ -110,9 +116,7 @@ def curvature_record(cur):
     the damping in effect, whether the solver adds it or the operator holds it (damping="auto"); "auto" for
     EK-FAC's automatic damping, one value per block."""
     from ..scoring.scores import total_damping
-    total = total_damping(cur)
-    return {"curvature": cur.kind, "damping": total if total == total else "auto",     # NaN: EK-FAC's per block
-            "curvature_reason": cur.reason}
+    return {"curvature": cur.kind, "damping": _damping_text(total_damping(cur)), "curvature_reason": cur.reason}
 
 
 def write_provenance(args, path, what, record):

@@ -74,15 +74,16 @@ def _preconditioned(options, model, train, cur, batch_size):
     pre = options.get("preconditioner")
     if pre is None:
         return options, None
+    def described(ekfac, source):
+        return "%s (%s, labels %s, damping %s)" % (source, ekfac.strategy, ekfac.labels,
+                                                  "auto" if ekfac.damping_auto else "%.3g" % ekfac.damping)
     if isinstance(pre, str) and pre == "ekfac":
         total = total_damping(cur)
         damping = total if np.isfinite(total) and (total > 0 or float(getattr(model, "l2", 0.0)) > 0) else "auto"
         pre = EKFAC(model, train, damping=damping, random_state=options.get("random_state"), batch_size=batch_size)
-        return dict(options, preconditioner=pre), "EK-FAC fitted on the training data (%s, labels %s, damping %s)" % (
-            pre.strategy, pre.labels, "auto" if pre.damping_auto else "%.3g" % pre.damping)
+        return dict(options, preconditioner=pre), described(pre, "EK-FAC fitted on the training data")
     if isinstance(pre, EKFAC):
-        return options, "a given EK-FAC (%s, labels %s, damping %s)" % (
-            pre.strategy, pre.labels, "auto" if pre.damping_auto else "%.3g" % pre.damping)
+        return options, described(pre, "a given EK-FAC")
     return options, "a given %s" % type(pre).__name__
 
 
