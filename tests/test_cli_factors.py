@@ -102,14 +102,17 @@ def test_a_library_refusal_is_worded_in_flags(tmp_path, capsys, cntk):
 
 
 @pytest.mark.parametrize("where", ["fit", "write"])
-def test_ctrl_c_while_fitting_or_writing_leaves_nothing(files, tmp_path, capsys, monkeypatch, where):
-    import influence.curvature.ekfac as ekfac_module
+def test_ctrl_c_while_fitting_leaves_nothing_and_while_writing_keeps_the_chunks(files, tmp_path, capsys, monkeypatch,
+                                                                                  where):
+    import influence.curvature.ekfac_fit as fit_module
     import influence.curvature.ekfac_io as io_module
     d, model, _, _ = files
-    if where == "fit":
-        def interrupted(self, data):
+    out = str(tmp_path / "f.npz")
+    argv = ["factors", "--model", model, "--train", str(d / "train.npz"), "--out", out, "--quiet"]
+    if where == "fit":                            # in the first chunk: nothing finished
+        def interrupted(*args, **kwargs):
             raise KeyboardInterrupt
-        monkeypatch.setattr(ekfac_module.EKFAC, "_fit", interrupted)
+        monkeypatch.setattr(fit_module.FactorFit, "first_sums", interrupted)
     else:
         real = np.savez
 
@@ -117,10 +120,19 @@ def test_ctrl_c_while_fitting_or_writing_leaves_nothing(files, tmp_path, capsys,
             real(f, **dict(list(arrays.items())[:2]))
             raise KeyboardInterrupt
         monkeypatch.setattr(io_module.np, "savez", interrupted)
-    code, _, err = run(["factors", "--model", model, "--train", str(d / "train.npz"), "--out",
-                        str(tmp_path / "f.npz"), "--quiet"], capsys)
-    assert code == 130 and err.strip() == "influence: interrupted", err
-    assert os.listdir(str(tmp_path)) == []
+    code, _, err = run(argv, capsys)
+    assert code == 130, err
+    if where == "fit":
+        assert err.strip().startswith("influence: interrupted before any work was finished"), err
+        assert os.listdir(str(tmp_path)) == []
+        return
+    # both passes' chunks are kept; --resume writes the file without computing any chunk again
+    assert "the finished work is kept in %s.partial/" % out in err and _written(tmp_path) == ["f.npz.partial"], err
+    monkeypatch.undo()
+    code, stdout, err = run(argv + ["--resume", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["chunks"] == {"chunks": 2, "computed": 0, "resumed": 2}
+    assert _written(tmp_path) == ["f.npz"]
 
 
 # ------------------------------------------------------------------------------------ --factors
