@@ -135,6 +135,60 @@ def test_ctrl_c_while_fitting_leaves_nothing_and_while_writing_keeps_the_chunks(
     assert _written(tmp_path) == ["f.npz"]
 
 
+def _arrays(path):
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files if k != "meta"}
+
+
+def test_resume_with_other_settings_is_refused_naming_them_then_finishes(files, tmp_path, capsys, monkeypatch):
+    import influence.curvature.ekfac_fit as fit_module
+    d, model, _, _ = files
+    out = str(tmp_path / "f.npz")
+    argv = ["factors", "--model", model, "--train", str(d / "train.npz"), "--out", out, "--chunk-size", "100",
+            "--seed", "2", "--quiet"]
+    real, calls = fit_module.FactorFit.second_sums, []
+
+    def second_sums(*args, **kwargs):                 # Ctrl-C in the second pass's second chunk
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(fit_module.FactorFit, "second_sums", second_sums)
+    assert run(argv, capsys)[0] == 130
+    monkeypatch.undo()
+    folder = out + ".partial"
+    kept = _written(folder)
+    for change, differs in ((["--seed", "3"], "seed"), (["--strategy", "kfac"], "strategy"),
+                            (["--chunk-size", "50"], "chunk_size")):
+        code, _, err = run(argv + ["--resume"] + change, capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "cannot resume from %s: the job differs in %s; rerun without --resume" % (folder, differs) in err, err
+        assert _written(folder) == kept and not os.path.exists(out)
+    code, stdout, err = run(argv + ["--resume", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["chunks"] == {"chunks": 6, "computed": 2, "resumed": 4}
+    whole = str(tmp_path / "whole.npz")
+    assert run(argv[:6] + [whole] + argv[7:], capsys)[0] == 0
+    resumed, fresh = _arrays(out), _arrays(whole)
+    assert sorted(resumed) == sorted(fresh) and all(np.array_equal(resumed[k], fresh[k]) for k in fresh)
+    assert _written(tmp_path) == ["f.npz", "whole.npz"]
+
+
+def test_cluster_fit_writes_the_factors_of_a_local_one(files, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    d, model, _, _ = files
+    argv = ["factors", "--model", model, "--train", str(d / "train.npz"), "--chunk-size", "120", "--quiet", "--out"]
+    local, clustered = str(tmp_path / "local.npz"), str(tmp_path / "cluster.npz")
+    assert run(argv + [local], capsys)[0] == 0
+    code, stdout, err = run(argv + [clustered, "--cluster", "local:1", "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["cluster"] == "local:1" and summary["chunks"] == {"chunks": 6, "computed": 6, "resumed": 0}
+    a, b = _arrays(local), _arrays(clustered)
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert _written(tmp_path) == ["cluster.npz", "local.npz"]
+
+
 # ------------------------------------------------------------------------------------ --factors
 def test_saved_factors_give_the_scores_of_a_refit(files, tmp_path, capsys):
     d, model, _, factors = files
