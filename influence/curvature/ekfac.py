@@ -285,7 +285,7 @@ class EKFAC(LinearOperator):
 
 def _local_pass(sums, n, progress, desc):
     """``sums(0, n, on_rows)`` of all rows in this process, with a bar over the rows (``progress``)."""
-    bar = Progress(progress, n, desc)
+    bar = Progress(progress, n, desc, unit="row")
     try:
         return sums(0, n, lambda k: bar.update(n=k))
     finally:

@@ -120,7 +120,7 @@ class FactorJob(Job):
         """One pass: the sum over all chunks of the first (``bases`` None) or second pass's vectors."""
         ckpt = None if self.checkpoint is None else PrefixedCheckpoint(self.checkpoint, prefix)
         total = OrderedSum(chunk_bounds(fit.n, self.chunk_size), size)
-        bar = Progress(self.progress, fit.n, desc)
+        bar = Progress(self.progress, fit.n, desc, unit="row")
         here = set()
 
         def compute(a, b):
