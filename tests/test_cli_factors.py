@@ -102,14 +102,17 @@ def test_a_library_refusal_is_worded_in_flags(tmp_path, capsys, cntk):
 
 
 @pytest.mark.parametrize("where", ["fit", "write"])
-def test_ctrl_c_while_fitting_or_writing_leaves_nothing(files, tmp_path, capsys, monkeypatch, where):
-    import influence.curvature.ekfac as ekfac_module
+def test_ctrl_c_while_fitting_leaves_nothing_and_while_writing_keeps_the_chunks(files, tmp_path, capsys, monkeypatch,
+                                                                                  where):
+    import influence.curvature.ekfac_fit as fit_module
     import influence.curvature.ekfac_io as io_module
     d, model, _, _ = files
-    if where == "fit":
-        def interrupted(self, data):
+    out = str(tmp_path / "f.npz")
+    argv = ["factors", "--model", model, "--train", str(d / "train.npz"), "--out", out, "--quiet"]
+    if where == "fit":                            # in the first chunk: nothing finished
+        def interrupted(*args, **kwargs):
             raise KeyboardInterrupt
-        monkeypatch.setattr(ekfac_module.EKFAC, "_fit", interrupted)
+        monkeypatch.setattr(fit_module.FactorFit, "first_sums", interrupted)
     else:
         real = np.savez
 
@@ -117,10 +120,73 @@ def test_ctrl_c_while_fitting_or_writing_leaves_nothing(files, tmp_path, capsys,
             real(f, **dict(list(arrays.items())[:2]))
             raise KeyboardInterrupt
         monkeypatch.setattr(io_module.np, "savez", interrupted)
-    code, _, err = run(["factors", "--model", model, "--train", str(d / "train.npz"), "--out",
-                        str(tmp_path / "f.npz"), "--quiet"], capsys)
-    assert code == 130 and err.strip() == "influence: interrupted", err
-    assert os.listdir(str(tmp_path)) == []
+    code, _, err = run(argv, capsys)
+    assert code == 130, err
+    if where == "fit":
+        assert err.strip().startswith("influence: interrupted before any work was finished"), err
+        assert os.listdir(str(tmp_path)) == []
+        return
+    # both passes' chunks are kept; --resume writes the file without computing any chunk again
+    assert "the finished work is kept in %s.partial/" % out in err and _written(tmp_path) == ["f.npz.partial"], err
+    monkeypatch.undo()
+    code, stdout, err = run(argv + ["--resume", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["chunks"] == {"chunks": 2, "computed": 0, "resumed": 2}
+    assert _written(tmp_path) == ["f.npz"]
+
+
+def _arrays(path):
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files if k != "meta"}
+
+
+def test_resume_with_other_settings_is_refused_naming_them_then_finishes(files, tmp_path, capsys, monkeypatch):
+    import influence.curvature.ekfac_fit as fit_module
+    d, model, _, _ = files
+    out = str(tmp_path / "f.npz")
+    argv = ["factors", "--model", model, "--train", str(d / "train.npz"), "--out", out, "--chunk-size", "100",
+            "--seed", "2", "--quiet"]
+    real, calls = fit_module.FactorFit.second_sums, []
+
+    def second_sums(*args, **kwargs):                 # Ctrl-C in the second pass's second chunk
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(fit_module.FactorFit, "second_sums", second_sums)
+    assert run(argv, capsys)[0] == 130
+    monkeypatch.undo()
+    folder = out + ".partial"
+    kept = _written(folder)
+    for change, differs in ((["--seed", "3"], "seed"), (["--strategy", "kfac"], "strategy"),
+                            (["--chunk-size", "50"], "chunk_size")):
+        code, _, err = run(argv + ["--resume"] + change, capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "cannot resume from %s: the job differs in %s; rerun without --resume" % (folder, differs) in err, err
+        assert _written(folder) == kept and not os.path.exists(out)
+    code, stdout, err = run(argv + ["--resume", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["chunks"] == {"chunks": 6, "computed": 2, "resumed": 4}
+    whole = str(tmp_path / "whole.npz")
+    assert run(argv[:6] + [whole] + argv[7:], capsys)[0] == 0
+    resumed, fresh = _arrays(out), _arrays(whole)
+    assert sorted(resumed) == sorted(fresh) and all(np.array_equal(resumed[k], fresh[k]) for k in fresh)
+    assert _written(tmp_path) == ["f.npz", "whole.npz"]
+
+
+def test_cluster_fit_writes_the_factors_of_a_local_one(files, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    d, model, _, _ = files
+    argv = ["factors", "--model", model, "--train", str(d / "train.npz"), "--chunk-size", "120", "--quiet", "--out"]
+    local, clustered = str(tmp_path / "local.npz"), str(tmp_path / "cluster.npz")
+    assert run(argv + [local], capsys)[0] == 0
+    code, stdout, err = run(argv + [clustered, "--cluster", "local:1", "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["cluster"] == "local:1" and summary["chunks"] == {"chunks": 6, "computed": 6, "resumed": 0}
+    a, b = _arrays(local), _arrays(clustered)
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert _written(tmp_path) == ["cluster.npz", "local.npz"]
 
 
 # ------------------------------------------------------------------------------------ --factors

@@ -6,8 +6,8 @@ from __future__ import print_function
 
 import json
 
-from ._common import (EXIT_OK, UsageError, Timer, Warnings, ctf_flags, load_model, load_split, model_flags,
-                      out_extension)
+from ._common import (EXIT_OK, UsageError, Timer, Warnings, ctf_flags, job_inputs, load_model, load_split,
+                      model_flags, out_extension, partial_folder)
 from .curvature import damping_value
 from .plans import factors_plan
 
@@ -23,6 +23,7 @@ PRECONDITIONED_SOLVERS = ("cg", "lissa", "auto")
 def factors_parser(sub, common):
     """``influence factors``: its parser."""
     from ..curvature.ekfac import LABELS, STRATEGIES
+    from ..scoring.chunks import DEFAULT_CHUNK_SIZE
     p = sub.add_parser("factors", parents=[common], help="fit EK-FAC's factors once and save them (.npz)",
                        description="Fit the EK-FAC approximation of the Fisher (= Gauss-Newton for softmax "
                        "cross-entropy with sampled labels) of a model on its training data: per layer the "
@@ -45,7 +46,16 @@ def factors_parser(sub, common):
     p.add_argument("--damping", type=damping_value, default="auto", metavar="λ|auto",
                    help="λ added to every block: a number >= 0, or auto (0.1 × each block's mean eigenvalue) "
                    "(default auto; a later --curvature ekfac --damping replaces it without refitting)")
-    p.add_argument("--out", required=True, metavar="F.npz", help="where to save the factors (.npz)")
+    p.add_argument("--out", required=True, metavar="F.npz", help="where to save the factors (.npz); the "
+                   "finished chunks of an interrupted fit are kept in F.npz.partial/ for --resume")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, metavar="ROWS",
+                   help="training rows per chunk: the unit of progress, of --resume and of the tasks on --cluster; "
+                   "the factors are the sums of the chunks' sums (default %d)" % DEFAULT_CHUNK_SIZE)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted fit from OUT.partial/ without "
+                   "recomputing finished chunks (refused, naming what differs, when the settings are not the same)")
+    p.add_argument("--cluster", metavar="SPEC", help="fit the chunks on a Dask cluster and add their sums here: "
+                   "local:N (N worker processes on this machine) or tcp://HOST:PORT (a running dask-scheduler; "
+                   "--train must be readable at the same path by every worker); see docs/cluster.md")
     p.set_defaults(func=cmd_factors)
     return p
 
@@ -138,26 +148,44 @@ def preconditioner_text(args):
 
 
 def cmd_factors(args):
-    from ..common.files import check_writable, file_fingerprint
-    from ..curvature import EKFAC
+    from ..common.files import file_fingerprint
+    from ..jobs import FactorJob
     out_extension(args)
-    check_writable(args.out)
+    folder = partial_folder(args)           # checks --out (and --resume) before any work
+    if args.cluster:
+        from ..dask.executor import check_reachable
+        check_reachable(args.cluster)     # a bad spec or an unreachable scheduler fails before any work
     timer = Timer()
     with timer("load model and data"):
         model, _ = load_model(args)
         train = load_split(args.train, "--train", model, args.ctf_options)
     estimate = factors_plan(args, model, train)
-    with Warnings():
-        with timer("fit (%s, labels %s)" % (args.strategy, args.labels)):
-            ekfac = EKFAC(model, train, damping=args.damping, strategy=args.strategy, labels=args.labels,
-                          random_state=args.seed, batch_size=args.batch_size, progress=not args.quiet)
-        with timer("write"):
-            ekfac.save(args.out)
+    client = executor = None
+    try:
+        if args.cluster:
+            from ..dask.executor import DaskExecutor, connect
+            with timer("start/connect cluster (%s)" % args.cluster):
+                client = connect(args.cluster)
+            executor = DaskExecutor(client)
+        with Warnings():
+            job = FactorJob(model, train, folder=folder, resume=args.resume, damping=args.damping,
+                            strategy=args.strategy, labels=args.labels, random_state=args.seed,
+                            batch_size=args.batch_size, chunk_size=args.chunk_size, progress=not args.quiet,
+                            executor=executor, inputs=job_inputs(args, {}))
+            with job:
+                with timer("fit (%s, labels %s)" % (args.strategy, args.labels)):
+                    ekfac = job.run()
+                with timer("write"):
+                    ekfac.save(args.out)
+    finally:
+        if client is not None:
+            client.close()
     saved = file_fingerprint(args.out)
     summary = {"out": saved["path"], "size": saved["size"], "sha256": saved["sha256"], "strategy": ekfac.strategy,
                "labels": ekfac.labels, "seed": args.seed, "damping": args.damping,
                "block_damping": list(ekfac.block_damping), "n_params": int(model.n_params), "n_train": len(train),
                "passes": ekfac.n_passes, "blocks": ekfac.plan(), "estimated_seconds": estimate,
+               "chunk_size": args.chunk_size, "chunks": job.chunks, "cluster": args.cluster,
                "seconds": timer.as_dict()}
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
@@ -165,6 +193,10 @@ def cmd_factors(args):
     print(str(ekfac))
     setting = "auto (0.1 × each block's mean eigenvalue)" if args.damping == "auto" else args.damping
     print("  damping %s: %s" % (setting, ", ".join("%.3g" % v for v in ekfac.block_damping) or "no blocks"))
+    chunks = job.chunks
+    if chunks and chunks["resumed"]:
+        print("  chunks: %d of %d resumed from %s/, %d computed" % (chunks["resumed"], chunks["chunks"], folder,
+                                                                   chunks["computed"]))
     print("saved %s (%.4g MB): reuse it with --factors %s (and --curvature ekfac or --preconditioner ekfac) on "
           "this --model and --train" % (args.out, saved["size"] / 1e6, args.out))
     print("timing:")

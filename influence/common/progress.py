@@ -14,13 +14,13 @@ __all__ = ["Progress"]
 class Progress(object):
     """A tqdm bar on stderr showing the residual (a plain stderr line per second without tqdm)."""
 
-    def __init__(self, enabled, total, desc):
+    def __init__(self, enabled, total, desc, unit="it"):
         self.bar = None
         self.plain = None
         if not enabled:
             return
         if _tqdm is not None:
-            self.bar = _tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+            self.bar = _tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
         else:
             self.plain = [desc, 0, time.time()]
 

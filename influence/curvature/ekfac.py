@@ -36,136 +36,11 @@ from scipy.sparse.linalg import LinearOperator
 
 from ..common.errors import InfluenceError, param
 from ..common.progress import Progress
-from ..data import Dataset, check_batch_size
 from .damping import DAMPING_FACTOR, resolve_damping
+from .ekfac_fit import BLOCK_BYTES, LABELS, STRATEGIES, FactorFit, LayerBlock, row_blocks
 from .ekfac_io import FactorFileError, data_digest, read_factors, write_factors
 
 __all__ = ["EKFAC", "STRATEGIES", "LABELS", "BLOCK_BYTES", "self_influence_ekfac", "ekfac_s_test"]
-
-STRATEGIES = ("ekfac", "kfac", "diagonal")
-LABELS = ("sampled", "true")
-#: Bytes of the per-example gradients of one block of rows (float64, rows × d): the rows of a batch
-#: are processed in blocks of at most this size.
-BLOCK_BYTES = 128 * 2 ** 20
-#: Seed of the sampled labels when ``random_state=None`` (repeatable bit for bit).
-DEFAULT_SEED = 0
-
-
-def _check_choice(name, value, choices):
-    if not isinstance(value, str) or value not in choices:
-        raise InfluenceError("%s is not one of %s; pass e.g. %s"
-                             % (param(name, value), ", ".join(repr(c) for c in choices), param(name, choices[0])),
-                             parameter=name, suggestion=choices[0])
-    return value
-
-
-def _rng(random_state):
-    if isinstance(random_state, np.random.RandomState):
-        return random_state
-    if random_state is None:
-        return np.random.RandomState(DEFAULT_SEED)
-    if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)) or random_state < 0:
-        raise InfluenceError("%s is not a seed; pass an integer >= 0, a numpy RandomState or None"
-                             % param("random_state", random_state), parameter="random_state")
-    return np.random.RandomState(int(random_state))
-
-
-def sampled_labels(model, data, rng, batch_size=None):
-    """``data`` with every label replaced by a draw y ~ p(y | x) of ``model`` (softmax cross-entropy:
-    a class; binary cross-entropy: 0 or 1), same format as the data's labels."""
-    loss = getattr(model, "output_loss", None)
-    if loss not in ("cross_entropy", "binary_cross_entropy") or data.y is None or not isinstance(data.y, np.ndarray):
-        labels = "no labels" if data.y is None else "sequence labels" if not isinstance(data.y, np.ndarray) \
-            else "labels of dtype %s" % data.y.dtype
-        raise InfluenceError("%s draws labels from the model's softmax or logistic output, but this model's "
-                             "loss is %r with %s; pass %s (the empirical Fisher)"
-                             % (param("labels", "sampled"), loss, labels, param("labels", "true")),
-                             parameter="labels", suggestion="true")
-    z = model.outputs(data, batch_size)
-    if len(z) != len(data):
-        raise InfluenceError("%s needs one output row per example but the data have %d rows and %d outputs; "
-                             "pass %s" % (param("labels", "sampled"), len(data), len(z), param("labels", "true")),
-                             parameter="labels", suggestion="true")
-    u = rng.random_sample(len(z))
-    if loss == "cross_entropy":
-        p = np.exp(z - z.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        y = np.minimum((np.cumsum(p, axis=1) < u[:, None]).sum(axis=1), p.shape[1] - 1)
-        if data.y.ndim == 2 and data.y.shape[1] == p.shape[1] and p.shape[1] > 1:
-            y = np.eye(p.shape[1], dtype=data.y.dtype)[y]          # one-hot labels stay one-hot
-        else:
-            y = y.astype(data.y.dtype if np.issubdtype(data.y.dtype, np.integer) else np.int64)
-    else:
-        s = 0.5 * (1.0 + np.tanh(0.5 * z[:, 0]))
-        y = (u < s).astype(data.y.dtype).reshape(data.y.shape)
-    return Dataset(data.x, y, getattr(data, "name", "data"))
-
-
-def row_blocks(model, data, batch_size, d):
-    """The rows of ``data`` in blocks: the model's batches, split so that a block's per-example
-    gradients (rows × d float64) stay under :data:`BLOCK_BYTES`."""
-    cap = max(1, BLOCK_BYTES // (8 * max(d, 1)))
-    for batch in model._batches(data, batch_size):
-        n = len(batch)
-        if n <= cap:
-            yield batch
-        else:
-            for a in range(0, n, cap):
-                yield batch.subset(slice(a, min(n, a + cap)))
-
-
-class _Block(object):
-    """One layer's factors: eigenvectors Q_S (n_out²), Q_A ((n_in+1)²) and Λ (n_out × (n_in+1))."""
-
-    def __init__(self, layer):
-        self.layer = layer
-        self.A = np.zeros((layer.n_in + 1, layer.n_in + 1))
-        self.S = np.zeros((layer.n_out, layer.n_out))
-        self.qa = self.qs = self.la = self.ls = self.eig = None
-        self.damping = 0.0
-
-    def add(self, a, g):
-        n, j = a.shape[:2]
-        at = np.empty((n * j, a.shape[2] + 1))
-        at[:, :-1] = a.reshape(n * j, -1)
-        at[:, -1] = 1.0
-        self.A += at.T @ at
-        gg = g.reshape(n * j, -1)
-        self.S += (gg.T @ gg) / j
-
-    def _rank_one(self, a, g):
-        """(Q_Sᵀ g, Q_Aᵀ ã) per row for a layer applied at one position (J = 1: G_n = g ãᵀ, rank one)."""
-        return g[:, 0, :] @ self.qs, a[:, 0, :] @ self.qa[:-1] + self.qa[-1]
-
-    def squares_sum(self, a, g, grads):
-        """Σ_n ((Q_Sᵀ G_n Q_A)ᵢⱼ)² over a block of rows. J = 1: (Q_Sᵀg)ᵢ² (Q_Aᵀã)ⱼ², O(n_out² + n_in²)
-        per row instead of rotating G_n (O(n_out·n_in·(n_out + n_in))); otherwise G_n from ``grads``."""
-        if a.shape[1] == 1:
-            rg, ra = self._rank_one(a, g)
-            return (rg * rg).T @ (ra * ra)
-        r = self.rotate(self.layer.to_matrix(grads))
-        return np.einsum("nij,nij->ij", r, r)
-
-    def weighted_squares(self, a, g, grads, weights):
-        """Σ_ij ((Q_Sᵀ G_n Q_A)ᵢⱼ)² · weightsᵢⱼ for every row n (the same two routes)."""
-        if a.shape[1] == 1:
-            rg, ra = self._rank_one(a, g)
-            return np.einsum("ni,ni->n", rg * rg, (ra * ra) @ weights.T)
-        r = self.rotate(self.layer.to_matrix(grads))
-        return np.einsum("nij,nij,ij->n", r, r, weights)
-
-    def rotate(self, mats):
-        """Q_Sᵀ M Q_A for matrices M (m, n_out, n_in + 1) (the right product as one 2-D matrix product)."""
-        return _sandwich(self.qs.T, mats, self.qa)
-
-    def unrotate(self, mats):
-        return _sandwich(self.qs, mats, self.qa.T)
-
-
-def _sandwich(left, mats, right):
-    m, o, p = mats.shape
-    inner = (mats.reshape(m * o, p) @ right).reshape(m, o, right.shape[1])
-    return np.matmul(left, inner)
 
 
 class EKFAC(LinearOperator):
@@ -177,101 +52,57 @@ class EKFAC(LinearOperator):
     ``"diagonal"``. ``labels``: ``"sampled"`` (the true Fisher, = Gauss-Newton for softmax
     cross-entropy; seeded by ``random_state``) or ``"true"`` (the empirical Fisher). ``batch_size``:
     rows per forward/backward pass (the result does not depend on it up to rounding). ``progress``:
-    a bar over the blocks of each pass. Weights (and CNTK Constants) are unchanged, bit-identical,
+    a bar over the rows of each pass. Weights (and CNTK Constants) are unchanged, bit-identical,
     whatever happens.
 
-    :meth:`solve` applies the inverse; :meth:`plan` names which parameters get which treatment;
+    :meth:`from_sums` builds one from the sums of chunks of rows (a resumable or clustered fit,
+    :class:`influence.jobs.FactorJob`). :meth:`solve` applies the inverse; :meth:`plan` names which
+    parameters get which treatment;
     ``n_passes`` counts the passes over the data (1 for kfac and diagonal, 2 for ekfac);
     ``seconds`` the time spent fitting."""
 
     def __init__(self, model, data, damping="auto", strategy="ekfac", labels="sampled", random_state=None,
                  batch_size=None, progress=False):
         damping = resolve_damping(damping)
-        self.strategy = _check_choice("strategy", strategy, STRATEGIES)
-        self.labels = _check_choice("labels", labels, LABELS)
-        if batch_size is not None:
-            check_batch_size(batch_size)
-        rng = _rng(random_state)
         t0 = time.time()
-        self.model = model
-        #: The file the factors were loaded from (:meth:`load`), else None.
-        self.source = None
-        self.data = model.validate(data, getattr(data, "name", "training data"))
-        self.batch_size = batch_size
+        fit = FactorFit(model, data, strategy, labels, random_state, batch_size)
+        first = _local_pass(fit.first_sums, fit.n, progress, "EK-FAC factors")
+        second = None
+        if fit.passes == 2:
+            bases = fit.eigen(first).bases
+            second = _local_pass(lambda a, b, on_rows: fit.second_sums(bases, a, b, on_rows), fit.n, progress,
+                                 "EK-FAC eigenvalues")
+        self._build(fit, first, second, damping)
         self.progress = bool(progress)
-        self.l2 = float(model.l2)
-        self.damping_auto = damping == "auto"
-        d = int(model.n_params)
-        super(EKFAC, self).__init__(dtype=np.dtype(np.float64), shape=(d, d))
-        layers, others = model.kfac_plan()
-        if self.strategy == "diagonal":
-            others = [{"name": L.name, "start": a, "stop": b, "reason": "strategy='diagonal'"}
-                      for L in layers for a, b in (L.kernel, L.bias)] + others
-            layers = []
-        self._others = others
-        self.blocks = [_Block(L) for L in layers]
-        covered = np.zeros(d, dtype=bool)
-        for L in layers:
-            covered[L.indices] = True
-        self.diagonal_index = np.flatnonzero(~covered)
-        self.n_hvp = 0
-        self.n_passes = 0
-        with model.preserving_params():
-            fit_data = sampled_labels(model, self.data, rng, batch_size) if self.labels == "sampled" else self.data
-            fit_data = model.validate(fit_data, getattr(self.data, "name", "training data"))
-            self._fit(fit_data)
-        self._set_damping(damping)
         self.seconds = time.time() - t0
 
-    # ------------------------------------------------------------------ fitting
-    def _pass(self, data, desc, each):
-        blocks = list(row_blocks(self.model, data, self.batch_size, self.shape[0]))
-        bar = Progress(self.progress, len(blocks), desc)
-        try:
-            for rows in blocks:
-                grads = np.empty((len(rows), self.shape[0]))
-                each(rows, grads)
-                bar.update()
-        finally:
-            bar.close()
-        self.n_passes += 1
+    @classmethod
+    def from_sums(cls, fit, first, second=None, damping="auto"):
+        """The EKFAC of a :class:`~influence.curvature.ekfac_fit.FactorFit` from its passes' sums over ALL
+        rows: ``first`` the sum of ``fit.first_sums`` over chunks covering every row once, ``second``
+        (``strategy="ekfac"`` only) the sum of ``fit.second_sums(fit.eigen(first).bases, ...)``
+        likewise. ``EKFAC(model, data, ...)`` is this with one chunk of all rows; chunked (resumable,
+        clustered) fits give the same operator up to the order of float64 additions."""
+        self = cls.__new__(cls)
+        self._build(fit, first, second, resolve_damping(damping))
+        return self
 
-    def _fit(self, data):
-        n = len(data)
-        diag = np.zeros(self.shape[0])
-        model = self.model
-        need_factors = bool(self.blocks)
-
-        def factors(rows, grads):
-            if need_factors:
-                stats = model._kfac_statistics(rows, grads)
-                for block, (a, g) in zip(self.blocks, stats):
-                    block.add(np.asarray(a, dtype=np.float64), np.asarray(g, dtype=np.float64))
-            else:
-                model._per_example_grads_into(rows, grads)
-            diag[:] += np.einsum("ij,ij->j", grads, grads)
-        self._pass(data, "EK-FAC factors", factors)
-        self.diagonal = diag / n
-        for block in self.blocks:
-            block.A /= n
-            block.S /= n
-            block.la, block.qa = np.linalg.eigh(block.A)
-            block.ls, block.qs = np.linalg.eigh(block.S)
-            block.la = np.maximum(block.la, 0.0)       # PSD up to rounding
-            block.ls = np.maximum(block.ls, 0.0)
-            block.eig = np.outer(block.ls, block.la)
-        if self.strategy == "ekfac" and self.blocks:
-            for block in self.blocks:
-                block.eig = np.zeros_like(block.eig)
-
-            def correction(rows, grads):
-                stats = model._kfac_statistics(rows, grads)
-                for block, (a, g) in zip(self.blocks, stats):
-                    block.eig += block.squares_sum(np.asarray(a, dtype=np.float64),
-                                                   np.asarray(g, dtype=np.float64), grads)
-            self._pass(data, "EK-FAC eigenvalues", correction)
-            for block in self.blocks:
-                block.eig /= n
+    def _build(self, fit, first, second, damping):
+        self.model, self.data, self.batch_size = fit.model, fit.data, fit.batch_size
+        self.strategy, self.labels = fit.strategy, fit.labels
+        #: The file the factors were loaded from (:meth:`load`), else None.
+        self.source = None
+        self.progress = False
+        self.l2 = float(fit.model.l2)
+        self.damping_auto = damping == "auto"
+        LinearOperator.__init__(self, dtype=np.dtype(np.float64), shape=(fit.d, fit.d))
+        self._others = fit.others
+        self.blocks, self.diagonal = fit.corrected(first, second)
+        self.diagonal_index = fit.diagonal_index
+        self.n_hvp = 0
+        self.n_passes = fit.passes
+        self.seconds = 0.0
+        self._set_damping(damping)
 
     def _set_damping(self, damping):
         diag = self.diagonal[self.diagonal_index]
@@ -401,7 +232,7 @@ class EKFAC(LinearOperator):
         self._others = meta["others"]
         self.blocks = []
         for i, L in enumerate(layers):
-            b = _Block(L)
+            b = LayerBlock(L)
             b.qa, b.qs, b.la, b.ls = arrays["qa_%d" % i], arrays["qs_%d" % i], arrays["la_%d" % i], arrays["ls_%d" % i]
             b.eig, b.A, b.S = arrays["eig_%d" % i], arrays["A_%d" % i], arrays["S_%d" % i]
             self.blocks.append(b)
@@ -450,6 +281,15 @@ class EKFAC(LinearOperator):
     def factors(self, i):
         """``(A, S)`` of layer block ``i`` (float64 copies)."""
         return self.blocks[i].A.copy(), self.blocks[i].S.copy()
+
+
+def _local_pass(sums, n, progress, desc):
+    """``sums(0, n, on_rows)`` of all rows in this process, with a bar over the rows (``progress``)."""
+    bar = Progress(progress, n, desc, unit="row")
+    try:
+        return sums(0, n, lambda k: bar.update(n=k))
+    finally:
+        bar.close()
 
 
 def _layer_name(layer):

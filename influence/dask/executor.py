@@ -129,7 +129,8 @@ class DaskExecutor(object):
     :func:`influence.scoring.chunks.run_chunks`; failed tasks are retried ``retries`` times by Dask.
     ``hessian=True`` (default): s_test's Hessian-vector products run on the workers as well
     (:meth:`hessian_operator`, a :class:`influence.dask.hessian.DaskHessianOperator`); ``False`` solves
-    s_test on the client."""
+    s_test on the client. ``factor_runner(fit, bases)``: the same for the chunks of EK-FAC's factors
+    (:class:`influence.jobs.FactorJob`)."""
 
     def __init__(self, client, retries=DEFAULT_RETRIES, data_fingerprint=None, hessian=True):
         self.client = client
@@ -162,6 +163,14 @@ class DaskExecutor(object):
         from .hessian import DaskHessianOperator       # it builds on this module
         return DaskHessianOperator(self.client, model, train, batch_size=batch_size, retries=self.retries,
                                    data_fingerprint=self.fingerprint(model, train))
+
+    def factor_runner(self, fit, bases=None):
+        """The run_chunks executor of :class:`influence.jobs.FactorJob`: the chunks of ``fit`` (an
+        :class:`influence.curvature.ekfac_fit.FactorFit`) on this client's workers (first pass, or the
+        second in ``bases``); see :mod:`influence.dask.factors`."""
+        from .factors import factor_job, factor_task
+        return chunk_executor(self.client, factor_job(self, fit, bases), factor_task, self.retries,
+                              "factors-first" if bases is None else "factors-second")
 
     def bind(self, model, train, vectors, steps=None, scoring="forward", batch_size=None):
         if scoring not in ("forward", "gradient"):

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..common.errors import InfluenceError, param
 from ..fitting import check_optimum, minimize_lbfgs
-from ..jobs import Job, data_identity
+from ..jobs import Job, PrefixedCheckpoint as Prefixed, data_identity
 from ..scoring import run_chunks
 from .baselines import SEED_RANDOM_SCORES, baseline_scores, curvature_operator, method_names
 from .proximal import proximal_retrain
@@ -108,20 +108,6 @@ def dask_runner(executor, model, train, test, w0, kept, norm, gtol, maxiter, bat
     job.test, job.w0, job.kept, job.norm = plain, np.asarray(w0), np.asarray(kept), norm
     job.gtol, job.maxiter, job.spec = gtol, maxiter, spec
     return chunk_executor(executor.client, job, retrain_task, executor.retries, "retrain")
-
-
-class Prefixed(object):
-    """A Checkpoint's chunks under a name prefix (the retrainings' chunks beside other arrays)."""
-
-    def __init__(self, checkpoint, prefix):
-        self.checkpoint, self.prefix = checkpoint, prefix
-        self.stats = checkpoint.stats
-
-    def load_chunk(self, a, b):
-        return self.checkpoint.load_array("%s-%08d-%08d" % (self.prefix, a, b))
-
-    def save_chunk(self, a, b, values):
-        self.checkpoint.save_array("%s-%08d-%08d" % (self.prefix, a, b), values)
 
 
 def check_executor(executor, model, train):

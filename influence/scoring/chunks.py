@@ -62,7 +62,7 @@ def _with_retries(compute, a, b, retries):
 
 
 def run_chunks(compute, n, chunk_size=DEFAULT_CHUNK_SIZE, checkpoint=None, progress=False,
-               desc="scoring", executor=None, retries=CHUNK_RETRIES, sink=None):
+               desc="scoring", executor=None, retries=CHUNK_RETRIES, sink=None, width=None):
     """Compute ``compute(start, stop)`` for every chunk of ``range(n)`` and concatenate the results
     along their last axis (rows). Returns ``(values, info)`` with ``info`` = {"chunks", "computed",
     "resumed"}.
@@ -70,6 +70,9 @@ def run_chunks(compute, n, chunk_size=DEFAULT_CHUNK_SIZE, checkpoint=None, progr
     ``sink``: a callable ``sink(start, stop, values)`` that receives every chunk (resumed ones as
     they are loaded, computed ones as they finish, in no set order) instead of the assembly: then
     nothing is concatenated, ``values`` is None and memory holds one chunk at a time.
+
+    ``width``: every chunk's values are a vector of this length instead of one column per row (sums
+    over the chunk's rows, e.g. EK-FAC's factors: :class:`influence.jobs.FactorJob`); needs ``sink``.
 
     ``checkpoint``: an object with ``load_chunk(start, stop)`` (None when absent) and
     ``save_chunk(start, stop, values)``, e.g. :class:`influence.jobs.Checkpoint`; finished chunks are
@@ -79,6 +82,11 @@ def run_chunks(compute, n, chunk_size=DEFAULT_CHUNK_SIZE, checkpoint=None, progr
     ``retries`` times after an unexpected error (a :class:`ChunkRetryWarning` names the chunk).
     """
     bounds = chunk_bounds(n, chunk_size)
+    if width is not None and sink is None:
+        raise ValueError("run_chunks(width=%r) gives chunks that are not rows: pass a sink" % (width,))
+
+    def columns(a, b):
+        return b - a if width is None else width
     done = set()
     out = [None]        # the (..., n) result, allocated at the first chunk and filled in place
 
@@ -95,7 +103,7 @@ def run_chunks(compute, n, chunk_size=DEFAULT_CHUNK_SIZE, checkpoint=None, progr
     if checkpoint is not None:
         for a, b in bounds:
             got = checkpoint.load_chunk(a, b)
-            if got is not None and got.shape[-1] == b - a and (out[0] is None or got.shape[:-1] == out[0].shape[:-1]):
+            if got is not None and got.shape[-1:] == (columns(a, b),) and (out[0] is None or got.shape[:-1] == out[0].shape[:-1]):
                 store(a, b, got)
             got = None
     resumed = len(done)
@@ -106,8 +114,9 @@ def run_chunks(compute, n, chunk_size=DEFAULT_CHUNK_SIZE, checkpoint=None, progr
 
     def on_done(a, b, values):
         values = np.asarray(values)
-        if values.shape[-1] != b - a:
-            raise RuntimeError("chunk %d:%d returned %d rows" % (a, b, values.shape[-1]))
+        if values.shape[-1:] != (columns(a, b),):
+            raise RuntimeError("chunk %d:%d returned values of shape %s, not %d columns"
+                               % (a, b, values.shape, columns(a, b)))
         if checkpoint is not None:
             checkpoint.save_chunk(a, b, values)
         store(a, b, values)
