@@ -273,7 +273,8 @@ def test_auto_uses_matching_factors_for_the_scores_of_explicit_ekfac(files, tmp_
             assert "influence: preconditioner ekfac (%s, fitted already), for the cg solves" % factors in err, err
             assert summary["preconditioner_reason"] == "auto: %s, fitted already" % factors
             meta = json.load(open(outs[name] + ".meta.json"))
-            assert (meta["preconditioner"], meta["preconditioner_reason"]) == ("ekfac", summary["preconditioner_reason"])
+            assert (meta["preconditioner"], meta["preconditioner_reason"]) == \
+                ("ekfac", summary["preconditioner_reason"])
             hvps = sum(sol["n_hvp"] for sol in summary["solutions"])
         else:
             assert summary["preconditioner_reason"] == "asked for"
