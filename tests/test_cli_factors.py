@@ -245,8 +245,11 @@ def test_stale_factors_are_refused_naming_the_file_and_the_fix(files, tmp_path, 
      "not --solver direct (it factorises H exactly): pass --solver cg"),
     (["--solver", "lanczos", "--preconditioner", "ekfac"], "not --solver lanczos"),
     (["--curvature", "ekfac", "--preconditioner", "ekfac"], "--curvature ekfac has none"),
-    (["--factors", "{factors}"], "--factors {factors} is used by --curvature ekfac (instead of refitting) or "
-                                 "--preconditioner ekfac"),
+    (["--preconditioner", "none", "--factors", "{factors}"],
+     "--factors {factors} is used by --curvature ekfac (instead of refitting) or --preconditioner ekfac"),
+    (["--solver", "direct", "--factors", "{factors}"],          # the default --preconditioner auto
+     "--factors {factors} is used by --curvature ekfac (instead of refitting) or by the preconditioner of an "
+     "iterative solve, not by --solver direct; drop --factors, or pass --solver cg"),
     (["--curvature", "ekfac", "--factors", "{tmp}/none.npz"], "no such file"),
     (["--curvature", "ekfac", "--factors", "{train}"], "not an EK-FAC factor file"),
 ])
@@ -319,3 +322,68 @@ def test_resume_refuses_another_preconditioner_or_factors_file(files, tmp_path, 
     code, stdout, err = run(score("--resume", "--preconditioner", "ekfac", "--factors", factors), capsys)
     assert code == 0, err
     assert json.loads(stdout)["chunks"]["resumed"] == 1 and not os.path.exists(out + ".partial")
+
+
+# ------------------------------------------------------------------------------------ --preconditioner auto
+def test_auto_uses_matching_factors_for_the_scores_of_explicit_ekfac(files, tmp_path, capsys):
+    d, model, _, factors = files
+    outs = {}
+    for name, extra in (("auto", []), ("explicit", ["--preconditioner", "ekfac"])):
+        outs[name] = str(tmp_path / ("%s.npy" % name))
+        code, stdout, err = run(_score(d, model, "--curvature", "hessian", "--solver", "cg", "--factors", factors,
+                                       "--out", outs[name], *extra), capsys)
+        assert code == 0, err
+        summary = json.loads(stdout)
+        assert (summary["preconditioner"], summary["factors"]) == ("ekfac", factors)
+        if name == "auto":
+            assert "influence: preconditioner ekfac (%s, fitted already), for the cg solves" % factors in err, err
+            assert summary["preconditioner_reason"] == "auto: %s, fitted already" % factors
+            meta = json.load(open(outs[name] + ".meta.json"))
+            assert (meta["preconditioner"], meta["preconditioner_reason"]) == \
+                ("ekfac", summary["preconditioner_reason"])
+            hvps = sum(sol["n_hvp"] for sol in summary["solutions"])
+        else:
+            assert summary["preconditioner_reason"] == "asked for"
+    assert np.array_equal(np.load(outs["auto"]), np.load(outs["explicit"]))
+    assert hvps <= PRODUCT_RATIO * 218                 # plain cg's products on these two test points
+    # --solver auto: the plan line says it (and plans cg with the cheaper, preconditioned products)
+    code, stdout, err = run(_score(d, model, "--curvature", "hessian", "--factors", factors), capsys)
+    assert code == 0, err
+    plan = [line for line in err.splitlines() if line.startswith("influence: plan: solver")]
+    assert len(plan) == 1 and plan[0].endswith("; preconditioner ekfac (%s, fitted already)" % factors), err
+    assert json.loads(stdout)["preconditioner"] == "ekfac"
+
+
+def test_auto_without_factors_on_a_small_model_chooses_none_and_says_why(files, tmp_path, capsys):
+    d, model, _, _ = files
+    runs = {}
+    for name, extra in (("auto", []), ("none", ["--preconditioner", "none"])):
+        out = str(tmp_path / ("%s.npy" % name))
+        code, stdout, err = run(_score(d, model, "--curvature", "hessian", "--solver", "cg", "--test-index", "0",
+                                       "--out", out, *extra), capsys)        # one test point: ~1 s of products
+        assert code == 0, err
+        runs[name] = (np.load(out), json.loads(stdout), err)
+    scores, summary, err = runs["auto"]
+    line = [x for x in err.splitlines() if x.startswith("influence: preconditioner")]
+    assert len(line) == 1 and line[0].startswith("influence: preconditioner none (saving ~") \
+        and "< 10 s: a short solve), for the cg solves" in line[0], err
+    assert summary["preconditioner"] == "none" and summary["preconditioner_reason"].startswith("auto: saving ~")
+    assert "preconditioner" not in runs["none"][2]
+    assert np.array_equal(scores, runs["none"][0])                    # the plain solve, as before
+    assert [s["n_hvp"] for s in summary["solutions"]] == [s["n_hvp"] for s in runs["none"][1]["solutions"]]
+    # --solver direct: nothing to choose, nothing said; the record says why
+    code, stdout, err = run(_score(d, model, "--curvature", "hessian", "--solver", "direct"), capsys)
+    assert code == 0 and "preconditioner" not in err, err
+    assert json.loads(stdout)["preconditioner_reason"] == "auto: solver direct: no iterations to save"
+
+
+def test_auto_fits_when_the_saving_clears_the_rule(files, tmp_path, capsys, monkeypatch):
+    import influence.scoring.preconditioning as pc
+    d, model, _, _ = files
+    monkeypatch.setattr(pc, "MIN_SAVING_SECONDS", 0.0)        # this small solve now pays
+    code, stdout, err = run(_score(d, model, "--curvature", "hessian", "--solver", "cg"), capsys)
+    assert code == 0, err
+    assert "influence: preconditioner ekfac (fitted: saving ~" in err and " >= 2 × fitting ~" in err, err
+    summary = json.loads(stdout)
+    assert summary["preconditioner"] == "ekfac" and summary["factors"] is None
+    assert sum(sol["n_hvp"] for sol in summary["solutions"]) <= PRODUCT_RATIO * 218

@@ -105,10 +105,20 @@ def _damping_text(total):
 
 
 def factors_summary(args):
-    """{"preconditioner": none|ekfac, "factors": the absolute path of --factors or None}."""
+    """{"preconditioner": none|ekfac, "factors": the absolute path of --factors or None}, and where the
+    command has --preconditioner, "preconditioner_reason": "asked for", or with auto the choice's reason
+    ("preconditioner" is then what was chosen: "auto" when no solve chose, e.g. resumed)."""
     factors = getattr(args, "factors", None)
-    return {"preconditioner": getattr(args, "preconditioner", None) or "none",
-            "factors": os.path.abspath(factors) if factors else None}
+    out = {"preconditioner": getattr(args, "preconditioner", None) or "none",
+           "factors": os.path.abspath(factors) if factors else None}
+    if out["preconditioner"] == "auto":
+        choice = getattr(getattr(args, "auto_preconditioner", None), "choice", None)
+        out["preconditioner"] = "auto" if choice is None else choice.name
+        out["preconditioner_reason"] = "auto: %s" % ("no solve chose one (resumed)" if choice is None
+                                                     else choice.reason)
+    elif hasattr(args, "preconditioner"):
+        out["preconditioner_reason"] = "asked for"
+    return out
 
 
 def curvature_record(cur):

@@ -8,6 +8,7 @@ from ._common import (
     job_inputs, load_model, load_split, log, model_flags, out_extension, partial_folder, parse_test_indices)
 from .curvature import curvature_flags, factors_summary
 from .factors import check_factor_flags, factor_flags, preconditioner_text, use_factors
+from .preconditioning import preconditioner_option
 from .plans import LANCZOS_HVP_PER_RANK, retrain_plan
 from .retraining import (
     method_flags, method_options, retrain_flags, retrain_inputs, retrain_options, retrain_text, split_dampings)
@@ -178,6 +179,7 @@ def cmd_evaluate(args):
                     executor = DaskExecutor(client)
                 scoring = dict(solver=args.solver, scoring="gradient", check_optimum=not args.no_optimum_check,
                                chunk_size=args.chunk_size, executor=executor, **dict(common, **options))
+                preconditioner = preconditioner_option(args, preconditioner)
                 if preconditioner is not None:
                     scoring["preconditioner"] = preconditioner
                 if args.metric == "lds":

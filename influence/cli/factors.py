@@ -1,7 +1,7 @@
 """``influence factors``: fit the EK-FAC factors of a model on its training data once and save them
 (.npz, fingerprinted against the weights and the rows); and what the commands that use curvature
 need to reuse them: ``--factors F.npz`` (loaded instead of refitted by ``--curvature ekfac``, or the
-preconditioner) and ``--preconditioner {none,ekfac}`` (cg and lissa)."""
+preconditioner) and ``--preconditioner {auto,none,ekfac}`` (cg and lissa)."""
 from __future__ import print_function
 
 import json
@@ -14,8 +14,8 @@ from .plans import factors_plan
 __all__ = ["factors_parser", "factor_flags", "check_factor_flags", "use_factors", "preconditioner_text",
            "cmd_factors", "PRECONDITIONERS", "PRECONDITIONED_SOLVERS"]
 
-#: The values of ``--preconditioner``.
-PRECONDITIONERS = ("none", "ekfac")
+#: The values of ``--preconditioner`` (auto: EK-FAC when it pays, see influence.scoring.preconditioning).
+PRECONDITIONERS = ("auto", "none", "ekfac")
 #: The solvers a preconditioner speeds up (``auto`` then plans cg: direct would ignore it).
 PRECONDITIONED_SOLVERS = ("cg", "lissa", "auto")
 
@@ -64,15 +64,19 @@ def factor_flags(p, preconditioner=True, curvature=True):
     """--factors, and --preconditioner where a cg or lissa solve can use one (``curvature``: whether
     --curvature ekfac can use the factors too)."""
     uses = (["--curvature ekfac loads them instead of refitting"] if curvature else []) + \
-        (["--preconditioner ekfac uses them"] if preconditioner else [])
+        (["--preconditioner ekfac or auto uses them"] if preconditioner else [])
     p.add_argument("--factors", metavar="F.npz", help="EK-FAC factors saved by 'influence factors' for this --model "
                    "and --train (stale ones, fitted on other weights or other rows, are refused): %s"
                    % ", ".join(uses))
     if preconditioner:
-        p.add_argument("--preconditioner", choices=PRECONDITIONERS, default="none",
-                       help="precondition the iterative solve (--solver cg or lissa; auto then plans cg) with "
-                       "EK-FAC, from --factors or else fitted on --train with the curvature's damping: the same "
-                       "answer, the unpreconditioned residual, in fewer Hessian-vector products (default none)")
+        p.add_argument("--preconditioner", choices=PRECONDITIONERS, default="auto",
+                       help="precondition the iterative solve (--solver cg or lissa) with EK-FAC, from --factors "
+                       "or else fitted on --train with the curvature's damping: the same answer, the "
+                       "unpreconditioned residual, in fewer Hessian-vector products. ekfac: always (--solver auto "
+                       "then plans cg); auto (default): --factors whenever the solve is cg or lissa (--solver auto "
+                       "may still plan direct), without them fitted only when the products it is expected to save "
+                       "clearly outweigh the fit (never for direct, lanczos, --curvature ekfac or a model without "
+                       "Dense/Convolution layers), the choice and why printed before the solve; none: never")
 
 
 def check_factor_flags(args, curvature=True):
@@ -93,7 +97,12 @@ def check_factor_flags(args, curvature=True):
     if factors:
         uses = (["--curvature ekfac (instead of refitting)"] if curvature else []) + \
             (["--preconditioner ekfac"] if hasattr(args, "preconditioner") else [])
-        if not ((curvature and args.curvature == "ekfac") or pre == "ekfac"):
+        solver = getattr(args, "solver", None)
+        if pre == "auto" and solver not in PRECONDITIONED_SOLVERS and not (curvature and args.curvature == "ekfac"):
+            raise UsageError("--factors %s is used by %sthe preconditioner of an iterative solve, not by --solver "
+                             "%s; drop --factors, or pass --solver cg"
+                             % (factors, (uses[0] + " or by ") if curvature else "", solver))
+        if not ((curvature and args.curvature == "ekfac") or pre in ("ekfac", "auto")):
             raise UsageError("--factors %s is used by %s; add %s, or drop --factors"
                              % (factors, " or ".join(uses), "one of them" if len(uses) > 1 else uses[0].split(" (")[0]))
         from ._common import existing_file
@@ -118,7 +127,7 @@ def use_factors(args, model, train):
     from ..curvature import EKFAC, FactorFileError
     pre = getattr(args, "preconditioner", None) or "none"
     curvature, damping = args.curvature, args.damping
-    preconditioner = None if pre == "none" else "ekfac"
+    preconditioner = None if pre == "none" else pre
     if not getattr(args, "factors", None):
         return curvature, damping, preconditioner
     use_damping = damping if curvature == "ekfac" else None
@@ -137,7 +146,7 @@ def use_factors(args, model, train):
 
 def preconditioner_text(args):
     """The line that says a preconditioner is used (printed before the work), or None."""
-    if (getattr(args, "preconditioner", None) or "none") == "none":
+    if (getattr(args, "preconditioner", None) or "none") in ("none", "auto"):
         return None
     source = ("the EK-FAC factors in %s" % args.factors) if getattr(args, "factors", None) else \
         "EK-FAC, fitted on --train before the solve with the curvature's damping"

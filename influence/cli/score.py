@@ -15,6 +15,7 @@ from ._common import (
 from .curvature import check_converged, curvature_line, curvature_summary, write_provenance
 from .factors import check_factor_flags, preconditioner_text, use_factors
 from .plans import FORWARD_PASS_PER_HVP
+from .preconditioning import plan_suffix, preconditioner_option
 
 
 def _record(args, job, idx, result, not_converged):
@@ -75,6 +76,7 @@ def cmd_score(args):
     test_sel = test.subset(idx)
     curvature, damping, preconditioner = use_factors(args, model, train)
     options = solver_options(args)
+    preconditioner = preconditioner_option(args, preconditioner, plan_line=True)
     if preconditioner is not None:
         options["preconditioner"] = preconditioner
     n = len(train)
@@ -96,7 +98,7 @@ def cmd_score(args):
             log(args, pre_line)
 
         def on_plan(plan):
-            log(args, "influence: " + str(plan) + ("; preconditioned by EK-FAC" if pre_line else ""))
+            log(args, "influence: " + str(plan) + ("; preconditioned by EK-FAC" if pre_line else plan_suffix(args)))
             if many and not args.test_index:
                 _cost_line(args, len(idx), n, matrix_path, plan)
         with Warnings():

@@ -30,6 +30,7 @@ from .chunks import DEFAULT_CHUNK_SIZE, run_chunks
 from ..data import check_batch_size
 from ..fitting import OPTIMUM_RTOL, NotAtOptimumWarning, warn_if_not_optimal
 from .choice import choose_curvature, fallback_curvature, is_ekfac
+from .preconditioning import check_auto, choose_preconditioner, is_auto, planned_iterations
 from .kernels import (FORWARD_STENCIL, GRADIENT_CHUNK, ForwardStep, chunk_scores, forward_differences,
                       forward_steps, gradient_blocks, validated as _validate)
 from ..curvature import EKFAC, ekfac_s_test, self_influence_ekfac
@@ -106,9 +107,35 @@ def directional_derivatives(model, data, directions, rel_step=None, stencil=None
 
 def plan_auto(H, m, damping=0.0, solver_options=None):
     """The :class:`~influence.solvers.Plan` of ``solver="auto"`` for ``m`` test points on ``H`` (an
-    option only cg takes, such as ``maxiter``, excludes direct)."""
-    options = solver_options or {}
-    return plan_solver(H, m, damping=float(damping), allow_direct=not any(k in options for k in _CG_ONLY))
+    option only cg takes, such as ``maxiter``, excludes direct; ``preconditioner="auto"`` does not, and
+    with given factors cg is planned with fewer products: see :mod:`influence.scoring.preconditioning`)."""
+    options = dict(solver_options or {})
+    pre = options.get("preconditioner")
+    iterations = None
+    if is_auto(pre):
+        del options["preconditioner"]
+        iterations = planned_iterations(H.shape[0], pre)
+    return plan_solver(H, m, damping=float(damping), allow_direct=not any(k in options for k in _CG_ONLY),
+                       cg_iterations=iterations)
+
+
+def _auto_preconditioner(options, model, cur, method, m, plan):
+    """The solver options with ``preconditioner="auto"`` resolved (:func:`choose_preconditioner`): the
+    given factors, ``"ekfac"`` (fitted next) or no preconditioner; the choice is kept on the
+    :class:`AutoPreconditioner` and heard by its ``on_choice``. Other options pass unchanged."""
+    auto = options.get("preconditioner")
+    if not is_auto(auto):
+        return options
+    auto = check_auto(auto)
+    choice = choose_preconditioner(model, cur, method, m, plan, auto.factors, options.get("variant", "refined"))
+    auto.choice = choice
+    if auto.on_choice is not None:
+        auto.on_choice(choice)
+    options = dict(options)
+    del options["preconditioner"]
+    if choice.name == "ekfac":
+        options["preconditioner"] = auto.factors if choice.source == "given" else "ekfac"
+    return options
 
 
 def _check_solver(solver):
@@ -185,11 +212,16 @@ def s_test(model, train, test, solver="cg", damping=None, batch_size=None, hessi
     ``preconditioner`` (a solver option of cg and lissa; "auto" then plans cg): an EKFAC, any
     LinearOperator M ≈ (C + damping·I)⁻¹, or ``"ekfac"``: an EKFAC fitted here on ``train`` with the
     damping of the chosen curvature. The answer is the unpreconditioned system's; only the number of
-    products changes (``STest.preconditioner`` names it).
+    products changes (``STest.preconditioner`` names it). ``"auto"`` (or an
+    :class:`~influence.scoring.preconditioning.AutoPreconditioner`, which may carry fitted factors and
+    hears the choice) leaves ``solver="auto"`` free to plan direct and fits EK-FAC for cg or lissa only
+    when the products it is expected to save clearly outweigh the fit (see
+    :mod:`influence.scoring.preconditioning`).
     Weights are unchanged (bit-identical) afterwards.
     """
     _check_solver(solver)
-    if is_ekfac(curvature) and solver_options.get("preconditioner") is not None:
+    if is_ekfac(curvature) and solver_options.get("preconditioner") is not None \
+            and not is_auto(solver_options["preconditioner"]):
         raise InfluenceError("%s preconditions an iterative solve, but %s has none (its inverse is applied block "
                              "by block): drop one of them" % (param("preconditioner", "ekfac"),
                                                               param("curvature", "ekfac")), parameter="preconditioner")
@@ -200,6 +232,7 @@ def s_test(model, train, test, solver="cg", damping=None, batch_size=None, hessi
 
         def solve(cur):
             if cur.kind == "ekfac":          # the approximation's inverse, block by block: no iterations
+                _auto_preconditioner(solver_options, model, cur, "ekfac", len(g_test), None)
                 t0 = time.time()
                 X = np.atleast_2d(ekfac_s_test(cur.operator, g_test))
                 seconds = (time.time() - t0) / len(X)
@@ -208,9 +241,10 @@ def s_test(model, train, test, solver="cg", damping=None, batch_size=None, hessi
             if method == "auto":
                 plan = plan_auto(cur.operator, len(g_test), cur.damping, solver_options)
                 method = plan.method
-                if on_plan is not None:
-                    on_plan(plan)
-            options, pre = _preconditioned(solver_options, model, train, cur, batch_size)
+            options = _auto_preconditioner(solver_options, model, cur, method, len(g_test), plan)
+            if plan is not None and on_plan is not None:
+                on_plan(plan)
+            options, pre = _preconditioned(options, model, train, cur, batch_size)
             return solve_many(cur.operator, g_test, method, damping=float(cur.damping), **options), plan, pre
         (solutions, plan, pre), cur = _with_curvature(model, train, curvature, damping, batch_size, hessian,
                                                       check_optimum, solve, on_curvature,
