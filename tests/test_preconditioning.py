@@ -11,7 +11,6 @@ from influence import EKFAC
 from influence.models import SoftmaxRegression
 from influence.scoring import preconditioning as pc
 from influence.scoring.choice import Curvature
-from influence.solvers.plan import Plan
 
 
 # ---------------------------------------------------------------------------- the cost rule on numbers
@@ -61,24 +60,20 @@ def _cur(model, train, kind="hessian"):
     return Curvature(model.hessian(train), kind, 0.0, "test", kind)
 
 
-def _plan(d, hvp_seconds):
-    return Plan("cg", d, 300, 1, d + 2, (d + 2) * hvp_seconds, hvp_seconds, 0, 0, "test")
-
-
 def test_no_iterations_nothing_to_choose():
     model, train = _problem()
     for cur, method in ((_cur(model, train, "ekfac"), "cg"), (_cur(model, train), "direct"),
                         (_cur(model, train), "lanczos")):
-        choice = pc.choose_preconditioner(model, cur, method, 1)
+        choice = pc.choose_preconditioner(model, cur, method, 1, len(train[0]))
         assert (choice.name, choice.considered) == ("none", False), choice
-    choice = pc.choose_preconditioner(model, _cur(model, train), "lissa", 1, variant="classic")
+    choice = pc.choose_preconditioner(model, _cur(model, train), "lissa", 1, len(train[0]), variant="classic")
     assert choice.name == "none" and "classic variant takes none" in choice.reason
 
 
 def test_given_factors_are_used_without_any_estimate():
     model, train = _problem()
     ek = EKFAC(model, train)
-    choice = pc.choose_preconditioner(model, _cur(model, train), "cg", 1, factors=ek)
+    choice = pc.choose_preconditioner(model, _cur(model, train), "cg", 1, len(train[0]), factors=ek)
     assert (choice.name, choice.source, choice.fit_seconds) == ("ekfac", "given", 0.0)
     assert str(choice) == "preconditioner ekfac (a given EK-FAC, fitted already)"
 
@@ -86,21 +81,32 @@ def test_given_factors_are_used_without_any_estimate():
 def test_a_model_without_kronecker_factored_layers_gets_none():
     model, train = _problem()
     flat = types.SimpleNamespace(kfac_plan=lambda: ([], []), n_params=model.n_params)
-    choice = pc.choose_preconditioner(flat, _cur(model, train), "cg", 1000, _plan(model.n_params, 10.0))
+    choice = pc.choose_preconditioner(flat, _cur(model, train), "cg", 1000, 10 ** 9)
     assert choice.name == "none" and choice.reason == "no Dense/Convolution layer to factor"
 
 
-def test_the_cost_rule_decides_with_the_plans_product_time():
+class _NoProducts(object):
+    """A curvature operator that fails when used: the rule must not time a product."""
+
+    def __getattr__(self, name):
+        raise AssertionError("the preconditioner rule used the operator's %s" % name)
+
+
+def test_the_cost_rule_decides_from_the_sizes_without_timing_a_product():
     model, train = _problem()
     d = model.n_params
-    slow = pc.choose_preconditioner(model, _cur(model, train), "cg", 3, _plan(d, 1.0))
-    assert (slow.name, slow.source) == ("ekfac", "fitted") and slow.saving_seconds > 2 * slow.fit_seconds
-    assert str(slow).startswith("preconditioner ekfac (fitted: saving ~")
-    fast = pc.choose_preconditioner(model, _cur(model, train), "cg", 3, _plan(d, 1e-4))
-    assert fast.name == "none" and "a short solve" in fast.reason
-    # without a plan (--solver cg) one product is timed: a dense 52×52 product is far below the floor
-    timed = pc.choose_preconditioner(model, _cur(model, train), "lissa", 3)
-    assert timed.name == "none" and timed.saving_seconds < pc.MIN_SAVING_SECONDS
+    assert pc.product_seconds_estimate(d, 10 ** 7) == pytest.approx(12.0 * d * 1e7 / 5e9)
+    cur = Curvature(_NoProducts(), "hessian", 0.0, "test", "hessian")   # a product would raise
+    many_rows = pc.choose_preconditioner(model, cur, "cg", 3, 10 ** 7)
+    assert (many_rows.name, many_rows.source) == ("ekfac", "fitted")
+    assert many_rows.saving_seconds > 2 * many_rows.fit_seconds
+    assert many_rows.saving_seconds == pytest.approx(
+        pc.saving_seconds_estimate(3, pc.cg_iterations_estimate(d), pc.product_seconds_estimate(d, 10 ** 7)))
+    assert str(many_rows).startswith("preconditioner ekfac (fitted: saving ~")
+    few_rows = pc.choose_preconditioner(model, cur, "lissa", 3, len(train[0]))
+    assert few_rows.name == "none" and "a short solve" in few_rows.reason
+    assert few_rows.saving_seconds < pc.MIN_SAVING_SECONDS
+    assert pc.choose_preconditioner(model, cur, "cg", 3, 10 ** 7) == many_rows
 
 
 # ---------------------------------------------------------------------------- s_test with it

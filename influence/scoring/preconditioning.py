@@ -13,22 +13,32 @@ question of cost, decided in this order (the first rule that applies)::
 
     saving = m · iters · (1 − PRECONDITIONED_PRODUCT_RATIO) · t_hvp
     fit    = (FIT_FORWARD_HVP + passes · FIT_PASS_HVP) · t_hvp + Σ_layers 9 (a³ + s³) / FLOPS_PER_SECOND
+    t_hvp  = PRODUCT_FLOPS_PER_PARAMETER_ROW · d · n / FLOPS_PER_SECOND
 
 ``iters`` is the planner's cg estimate per right-hand side (min(d, CG_ITERATIONS_ESTIMATE) + 2, see
 :mod:`influence.solvers.plan`; for LiSSA, which needs more products than cg, it is a lower bound),
-``t_hvp`` one timed product (the plan's when ``solver="auto"`` planned), ``passes`` 2 for EK-FAC's
+``t_hvp`` a product's cost from the sizes (d parameters, n training rows), ``passes`` 2 for EK-FAC's
 eigenvalue correction, a and s the sizes of each layer's two Kronecker factors (their
 eigendecompositions, ~9k³ flops each).
+
+The rule uses sizes only, never a timed product: the same command on the same model and data makes
+the same choice whatever the machine's load (a timed product varies several-fold with the load, and
+the choice would then change the scores in the last digits of cg's tolerance between two runs, or
+between a run and its ``--resume``). The estimate is low for small networks, where CNTK's overhead
+per call dominates (a 650-parameter softmax on 1,200 rows: 1.9 ms estimated, 25 ms measured), and for
+convolutions, whose weights act at every position (the 137k-parameter CNN of issue 20 on 10,000
+rows: 3.3 s estimated, 8.7 s measured): both err against fitting.
 """
 import collections
 import math
 
 from ..common.errors import InfluenceError
 from ..curvature import EKFAC
-from ..solvers.plan import CG_ITERATIONS_ESTIMATE, FLOPS_PER_SECOND, plan_solver
+from ..solvers.plan import CG_ITERATIONS_ESTIMATE, FLOPS_PER_SECOND
 
 __all__ = ["AutoPreconditioner", "PreconditionerChoice", "choose_preconditioner", "fit_seconds_estimate",
            "saving_seconds_estimate", "fit_pays", "cg_iterations_estimate", "PRECONDITIONED_PRODUCT_RATIO",
+           "product_seconds_estimate", "PRODUCT_FLOPS_PER_PARAMETER_ROW",
            "FIT_FORWARD_HVP", "FIT_PASS_HVP", "FIT_MARGIN", "MIN_SAVING_SECONDS", "is_auto", "check_auto",
            "planned_iterations"]
 
@@ -53,6 +63,9 @@ FIT_MARGIN = 2.0
 #: were), without the fit's memory (blocks of per-example gradients, up to 128 MB) for a saving the
 #: user would not notice next to loading the model. The CLI's threshold of long work (its plan line).
 MIN_SAVING_SECONDS = 10.0
+#: Flops of one curvature-vector product per parameter and training row: two gradient passes, each a
+#: forward (~2 flops per weight and row in a dense layer) and a backward (~4).
+PRODUCT_FLOPS_PER_PARAMETER_ROW = 12.0
 #: Flops of a symmetric eigendecomposition with eigenvectors, per k³.
 EIGH_FLOPS_PER_CUBE = 9.0
 
@@ -90,8 +103,8 @@ class AutoPreconditioner(object):
         self.factors, self.on_choice, self.choice = factors, on_choice, None
 
     def fingerprint(self):
-        """What a job's fingerprint records: "auto" and the given factors' fingerprint (not the choice,
-        which depends on a timed product)."""
+        """What a job's fingerprint records: "auto" and the given factors' fingerprint (the choice follows
+        from the sizes, which the fingerprint covers)."""
         return {"auto": None if self.factors is None else self.factors.fingerprint()}
 
     def __repr__(self):
@@ -101,6 +114,12 @@ class AutoPreconditioner(object):
 def cg_iterations_estimate(d):
     """cg's products per right-hand side as :func:`influence.solvers.plan_solver` estimates them."""
     return min(int(d), CG_ITERATIONS_ESTIMATE) + 2
+
+
+def product_seconds_estimate(d, n):
+    """Seconds of one curvature-vector product over ``n`` rows for ``d`` parameters, from the sizes
+    (:data:`PRODUCT_FLOPS_PER_PARAMETER_ROW`, :data:`~influence.solvers.plan.FLOPS_PER_SECOND`)."""
+    return PRODUCT_FLOPS_PER_PARAMETER_ROW * float(d) * float(n) / FLOPS_PER_SECOND
 
 
 def saving_seconds_estimate(m, iterations, hvp_seconds, ratio=PRECONDITIONED_PRODUCT_RATIO):
@@ -145,11 +164,10 @@ def _none(reason, considered=True):
     return PreconditionerChoice("none", None, reason, None, None, considered)
 
 
-def choose_preconditioner(model, cur, method, m, plan=None, factors=None, variant="refined"):
+def choose_preconditioner(model, cur, method, m, n, factors=None, variant="refined"):
     """The :class:`PreconditionerChoice` of ``preconditioner="auto"`` for ``m`` solves by ``method``
-    (the solver actually used) on the curvature ``cur`` (a :class:`~influence.scoring.choice.Curvature`);
-    ``plan``: the :class:`influence.solvers.Plan` of ``solver="auto"`` (its timed product is reused;
-    else one product is timed here, only when the cost rule is reached); ``factors``: a given EKFAC."""
+    (the solver actually used) on the curvature ``cur`` (a :class:`~influence.scoring.choice.Curvature`)
+    over ``n`` training rows; ``factors``: a given EKFAC. From the sizes only (the module docstring)."""
     if cur.kind == "ekfac":
         return _none("EK-FAC curvature: no iterations", considered=False)
     if method not in ("cg", "lissa"):
@@ -165,10 +183,7 @@ def choose_preconditioner(model, cur, method, m, plan=None, factors=None, varian
         return _none("no Dense/Convolution layer to factor")
     d = int(model.n_params)
     iterations = cg_iterations_estimate(d)
-    if plan is not None and plan.method == "cg":
-        hvp_seconds = plan.hvp_seconds
-    else:
-        hvp_seconds = plan_solver(cur.operator, 1, damping=float(cur.damping), allow_direct=False).hvp_seconds
+    hvp_seconds = product_seconds_estimate(d, n)
     saving = saving_seconds_estimate(m, iterations, hvp_seconds)
     fit = fit_seconds_estimate(hvp_seconds, 2, _factor_sizes(layers))
     pays, reason = fit_pays(saving, fit)

@@ -119,7 +119,7 @@ def plan_auto(H, m, damping=0.0, solver_options=None):
                        cg_iterations=iterations)
 
 
-def _auto_preconditioner(options, model, cur, method, m, plan):
+def _auto_preconditioner(options, model, cur, method, m, n):
     """The solver options with ``preconditioner="auto"`` resolved (:func:`choose_preconditioner`): the
     given factors, ``"ekfac"`` (fitted next) or no preconditioner; the choice is kept on the
     :class:`AutoPreconditioner` and heard by its ``on_choice``. Other options pass unchanged."""
@@ -127,7 +127,7 @@ def _auto_preconditioner(options, model, cur, method, m, plan):
     if not is_auto(auto):
         return options
     auto = check_auto(auto)
-    choice = choose_preconditioner(model, cur, method, m, plan, auto.factors, options.get("variant", "refined"))
+    choice = choose_preconditioner(model, cur, method, m, n, auto.factors, options.get("variant", "refined"))
     auto.choice = choice
     if auto.on_choice is not None:
         auto.on_choice(choice)
@@ -215,7 +215,7 @@ def s_test(model, train, test, solver="cg", damping=None, batch_size=None, hessi
     products changes (``STest.preconditioner`` names it). ``"auto"`` (or an
     :class:`~influence.scoring.preconditioning.AutoPreconditioner`, which may carry fitted factors and
     hears the choice) leaves ``solver="auto"`` free to plan direct and fits EK-FAC for cg or lissa only
-    when the products it is expected to save clearly outweigh the fit (see
+    when the products it is expected to save clearly outweigh the fit, by sizes only (see
     :mod:`influence.scoring.preconditioning`).
     Weights are unchanged (bit-identical) afterwards.
     """
@@ -232,7 +232,7 @@ def s_test(model, train, test, solver="cg", damping=None, batch_size=None, hessi
 
         def solve(cur):
             if cur.kind == "ekfac":          # the approximation's inverse, block by block: no iterations
-                _auto_preconditioner(solver_options, model, cur, "ekfac", len(g_test), None)
+                _auto_preconditioner(solver_options, model, cur, "ekfac", len(g_test), len(train))
                 t0 = time.time()
                 X = np.atleast_2d(ekfac_s_test(cur.operator, g_test))
                 seconds = (time.time() - t0) / len(X)
@@ -241,7 +241,7 @@ def s_test(model, train, test, solver="cg", damping=None, batch_size=None, hessi
             if method == "auto":
                 plan = plan_auto(cur.operator, len(g_test), cur.damping, solver_options)
                 method = plan.method
-            options = _auto_preconditioner(solver_options, model, cur, method, len(g_test), plan)
+            options = _auto_preconditioner(solver_options, model, cur, method, len(g_test), len(train))
             if plan is not None and on_plan is not None:
                 on_plan(plan)
             options, pre = _preconditioned(options, model, train, cur, batch_size)
