@@ -1,6 +1,7 @@
 # Reproducible environments and common tasks.
 #   make venv        both environments (.venv: Python 3.6 + CNTK; .venv-modern: python3, no CNTK)
-#   make test        lint-imports (import layers), then pytest in both environments (PYTEST_ARGS="-k foo" passes arguments through)
+#   make test        lint-imports (import layers), then pytest in both environments (PYTEST_ARGS="-k foo" passes arguments through;
+#                    PYTEST_WORKERS=2 processes per pytest run by default, one test module per worker at a time)
 #   make demo        examples/demo.py in .venv (DEMO_ARGS=--small for a short run)
 #   make bench       bench/run_all.py in .venv: writes docs/performance.md (BENCH_ARGS=--quick;
 #                    BENCH_ARGS="--only hvp --merge" reruns one benchmark and keeps the others)
@@ -13,6 +14,10 @@ SHELL := /bin/bash
 VENV36      := .venv
 VENV_MODERN := .venv-modern
 PYTEST_ARGS ?=
+# pytest-xdist: the suite on both cores (each process uses one CPU thread: tests/conftest.py).
+# --dist loadfile keeps a module's tests (and its module fixtures) in one process. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
+PYTEST := -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 # In .venv the CNTK tests must run: tests/conftest.py stops the session with a message naming what
@@ -35,16 +40,16 @@ test: venv
 	echo "==> lint-imports in $(VENV_MODERN) (the layers of docs/architecture.md)"; \
 	$(VENV_MODERN)/bin/lint-imports --no-cache || rc=$$?; \
 	echo "==> pytest in $(VENV_MODERN) (no CNTK)"; \
-	$(VENV_MODERN)/bin/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	$(VENV_MODERN)/bin/python $(PYTEST) $(PYTEST_ARGS) || rc=$$?; \
 	echo "==> pytest in $(VENV36) (Python 3.6 + CNTK)"; \
-	$(REQUIRE_CNTK) $(VENV36)/bin/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	$(REQUIRE_CNTK) $(VENV36)/bin/python $(PYTEST) $(PYTEST_ARGS) || rc=$$?; \
 	exit $$rc
 
 test-modern: venv-modern
-	$(VENV_MODERN)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV_MODERN)/bin/python $(PYTEST) $(PYTEST_ARGS)
 
 test36: venv36
-	$(REQUIRE_CNTK) $(VENV36)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(REQUIRE_CNTK) $(VENV36)/bin/python $(PYTEST) $(PYTEST_ARGS)
 
 # The demo draws a PNG with matplotlib, which the .venv setup installs.
 demo: venv36

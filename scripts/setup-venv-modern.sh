@@ -26,8 +26,8 @@ fi
 VPY="$VENV/bin/python"
 rm -f "$VENV"/.setup-stamp-*
 
-log "numpy, scipy, tqdm, pytest, hypothesis, dask[distributed], import-linter"
-pipq "$VPY" install numpy scipy tqdm pytest hypothesis 'dask[distributed]' import-linter
+log "numpy, scipy, tqdm, pytest, pytest-xdist, hypothesis, dask[distributed], import-linter"
+pipq "$VPY" install numpy scipy tqdm pytest pytest-xdist hypothesis 'dask[distributed]' import-linter
 log "pip install -e .  (cntk-influence)"
 pipq "$VPY" install -e .
 

@@ -60,11 +60,12 @@ log "pip 21.3.1, setuptools, wheel"
 pipq "$VPY" install 'pip==21.3.1'
 pipq "$VPY" install 'setuptools>=42,<60' wheel
 
-log "cntk 2.7.post2, numpy<1.20, scipy<1.6, tqdm, pytest, hypothesis, dask[distributed] 2021.3.0, matplotlib"
+log "cntk 2.7.post2, numpy<1.20, scipy<1.6, tqdm, pytest, pytest-xdist, hypothesis, dask[distributed] 2021.3.0, matplotlib"
 # dask 2021.3.0 is the last release for Python 3.6 (scoring on a cluster, influence.cluster); its
 # dask-scheduler/dask-worker commands need click 7. matplotlib draws the demo's picture (its test
-# runs in make test); 3.3.x is the last series for Python 3.6.
-pipq "$VPY" install 'cntk==2.7.post2' 'numpy<1.20' 'scipy<1.6' tqdm pytest hypothesis \
+# runs in make test); 3.3.x is the last series for Python 3.6. pytest-xdist runs the suite on both
+# cores (make test: -n 2, one CPU thread per worker); pip picks its last release for Python 3.6.
+pipq "$VPY" install 'cntk==2.7.post2' 'numpy<1.20' 'scipy<1.6' tqdm pytest pytest-xdist hypothesis \
     'dask[distributed]==2021.3.0' 'click<8' 'matplotlib<3.4'
 
 log "pip install -e .  (cntk-influence)"
