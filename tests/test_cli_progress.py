@@ -86,3 +86,20 @@ def test_long_commands_print_a_plan_and_a_bar(files, monkeypatch, argv, needles)
         monkeypatch.setattr(common, "PLAN_SECONDS", 1e9)
         code, out, err = _run(argv)
         assert code == 0 and not _plan_lines(err), err
+
+
+def test_plan_estimates_count_what_the_solver_and_the_recipe_spend():
+    """The plan line's products follow the solver (direct: d for every test point; auto: the smaller),
+    and a Trainer recipe's retraining is its epochs over the retrained rows, not L-BFGS's rough figure."""
+    d, cg_per_point = 650, 302
+    assert common.score_products(d, 50, "auto") == d
+    assert common.score_products(d, 1, "auto") == cg_per_point
+    assert common.score_products(d, 50, "cg") == 50 * cg_per_point
+    assert common.score_products(d, 50, "direct") == d
+    assert common.score_products(d, 0, "direct") == 0
+    adam = "adam lr=0.01 momentum=0.9 epochs=8 minibatch=32"
+    assert common.retrain_passes("scratch", adam, 0.5) == 8 * 0.5 * common.TRAINER_PASS_FACTOR
+    assert common.retrain_passes("scratch", None, 1.0) == 8 * common.TRAINER_PASS_FACTOR   # the default recipe
+    for retrain, recipe, train_fn in (("scratch", "lbfgs", None), ("warm", adam, None), ("proximal", None, None),
+                                      ("scratch", adam, lambda f, data, seed: None)):
+        assert common.retrain_passes(retrain, recipe, 0.5, train_fn) == common.RETRAIN_PASSES_ESTIMATE

@@ -15,7 +15,7 @@ from ._common import (
 from .curvature import curvature_line, curvature_record, curvature_summary, factors_summary, write_provenance
 from .factors import check_factor_flags, preconditioner_text, use_factors
 from .preconditioning import preconditioner_option
-from .plans import FitProgress, retrain_plan, self_plan
+from .plans import FitProgress, retrain_passes, retrain_plan, self_plan
 
 
 # ---------------------------------------------------------------------------------------- commands
@@ -274,7 +274,8 @@ def cmd_verify(args):
     # + 1: the reference, re-tightened (warm) or trained on all the data by the same seeds (scratch)
     count = (k + 1) * args.seeds if args.retrain == "scratch" else k + (args.retrain != "proximal")
     retrain_plan(args, model, train, count, "verify" + (" (cg preconditioned by EK-FAC)" if pre_line else ""),
-                 m=len(idx), how=retrain_text(args))
+                 m=len(idx), how=retrain_text(args),
+                 passes=retrain_passes(args.retrain, retraining.get("recipe"), 1.0, retraining.get("train_fn")))
     if pre_line:
         log(args, pre_line)
     options = dict(retraining)

@@ -9,7 +9,7 @@ from ._common import (
 from .curvature import curvature_flags, factors_summary
 from .factors import check_factor_flags, factor_flags, preconditioner_text, use_factors
 from .preconditioning import preconditioner_option
-from .plans import LANCZOS_HVP_PER_RANK, retrain_plan
+from .plans import LANCZOS_HVP_PER_RANK, retrain_passes, retrain_plan
 from .retraining import (
     method_flags, method_options, retrain_flags, retrain_inputs, retrain_options, retrain_text, split_dampings)
 
@@ -154,7 +154,9 @@ def cmd_evaluate(args):
         # + 1: the warm reference, re-tightened (proximal and scratch measure from the trained weights)
         retrain_plan(args, model, train, count * args.seeds + (args.retrain not in ("proximal", "scratch")),
                      "evaluate %s%s" % (args.metric, " (cg preconditioned by EK-FAC)" if pre_line else ""),
-                     m=len(test) * (1 + len(args.dampings)), how=retrain_text(args))
+                     m=len(test) * (1 + len(args.dampings)), how=retrain_text(args),
+                     passes=retrain_passes(args.retrain, options.get("recipe"),
+                                           args.alpha if args.metric == "lds" else 1.0, options.get("train_fn")))
         if pre_line:
             log(args, pre_line)
     extra = {} if idx is None else dict(retrain_inputs(args), test_index=idx.tolist())

@@ -11,6 +11,7 @@ import numpy as np
 from ._common import log
 
 __all__ = ["PLAN_SECONDS", "RETRAIN_PASSES_ESTIMATE", "FORWARD_PASS_PER_HVP", "LANCZOS_HVP_PER_RANK",
+           "TRAINER_PASS_FACTOR", "score_products", "retrain_passes",
            "self_plan", "retrain_plan", "factors_plan", "FitProgress", "plan_line", "progress_bar",
            "FACTORS_PILOT_ROWS"]
 
@@ -22,6 +23,13 @@ PLAN_SECONDS = 10.0
 #: (issue 22 reports ~16 s per verify retraining on the README's mlp:32, which at its pass time is of
 #: this order); the progress bar's rate gives the real pace.
 RETRAIN_PASSES_ESTIMATE = 200
+#: A retraining from scratch with a Trainer recipe (``--recipe "adam ... epochs=E"``), for the plan
+#: line: E epochs over the retrained rows, each costing this many batched gradient passes over as many
+#: rows (minibatch steps in training mode, one CNTK call and one learner update per minibatch).
+#: Measured on the digits CNN of bench/evaluate_cli.py (300 rows, alpha 0.5, 8 epochs of 32-row
+#: minibatches): 61 ms per run against a 5.4 ms gradient pass over the 300 rows: 11 passes for
+#: 8 × 0.5 = 4 passes' worth of rows, a factor of 2.8; rounded up.
+TRAINER_PASS_FACTOR = 3.0
 #: Cost line (``score`` with the default "all" test points in matrix mode): one forward-difference
 #: pass over the training rows (weights shifted, per-example losses) is estimated at this fraction of
 #: the Hessian-vector product timed by the plan; measured 0.69 on the digits softmax regression with
@@ -82,12 +90,40 @@ def _plans_needed(args):
     return not (getattr(args, "resume", False) and out and os.path.isdir(out + ".partial"))
 
 
-def _retrain_text(count, pass_seconds, how=None):
+def _retrain_text(count, passes, pass_seconds, how=None):
     """``how``: (noun with %s for the plural, the mode in words), e.g. ("L-BFGS retraining%s", "warm ...")."""
     noun, mode = ("L-BFGS retraining%s", None) if how is None else how
-    return "%d %s (%s~%d passes over the data each, ~%.3g s per pass)" \
+    return "%d %s (%s~%.3g passes over the data each, ~%.3g s per pass)" \
            % (count, noun % ("" if count == 1 else "s"), "" if mode is None else mode + "; ",
-              RETRAIN_PASSES_ESTIMATE, pass_seconds)
+              passes, pass_seconds)
+
+
+def score_products(d, m, solver="auto"):
+    """Curvature-vector products of the influence scores of ``m`` test points for ``d`` parameters,
+    as the solver would spend them: cg's estimate per test point (min(d, 300) + 2), d for direct
+    (the dense matrix, factorised once for every test point), the smaller of the two for auto."""
+    from ..solvers.plan import CG_ITERATIONS_ESTIMATE
+    cg = m * (min(d, CG_ITERATIONS_ESTIMATE) + 2)
+    if not m:
+        return 0
+    if solver == "direct":
+        return d
+    if solver == "auto":
+        return min(cg, d)
+    return cg
+
+
+def retrain_passes(retrain, recipe=None, fraction=1.0, train_fn=False):
+    """Gradient passes over the training data that one retraining is estimated to cost: a Trainer
+    recipe's epochs × the retrained ``fraction`` × :data:`TRAINER_PASS_FACTOR` when retraining from
+    scratch with one (``recipe``: the text or None for the library's default), else (L-BFGS, your
+    ``--train-fn``) :data:`RETRAIN_PASSES_ESTIMATE`."""
+    if retrain == "scratch" and not train_fn:
+        from ..evaluate.scratch import DEFAULT_RECIPE, parse_recipe
+        r = parse_recipe(recipe or DEFAULT_RECIPE)
+        if r.learner != "lbfgs":
+            return r.epochs * fraction * TRAINER_PASS_FACTOR
+    return RETRAIN_PASSES_ESTIMATE
 
 
 def self_plan(args, model, train):
@@ -107,17 +143,17 @@ def self_plan(args, model, train):
               (products + 4 * forward * args.rank) * hvp)
 
 
-def retrain_plan(args, model, train, retrainings, what, m=1, extra_hvp=0, how=None):
+def retrain_plan(args, model, train, retrainings, what, m=1, extra_hvp=0, how=None, passes=RETRAIN_PASSES_ESTIMATE):
     """``verify``/``evaluate``: the plan line before the influence scores and the retrainings (``how``:
-    what :func:`influence.cli.retraining.retrain_text` says of the mode, λ and seeds)."""
+    what :func:`influence.cli.retraining.retrain_text` says of the mode, λ and seeds; ``passes``: one
+    retraining's gradient passes, :func:`retrain_passes`)."""
     if not _plans_needed(args):
         return
-    from ..solvers.plan import CG_ITERATIONS_ESTIMATE
     hvp = _hvp_seconds(model, train, args.batch_size)
-    solve = m * (min(model.n_params, CG_ITERATIONS_ESTIMATE) + 2) + extra_hvp
+    solve = score_products(model.n_params, m, getattr(args, "solver", "auto")) + extra_hvp
     plan_line(args, "%s: influence scores (~%d Hessian-vector products, ~%.3g s each) and %s"
-          % (what, solve, hvp, _retrain_text(retrainings, hvp / 2.0, how)),
-          solve * hvp + retrainings * RETRAIN_PASSES_ESTIMATE * hvp / 2.0)
+          % (what, solve, hvp, _retrain_text(retrainings, passes, hvp / 2.0, how)),
+          solve * hvp + retrainings * passes * hvp / 2.0)
 
 
 def factors_plan(args, model, train):
