@@ -293,3 +293,21 @@ def test_cluster_retrains_a_cntk_model_on_dask_workers(files, tmp_path, capsys):
     a, b = json.load(open(here, encoding="utf-8")), json.load(open(there, encoding="utf-8"))
     assert np.allclose(a["actual"], b["actual"], rtol=0, atol=1e-12)
     assert a["lds"] == b["lds"]
+
+
+def test_cluster_runs_your_train_fn_on_the_workers(files, tmp_path, capsys):
+    """--train-fn FILE.py:NAME travels to the Dask workers: every run calls it there with the seeds a
+    single process uses, and the measured values are the single process's."""
+    pytest.importorskip("distributed")
+    d, model = files
+    fn, log = _log_train_fn(tmp_path)
+    base = _lds(d, model, "--subsets", "3", "--retrain", "scratch", "--seeds", "2", "--train-fn", fn + ":train")
+    here, there = str(tmp_path / "here.json"), str(tmp_path / "there.json")
+    assert run(base + ["--out", here], capsys)[0] == 0
+    local_calls = sorted(line.split()[:2] for line in open(log, encoding="utf-8"))
+    os.remove(log)
+    code, _, err = run(base + ["--out", there, "--cluster", "local:1"], capsys)
+    assert code == 0, err
+    assert sorted(line.split()[:2] for line in open(log, encoding="utf-8")) == local_calls and len(local_calls) == 6
+    a, b = json.load(open(here, encoding="utf-8")), json.load(open(there, encoding="utf-8"))
+    assert np.allclose(a["actual"], b["actual"], rtol=0, atol=1e-12) and a["lds"] == b["lds"]
