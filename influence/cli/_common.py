@@ -5,6 +5,7 @@ from __future__ import print_function
 
 import argparse
 import codecs
+import contextlib
 import io
 import json
 import os
@@ -547,3 +548,26 @@ def solutions_json(solutions):
     return None if solutions is None else [
         {"converged": bool(sl.converged), "n_iter": int(sl.n_iter), "n_hvp": int(sl.n_hvp),
          "residual": float(sl.residual), "seconds": float(sl.seconds)} for sl in solutions]
+
+
+def check_cluster(args):
+    """--cluster: a bad spec or an unreachable scheduler fails here, before any work."""
+    if getattr(args, "cluster", None):
+        from ..dask.executor import check_reachable
+        check_reachable(args.cluster)
+
+
+@contextlib.contextmanager
+def cluster_executor(args, timer):
+    """The :class:`~influence.dask.executor.DaskExecutor` of --cluster (None without it), connected
+    under ``timer``; its client is closed afterwards, whatever happens."""
+    if not getattr(args, "cluster", None):
+        yield None
+        return
+    from ..dask.executor import DaskExecutor, connect
+    with timer("start/connect cluster (%s)" % args.cluster):
+        client = connect(args.cluster)
+    try:
+        yield DaskExecutor(client)
+    finally:
+        client.close()

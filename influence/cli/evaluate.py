@@ -4,8 +4,9 @@ from __future__ import print_function
 import numpy as np
 
 from ._common import (
-    EXIT_OK, TEST_INDEX_HELP, UsageError, Parser, Timer, Warnings, check_numbers, ctf_flags, vocab_flag,
-    job_inputs, load_model, load_split, log, model_flags, out_extension, partial_folder, parse_test_indices)
+    EXIT_OK, TEST_INDEX_HELP, UsageError, Parser, Timer, Warnings, check_cluster, check_numbers, cluster_executor,
+    ctf_flags, vocab_flag, job_inputs, load_model, load_split, log, model_flags, out_extension, partial_folder,
+    parse_test_indices)
 from .curvature import curvature_flags, factors_summary
 from .factors import check_factor_flags, factor_flags, preconditioner_text, use_factors
 from .preconditioning import preconditioner_option
@@ -126,9 +127,7 @@ def cmd_evaluate(args):
     from .. import evaluate
     from ..common.files import atomic_path, to_json, write_json
     folder = _evaluate_check(args)
-    if getattr(args, "cluster", None):
-        from ..dask.executor import check_reachable
-        check_reachable(args.cluster)
+    check_cluster(args)
     timer = Timer()
     with timer("load model and data"):
         model, meta = load_model(args)
@@ -164,21 +163,14 @@ def cmd_evaluate(args):
                   curvature=curvature,
                   batch_size=args.batch_size, folder=folder, resume=args.resume, progress=not args.quiet,
                   inputs=job_inputs(args, extra))
-    client = None
-    try:
-        with Warnings():
-            if args.metric == "mislabel":
-                with timer("refit on flipped labels + rankings"):
-                    res = evaluate.mislabel(model, train, fraction=args.fraction,
-                                            top=tuple(p / 100.0 for p in args.top_percent), method=args.method,
-                                            k=args.rank if args.method == "lanczos" else None, **common)
-            else:
-                executor = None
-                if args.cluster:
-                    from ..dask.executor import DaskExecutor, connect
-                    with timer("start/connect cluster (%s)" % args.cluster):
-                        client = connect(args.cluster)
-                    executor = DaskExecutor(client)
+    with Warnings():
+        if args.metric == "mislabel":
+            with timer("refit on flipped labels + rankings"):
+                res = evaluate.mislabel(model, train, fraction=args.fraction,
+                                        top=tuple(p / 100.0 for p in args.top_percent), method=args.method,
+                                        k=args.rank if args.method == "lanczos" else None, **common)
+        else:
+            with cluster_executor(args, timer) as executor:
                 scoring = dict(solver=args.solver, scoring="gradient", check_optimum=not args.no_optimum_check,
                                chunk_size=args.chunk_size, executor=executor, **dict(common, **options))
                 preconditioner = preconditioner_option(args, preconditioner)
@@ -191,9 +183,6 @@ def cmd_evaluate(args):
                 else:
                     with timer("scores + %d leave-one-out retrainings" % min(args.retrainings, len(train))):
                         res = evaluate.loo(model, train, test, k=args.retrainings, **scoring)
-    finally:
-        if client is not None:
-            client.close()
     if args.out:
         with timer("write"):
             body = evaluate.summary(res, details=True)

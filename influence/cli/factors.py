@@ -6,8 +6,8 @@ from __future__ import print_function
 
 import json
 
-from ._common import (EXIT_OK, UsageError, Timer, Warnings, ctf_flags, job_inputs, load_model, load_split,
-                      model_flags, out_extension, partial_folder)
+from ._common import (EXIT_OK, UsageError, Timer, Warnings, check_cluster, cluster_executor, ctf_flags,
+                      job_inputs, load_model, load_split, model_flags, out_extension, partial_folder)
 from .curvature import damping_value
 from .plans import factors_plan
 
@@ -161,21 +161,13 @@ def cmd_factors(args):
     from ..jobs import FactorJob
     out_extension(args)
     folder = partial_folder(args)           # checks --out (and --resume) before any work
-    if args.cluster:
-        from ..dask.executor import check_reachable
-        check_reachable(args.cluster)     # a bad spec or an unreachable scheduler fails before any work
+    check_cluster(args)
     timer = Timer()
     with timer("load model and data"):
         model, _ = load_model(args)
         train = load_split(args.train, "--train", model, args.ctf_options)
     estimate = factors_plan(args, model, train)
-    client = executor = None
-    try:
-        if args.cluster:
-            from ..dask.executor import DaskExecutor, connect
-            with timer("start/connect cluster (%s)" % args.cluster):
-                client = connect(args.cluster)
-            executor = DaskExecutor(client)
+    with cluster_executor(args, timer) as executor:
         with Warnings():
             job = FactorJob(model, train, folder=folder, resume=args.resume, damping=args.damping,
                             strategy=args.strategy, labels=args.labels, random_state=args.seed,
@@ -186,9 +178,6 @@ def cmd_factors(args):
                     ekfac = job.run()
                 with timer("write"):
                     ekfac.save(args.out)
-    finally:
-        if client is not None:
-            client.close()
     saved = file_fingerprint(args.out)
     summary = {"out": saved["path"], "size": saved["size"], "sha256": saved["sha256"], "strategy": ekfac.strategy,
                "labels": ekfac.labels, "seed": args.seed, "damping": args.damping,

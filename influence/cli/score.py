@@ -9,9 +9,9 @@ import sys
 import numpy as np
 
 from ._common import (
-    EXIT_OK, UsageError, Timer, Warnings, check_indices, job_inputs, label_text, data_labels, load_model,
-    load_split, log, out_extension, partial_folder, print_timing, solutions_json, solver_options,
-    parse_test_indices)
+    EXIT_OK, UsageError, Timer, Warnings, check_cluster, check_indices, cluster_executor, job_inputs, label_text,
+    data_labels, load_model, load_split, log, out_extension, partial_folder, print_timing, solutions_json,
+    solver_options, parse_test_indices)
 from .curvature import check_converged, curvature_line, curvature_summary, write_provenance
 from .factors import check_factor_flags, preconditioner_text, use_factors
 from .plans import FORWARD_PASS_PER_HVP
@@ -61,9 +61,7 @@ def cmd_score(args):
     out_extension(args)
     check_factor_flags(args)
     folder = partial_folder(args)
-    if args.cluster:
-        from ..dask.executor import check_reachable
-        check_reachable(args.cluster)     # a bad spec or an unreachable scheduler fails before any work
+    check_cluster(args)
     timer = Timer()
     with timer("load model and data"):
         model, _ = load_model(args)
@@ -85,14 +83,7 @@ def cmd_score(args):
     groups = _class_labels(test_sel) if many else None
     if many and not args.test_index and args.solver != "auto":
         _cost_line(args, len(idx), n, matrix_path)
-    client = executor = None
-    try:
-        if args.cluster:
-            from ..dask.executor import DaskExecutor, connect
-            with timer("start/connect cluster (%s)" % args.cluster):
-                client = connect(args.cluster)
-            executor = DaskExecutor(client)
-
+    with cluster_executor(args, timer) as executor:
         pre_line = preconditioner_text(args)
         if pre_line:
             log(args, pre_line)
@@ -123,9 +114,6 @@ def cmd_score(args):
                     _write_aggregates(args, timer, train, result.aggregates, record, matrix_path)
                 else:
                     _write_scores(args, timer, idx, n, train, scores, record)
-    finally:
-        if client is not None:
-            client.close()
     if many:
         return _report_many(args, timer, model, train, test_sel, idx, result, matrix_path, job, not_converged)
     delta = predicted_loss_change(scores, n)
