@@ -204,3 +204,13 @@ def softmax_reference(model, n_features, n_classes):
     ref = SoftmaxRegression(p, k, l2=model.l2, dtype=np.float64)
     ref.set_params(model.get_params().astype(np.float64)[perm])
     return ref, perm
+
+
+def badly_scaled_softmax():
+    """A softmax regression whose features span a factor of 30 in scale (κ(H) large): the problem on
+    which preconditioners are judged. Returns (model, (x, y), rng): rng is the generator after the draws."""
+    rng = np.random.RandomState(7)
+    n, p, k = 300, 12, 4
+    x = rng.randn(n, p) * np.linspace(0.1, 3.0, p)
+    y = rng.randint(0, k, n)
+    return SoftmaxRegression(p, k, l2=1e-3, random_state=2, scale=0.5), (x, y), rng

@@ -7,6 +7,7 @@ import influence
 from influence import EKFAC
 from influence.curvature import self_influence_ekfac, ekfac_s_test
 from influence.models import SoftmaxRegression, LogisticRegression
+from conftest import badly_scaled_softmax
 
 #: float64 sums of a few hundred products: agreement with brute force far below this.
 FACTOR_TOL = 1e-10
@@ -231,11 +232,7 @@ SAME_SOLUTION_TOL = 1e-5
 
 
 def _hessian_problem():
-    rng = np.random.RandomState(7)
-    n, p, k = 300, 12, 4
-    x = rng.randn(n, p) * np.linspace(0.1, 3.0, p)             # badly scaled features: κ(H) large
-    y = rng.randint(0, k, n)
-    model = SoftmaxRegression(p, k, l2=1e-3, random_state=2, scale=0.5)
+    model, (x, y), rng = badly_scaled_softmax()
     return model, x, y, model.hessian((x, y)), rng.randn(model.n_params)
 
 

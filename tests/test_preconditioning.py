@@ -8,7 +8,7 @@ import pytest
 
 import influence
 from influence import EKFAC
-from influence.models import SoftmaxRegression
+from conftest import badly_scaled_softmax
 from influence.scoring import preconditioning as pc
 from influence.scoring.choice import Curvature
 
@@ -48,12 +48,7 @@ def test_the_rule_on_measured_networks():
 
 # ---------------------------------------------------------------------------- the order of the rules
 def _problem():
-    rng = np.random.RandomState(7)
-    n, p, k = 300, 12, 4
-    x = rng.randn(n, p) * np.linspace(0.1, 3.0, p)             # badly scaled features: κ(H) large
-    y = rng.randint(0, k, n)
-    model = SoftmaxRegression(p, k, l2=1e-3, random_state=2, scale=0.5)
-    return model, (x, y)
+    return badly_scaled_softmax()[:2]
 
 
 def _cur(model, train, kind="hessian"):
