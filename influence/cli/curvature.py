@@ -19,10 +19,9 @@ PROVENANCE_SUFFIX = ".meta.json"
 
 def _multiple(text):
     """The factor of a multiple of the mean eigenvalue ("0.1x" → 0.1); None for other text."""
-    if not text.endswith("x"):
-        return None
+    from ..evaluate.baselines import eigenvalue_multiple
     try:
-        return float(text[:-1])
+        return eigenvalue_multiple(text)
     except ValueError:
         return None
 

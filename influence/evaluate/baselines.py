@@ -12,7 +12,7 @@ from ..scoring import influence_scores, s_test
 from ..solvers import dense_matrix
 
 __all__ = ["METHODS", "baseline_scores", "SEED_RANDOM_SCORES", "CURVATURES", "curvature_operator", "tracin_scores",
-           "parse_dampings", "method_names", "damping_setting"]
+           "parse_dampings", "method_names", "damping_setting", "eigenvalue_multiple"]
 
 #: Curvatures the influence scores of an evaluation may use (``curvature=``).
 CURVATURES = ("hessian", "gauss-newton", "fisher")
@@ -51,13 +51,21 @@ def curvature_operator(model, train, curvature="hessian", damping=0.0, batch_siz
     return op, float(damping)
 
 
+def eigenvalue_multiple(text):
+    """f of a damping written as a multiple of the mean eigenvalue, ``"<f>x"`` (e.g. "0.1x" → 0.1);
+    None when ``text`` does not end in "x"; ValueError when f is not a number (callers check f >= 0)."""
+    if not text.endswith("x"):
+        return None
+    return float(text[:-1])
+
+
 def damping_setting(damping):
     """The scores' damping as an evaluation records it: None (the curvature's default), "auto", a
     multiple of the mean eigenvalue such as "0.1x" (checked: a number >= 0 before the x), or a float."""
     if isinstance(damping, str) and damping.strip().endswith("x"):
         text = damping.strip()
         try:
-            factor = float(text[:-1])
+            factor = eigenvalue_multiple(text)
         except ValueError:
             factor = -1.0
         if not (np.isfinite(factor) and factor >= 0):
@@ -75,8 +83,8 @@ def parse_dampings(values):
     for v in values or ():
         text = str(v).strip()
         try:
-            if text.endswith("x"):
-                f = float(text[:-1])
+            f = eigenvalue_multiple(text)
+            if f is not None:
                 entry = ("influence λ=%gx" % f, f, None)
             else:
                 f = float(text)
