@@ -14,7 +14,7 @@ from ._common import (
     data_labels, load_data_file, load_model, load_split, log, out_extension, parse_arch, partial_folder)
 from .curvature import curvature_line, curvature_record, curvature_summary, factors_summary, write_provenance
 from .factors import check_factor_flags, preconditioner_text, use_factors
-from .preconditioning import preconditioner_option
+from .preconditioning import preconditioner_options
 from .plans import FitProgress, retrain_passes, retrain_plan, self_plan
 
 
@@ -279,9 +279,7 @@ def cmd_verify(args):
     if pre_line:
         log(args, pre_line)
     options = dict(retraining)
-    preconditioner = preconditioner_option(args, preconditioner)
-    if preconditioner is not None:
-        options["preconditioner"] = preconditioner
+    options.update(preconditioner_options(args, preconditioner))
     with Warnings():
         with timer("influence + %d leave-one-out retrainings" % k):
             res = verify_loo(model, train, test.subset(idx), k=args.retrainings, damping=damping,

@@ -9,7 +9,7 @@ from ._common import (
     parse_test_indices)
 from .curvature import curvature_flags, factors_summary
 from .factors import check_factor_flags, factor_flags, preconditioner_text, use_factors
-from .preconditioning import preconditioner_option
+from .preconditioning import preconditioner_options
 from .plans import LANCZOS_HVP_PER_RANK, retrain_passes, retrain_plan
 from .retraining import (
     method_flags, method_options, retrain_flags, retrain_inputs, retrain_options, retrain_text, split_dampings)
@@ -173,9 +173,7 @@ def cmd_evaluate(args):
             with cluster_executor(args, timer) as executor:
                 scoring = dict(solver=args.solver, scoring="gradient", check_optimum=not args.no_optimum_check,
                                chunk_size=args.chunk_size, executor=executor, **dict(common, **options))
-                preconditioner = preconditioner_option(args, preconditioner)
-                if preconditioner is not None:
-                    scoring["preconditioner"] = preconditioner
+                scoring.update(preconditioner_options(args, preconditioner))
                 if args.metric == "lds":
                     with timer("scores + %d retrainings" % args.subsets):
                         res = evaluate.lds(model, train, test, subsets=args.subsets, alpha=args.alpha,

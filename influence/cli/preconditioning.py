@@ -5,18 +5,18 @@ from __future__ import print_function
 
 from ._common import log
 
-__all__ = ["preconditioner_option", "plan_suffix"]
+__all__ = ["preconditioner_options", "plan_suffix"]
 
 
-def preconditioner_option(args, preconditioner, plan_line=False):
-    """The ``preconditioner`` solver option for what :func:`influence.cli.factors.use_factors` returned
-    (None, "ekfac", a loaded EKFAC, or "auto"): with ``--preconditioner auto`` an
-    :class:`~influence.scoring.preconditioning.AutoPreconditioner` carrying the loaded factors, kept as
+def preconditioner_options(args, preconditioner, plan_line=False):
+    """The solver options, {} or {"preconditioner": P}, for what :func:`influence.cli.factors.use_factors`
+    returned (None, "ekfac", a loaded EKFAC, or "auto"). P is that value, or with ``--preconditioner
+    auto`` an :class:`~influence.scoring.preconditioning.AutoPreconditioner` carrying the loaded factors, kept as
     ``args.auto_preconditioner`` for the records. Its choice is printed on stderr, once per distinct
     line, when there was one to make (cg or lissa); ``plan_line``: the command prints the plan of
     ``--solver auto`` (:func:`plan_suffix` then says it there instead)."""
     if (getattr(args, "preconditioner", None) or "none") != "auto":
-        return preconditioner
+        return {} if preconditioner is None else {"preconditioner": preconditioner}
     from ..curvature import EKFAC
     from ..scoring.preconditioning import AutoPreconditioner
     said = set()
@@ -30,7 +30,7 @@ def preconditioner_option(args, preconditioner, plan_line=False):
             log(args, line)
     args.auto_preconditioner = AutoPreconditioner(preconditioner if isinstance(preconditioner, EKFAC) else None,
                                                   heard)
-    return args.auto_preconditioner
+    return {"preconditioner": args.auto_preconditioner}
 
 
 def plan_suffix(args):

@@ -15,7 +15,7 @@ from ._common import (
 from .curvature import check_converged, curvature_line, curvature_summary, write_provenance
 from .factors import check_factor_flags, preconditioner_text, use_factors
 from .plans import FORWARD_PASS_PER_HVP
-from .preconditioning import plan_suffix, preconditioner_option
+from .preconditioning import plan_suffix, preconditioner_options
 
 
 def _record(args, job, idx, result, not_converged):
@@ -74,9 +74,7 @@ def cmd_score(args):
     test_sel = test.subset(idx)
     curvature, damping, preconditioner = use_factors(args, model, train)
     options = solver_options(args)
-    preconditioner = preconditioner_option(args, preconditioner, plan_line=True)
-    if preconditioner is not None:
-        options["preconditioner"] = preconditioner
+    options.update(preconditioner_options(args, preconditioner, plan_line=True))
     n = len(train)
     many = args.matrix is not None or len(idx) > MATRIX_TEST_POINTS
     matrix_path = _matrix_path(args, len(idx)) if many else None
