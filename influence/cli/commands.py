@@ -253,7 +253,7 @@ def cmd_self(args):
 
 def cmd_verify(args):
     from ..evaluate.leave_one_out import LOO_GTOL, verify_loo
-    from .retraining import retrain_options, retrain_text
+    from .retraining import damping_text, retrain_options, retrain_text
     from ..common.files import check_writable, write_table
     out_extension(args)
     if args.out:
@@ -310,8 +310,7 @@ def cmd_verify(args):
         return EXIT_OK
     print("leave-one-out check on %d training points (test points %s), %s retraining (%s), %d seed%s each:"
           % (len(res.indices), idx.tolist(), res.retrain,
-             ("λ = %.4g, the scores' damping and the proximal term's" if res.retrain == "proximal"
-              else "scores at λ = %.4g") % res.damping, args.seeds, "" if args.seeds == 1 else "s"))
+             damping_text(res.retrain, res.damping), args.seeds, "" if args.seeds == 1 else "s"))
     print("  Pearson %.4f, Spearman %.4f between predicted and actual test-loss change" % (res.pearson, res.spearman))
     if res.reference_moved:
         print("  predicted and measured at the same weights: the model's, re-tightened to max |∂R/∂w| <= %g "

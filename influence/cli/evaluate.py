@@ -12,7 +12,8 @@ from .factors import check_factor_flags, factor_flags, preconditioner_text, use_
 from .preconditioning import preconditioner_options
 from .plans import LANCZOS_HVP_PER_RANK, retrain_passes, retrain_plan
 from .retraining import (
-    method_flags, method_options, retrain_flags, retrain_inputs, retrain_options, retrain_text, split_dampings)
+    damping_text, method_flags, method_options, retrain_flags, retrain_inputs, retrain_options, retrain_text,
+    split_dampings)
 
 
 # ---------------------------------------------------------------------------------------- evaluate
@@ -67,10 +68,8 @@ def _print_retraining(args, res):
     what = "‖∇P‖ (the proximal objective)" if res.retrain == "proximal" else "‖∇R_S‖"
     last = ("largest final %s %.2e (--gtol %g)" % (what, np.max(norms[finite]), args.gtol)) if finite.any() \
         else "no final gradient norm (trained by a recipe or --train-fn)"
-    lam = ("λ = %.4g, the scores' damping and the proximal term's" if res.retrain == "proximal"
-           else "scores at λ = %.4g") % res.damping
-    print("  retrainings: %s (%s), %d seed%s each; %s" % (res.retrain, lam, res.seeds, "" if res.seeds == 1 else "s",
-                                                         last))
+    print("  retrainings: %s (%s), %d seed%s each; %s" % (res.retrain, damping_text(res.retrain, res.damping),
+                                                         res.seeds, "" if res.seeds == 1 else "s", last))
     if res.retrain == "proximal" and finite.any() and np.max(norms[finite]) > PROXIMAL_NOTE_GTOL * args.gtol:
         print("  note: %d of %d proximal retrainings ended with ‖∇P‖ above %g × --gtol: the objective may be "
               "unbounded below at this λ (a removed point's loss can outgrow the proximal term); raise --damping "

@@ -10,7 +10,7 @@ import os
 from ._common import UsageError, existing_file
 
 __all__ = ["retrain_flags", "method_flags", "retrain_options", "method_options", "split_dampings",
-           "load_train_fn", "retrain_text", "retrain_inputs"]
+           "load_train_fn", "retrain_text", "retrain_inputs", "damping_text"]
 
 #: What each value of --retrain does, for --help and the plan line.
 RETRAIN_HELP = ("how to retrain: warm (L-BFGS from the optimum, re-tightened first), proximal (the proximal "
@@ -179,3 +179,9 @@ def retrain_text(args):
     how = ("--train-fn %s" % args.train_fn) if args.train_fn else \
         ("--recipe %s" % args.recipe) if args.recipe else "the model's recipe"
     return "retraining%s from scratch", "%s, %d seed%s each" % (how, args.seeds, "" if args.seeds == 1 else "s")
+
+
+def damping_text(retrain, damping):
+    """What λ was in a report of the retrainings: the proximal term's too, or only the scores'."""
+    return ("λ = %.4g, the scores' damping and the proximal term's" if retrain == "proximal"
+            else "scores at λ = %.4g") % damping
